@@ -1,0 +1,33 @@
+# The two commands a newcomer needs: `make lab` and `make test`. Both set up .venv first if it is missing.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+JOBS   ?= 2
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
+.PHONY: setup lab test grade release course bench present clean
+
+setup: $(STAMP)
+
+# torch is pinned to 2.13.0 in pyproject.toml: a looser pin makes pip fetch a multi-GB CUDA build on Linux.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $(STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
+
+# Every test: the project's own, the graded tests against the reference solutions, the notebooks, the grader.
+test: setup
+	$(PY) -m pytest -n $(JOBS) --impl solutions tests
+
+grade: setup
+	$(VENV)/bin/llmcourse grade
+
+release: setup
+	$(VENV)/bin/llmcourse release
+
+clean:
+	rm -rf build

@@ -1,0 +1,21 @@
+"""Warm-up exercise of notebook 00: one small function, to see how writing and grading an exercise works."""
+
+import numpy as np
+
+
+def mean_squared_error(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """Mean of the squared differences between `predictions` and `targets`.
+
+    Args:
+        predictions: array of any shape, float.
+        targets: array of the same shape as `predictions`.
+
+    Returns:
+        A Python float: mean over all entries of (predictions - targets) ** 2.
+
+    Raises:
+        ValueError: if the two shapes differ (say which shapes you got).
+
+    Hint: NumPy does the work element-wise; `np.mean` averages over every entry.
+    """
+    raise NotImplementedError("warmup_mean_squared_error: mean_squared_error is not implemented yet; write your code here")

@@ -1,0 +1,3 @@
+from llmcourse.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""The `llmcourse` command (also `python -m llmcourse`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from llmcourse.impl import COURSE_ROOT
+
+
+def _write_json(path: str, data: dict) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from llmcourse.check import run_check
+    return run_check()
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from llmcourse import release
+    exercises = COURSE_ROOT / "exercises"
+    try:
+        generated = release.generate()
+    except release.ReleaseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if args.check:
+        problems = release.differences(generated, exercises)
+        for problem in problems:
+            print(problem)
+        print("exercises/ is up to date with solutions/" if not problems else
+              "exercises/ is out of date: run `llmcourse release`")
+        return 1 if problems else 0
+    touched = release.learner_work(generated, exercises)
+    if touched and not args.force:
+        print(f"error: {', '.join(touched)} hold your own code, which a release would overwrite. "
+              "Copy your work elsewhere or pass --force.", file=sys.stderr)
+        return 1
+    changed = release.write(generated, exercises)
+    print(f"wrote {len(changed)} file(s) in exercises/: {', '.join(changed)}" if changed else
+          "exercises/ was already up to date")
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    from llmcourse.grading.runner import format_table, grade, gradescope_results
+    report = grade(args.submission or args.impl, only=args.only, timeout=args.timeout, workers=args.workers)
+    print(format_table(report))
+    if args.json:
+        _write_json(args.json, report.to_json())
+    if args.gradescope:
+        _write_json(args.gradescope, gradescope_results(report))
+    return report.exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmcourse", description="How LLMs work and how their inference is made "
+                                     "fast: helpers for the course's notebooks, exercises and grading.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check", help="print versions and the device; check that the exercises import",
+                           description="Print the versions of Python and the course's packages, the device the "
+                           "course will use, and whether exercises/ imports. Exit 1 when something is missing.")
+    check.set_defaults(func=cmd_check)
+
+    rel = sub.add_parser("release", help="regenerate exercises/ from solutions/",
+                         description="Replace every '# BEGIN SOLUTION' ... '# END SOLUTION' region of solutions/ "
+                         "with a NotImplementedError stub and write the result to exercises/.")
+    rel.add_argument("--check", action="store_true", help="write nothing; exit 1 if exercises/ is out of date")
+    rel.add_argument("--force", action="store_true", help="overwrite exercises/ even where it holds your own code")
+    rel.set_defaults(func=cmd_release)
+
+    gr = sub.add_parser("grade", help="grade exercises/, solutions/ or a submission folder",
+                        description="Run the course's graded tests against an implementation and print a table "
+                        "of points per exercise. Exit 0 when everything passed, 1 when some exercise lost points, "
+                        "2 when the grader itself could not run.")
+    gr.add_argument("--impl", default="exercises", help="exercises (default) or solutions")
+    gr.add_argument("--submission", metavar="DIR", help="grade this folder (laid out like exercises/) instead")
+    gr.add_argument("--only", nargs="+", metavar="EXERCISE_ID", help="grade only these exercises")
+    gr.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    gr.add_argument("--gradescope", metavar="FILE", help="also write Gradescope's results.json")
+    gr.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="time limit per test (30)")
+    gr.add_argument("--workers", type=int, default=2, help="test processes run at once (2)")
+    gr.set_defaults(func=cmd_grade)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,57 @@
+"""Comparisons for graded tests whose failure message tells a learner what is wrong, in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_array(value, what: str) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    if value is None:
+        raise AssertionError(f"{what} returned None: did you forget a `return`?")
+    try:
+        return np.asarray(value)
+    except Exception as err:  # e.g. a ragged list
+        raise AssertionError(f"{what} returned a {type(value).__name__} that is not an array: {err}") from None
+
+
+def assert_allclose(actual, expected, *, rtol: float, atol: float = 0.0, what: str = "the result") -> None:
+    """Assert `actual` has `expected`'s shape and matches it within |a - e| <= atol + rtol * |e|.
+
+    The tolerances are not defaulted on purpose: each test chooses them and says why in a comment.
+    """
+    a = _as_array(actual, what)
+    e = _as_array(expected, "the reference")
+    if a.shape != e.shape:
+        raise AssertionError(f"{what} has shape {a.shape}, expected {e.shape}")
+    if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
+        raise AssertionError(f"{what} has dtype {a.dtype}, expected numbers")
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    if not np.all(np.isfinite(a64) | ~np.isfinite(e64)):
+        bad = np.argwhere(~np.isfinite(a64) & np.isfinite(e64))[0]
+        raise AssertionError(f"{what} has a non-finite value {a64[tuple(bad)]} at index {tuple(bad)}")
+    err = np.abs(a64 - e64)
+    allowed = atol + rtol * np.abs(e64)
+    bad = ~(err <= allowed) & ~(a64 == e64)  # a64 == e64 keeps matching infinities
+    if bad.any():
+        idx = tuple(np.argwhere(bad)[0])
+        raise AssertionError(
+            f"{what} differs from the expected values at {bad.sum()} of {bad.size} entries; first at index {idx}: "
+            f"got {a64[idx]:.6g}, expected {e64[idx]:.6g} (tolerance rtol={rtol:g}, atol={atol:g})"
+        )
+
+
+def assert_equal_ids(actual, expected, *, what: str = "the result") -> None:
+    """Assert two sequences of integer ids (token ids, codes) are identical, reporting the first difference."""
+    a = _as_array(actual, what)
+    e = _as_array(expected, "the reference")
+    if a.shape != e.shape:
+        raise AssertionError(f"{what} has shape {a.shape}, expected {e.shape}")
+    if not (np.issubdtype(a.dtype, np.integer) or a.size == 0):
+        raise AssertionError(f"{what} has dtype {a.dtype}, expected integers")
+    diff = np.argwhere(a != e)
+    if diff.size:
+        idx = tuple(diff[0])
+        raise AssertionError(f"{what} differs at {len(diff)} positions; first at index {idx}: got {a[idx]}, "
+                             f"expected {e[idx]}")

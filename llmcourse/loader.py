@@ -1,0 +1,96 @@
+"""The exercise loader: notebooks run on the learner's own code once it works, and on the reference before that.
+
+    from llmcourse.loader import load
+    softmax = load("attention.softmax")
+    # softmax: using the reference solution (yours is not implemented yet)
+
+`load` returns the learner's function from exercises/ when its body is written (no `raise NotImplementedError`
+left) and its exercise's graded tests pass, and otherwise the reference from solutions/, saying in one line which it
+used. A function the course provides (not an exercise) comes from solutions/ without a word. Package code that needs
+a building block calls `reference(...)`, so there is one implementation of each idea.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable
+
+from llmcourse import catalog
+from llmcourse.impl import COURSE_ROOT, Implementation, ImplementationImportError
+
+EXERCISES_ENV = "LLMCOURSE_EXERCISES"
+_verdicts: dict[tuple[str, str], tuple[bool, str]] = {}  # (exercise id, file hash) -> (passes, why not)
+
+
+def _split(qualified: str) -> tuple[str, str]:
+    module, _, name = qualified.rpartition(".")
+    if not module:
+        raise ValueError(f"name the function with its module, like 'attention.softmax', not {qualified!r}")
+    return module, name
+
+
+def reference(qualified: str) -> Callable:
+    """The reference implementation of `module.function` from solutions/."""
+    module, name = _split(qualified)
+    return Implementation(COURSE_ROOT / "solutions").function(module, name)
+
+
+def exercises_folder() -> Path:
+    return Path(os.environ.get(EXERCISES_ENV, COURSE_ROOT / "exercises"))
+
+
+def is_stub(path: Path, function: str) -> bool:
+    """True when `function` in the file still raises NotImplementedError (the learner has not written it)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == function:
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Raise) and inner.exc is not None:
+                    target = inner.exc.func if isinstance(inner.exc, ast.Call) else inner.exc
+                    if isinstance(target, ast.Name) and target.id == "NotImplementedError":
+                        return True
+            return False
+    return True  # deleted or renamed: nothing of the learner's to use
+
+
+def _passes_tests(exercise: catalog.Exercise, folder: Path) -> tuple[bool, str]:
+    from llmcourse.grading.runner import grade
+
+    digest = hashlib.sha1((folder / f"{exercise.module}.py").read_bytes()).hexdigest()
+    key = (exercise.id, digest)
+    if key not in _verdicts:
+        report = grade(folder, only=[exercise.id])
+        if report.error is not None:
+            _verdicts[key] = (False, f"the grader could not run: {report.error.splitlines()[0]}")
+        else:
+            result = report.exercises[0]
+            _verdicts[key] = (result.status == "passed", result.status_line)
+    return _verdicts[key]
+
+
+def load(qualified: str, *, verbose: bool = True) -> Callable:
+    """The learner's `module.function` when it is written and passes its graded tests, else the reference."""
+    module, name = _split(qualified)
+    exercise = catalog.exercise_of(module, name)
+    if exercise is None:
+        return reference(qualified)
+    folder = exercises_folder()
+    path = folder / f"{module}.py"
+    if not path.is_file() or is_stub(path, name):
+        use_own, why = False, "yours is not implemented yet"
+    else:
+        passes, verdict = _passes_tests(exercise, folder)
+        use_own, why = passes, f"yours does not pass its graded tests yet: {verdict}; " \
+                               f"see `llmcourse grade --only {exercise.id}`"
+    if use_own:
+        try:
+            function = Implementation(folder).function(module, name)
+        except ImplementationImportError as err:
+            use_own, why = False, str(err)
+    if verbose:
+        print(f"{name}: using your implementation from {path}" if use_own else
+              f"{name}: using the reference solution ({why})")
+    return function if use_own else reference(qualified)

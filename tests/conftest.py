@@ -1,0 +1,29 @@
+"""Shared by every test: the --impl option that picks what the graded tests run against, and its fixture."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from llmcourse.grading.marks import register_markers
+from llmcourse.impl import IMPL_ENV, Implementation, resolve_impl
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--impl",
+        default=os.environ.get(IMPL_ENV, "exercises"),
+        help="what the graded tests run against: exercises (default, or $LLMCOURSE_IMPL), solutions, or a folder",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    register_markers(config)
+
+
+@pytest.fixture(scope="session")
+def impl(pytestconfig: pytest.Config) -> Implementation:
+    """The implementation under test; modules are imported inside each test, so one broken file fails only its
+    own tests: `impl.attention.softmax`."""
+    return Implementation(resolve_impl(pytestconfig.getoption("--impl")))

@@ -1,0 +1,28 @@
+"""Graded tests of the warm-up exercise (notebook 00)."""
+
+import numpy as np
+import pytest
+
+from llmcourse.grading import exercise
+
+
+@exercise("warmup_mean_squared_error")
+def test_mse_matches_numpy(impl):
+    rng = np.random.default_rng(0)
+    p, t = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
+    got = impl.warmup.mean_squared_error(p, t)
+    assert isinstance(got, float), f"mean_squared_error should return a Python float, got {type(got).__name__}"
+    # float64 inputs, a single reduction: only rounding differs from the reference, so rtol 1e-12 is ample.
+    assert np.isclose(got, ((p - t) ** 2).mean(), rtol=1e-12, atol=0), f"mean_squared_error gave {got}"
+
+
+@exercise("warmup_mean_squared_error")
+def test_mse_of_identical_arrays_is_zero(impl):
+    x = np.arange(6.0).reshape(2, 3)
+    assert impl.warmup.mean_squared_error(x, x) == 0.0, "the error of an array against itself must be 0"
+
+
+@exercise("warmup_mean_squared_error")
+def test_mse_rejects_mismatched_shapes(impl):
+    with pytest.raises(ValueError, match=r"shape"):
+        impl.warmup.mean_squared_error(np.zeros(3), np.zeros(4))
