@@ -31,3 +31,7 @@ release: setup
 
 clean:
 	rm -rf build
+
+# Execute every notebook headless into build/notebooks/ (with HTML copies) and write build/index.html.
+course: setup
+	$(PY) -c "from llmcourse.course import build; import sys; sys.exit(any(r.errors for r in build()))"

@@ -41,7 +41,7 @@ def run_check(out=sys.stdout) -> int:
     for name, version in found.items():
         print(f"{name:<12} {version or 'MISSING'}", file=out)
     if "torch" not in missing:
-        from llmcourse.device import get_device
+        from llmcourse.runtime import get_device
         print(f"{'device':<12} {get_device()}", file=out)
     problems = exercise_import_problems()
     print(f"{'exercises':<12} {'import' if not problems else 'DO NOT IMPORT'}", file=out)
