@@ -1,0 +1,224 @@
+"""A GPT in PyTorch with the GPT-2 architecture, in one readable file (after Karpathy's nanoGPT).
+
+Parameter names follow Hugging Face's GPT-2 layout (`transformer.h.0.attn.c_attn.weight`, ...), so a GPT-2 state
+dict loads with a transpose of the Conv1D weights. Beyond plain training, `forward` takes what fast inference needs:
+
+- `cache`: a `KVCache`; keys and values of earlier tokens are kept, so each new token costs one position's work.
+- `positions`: per-row positions (B, T), for left-padded batches where rows start at different offsets.
+- `attention_mask`: (B, S) booleans over every key position, past and new; False marks padding no one attends to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int = 50257
+    block_size: int = 1024  # longest context, in tokens
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    bias: bool = True  # GPT-2 has biases in its Linear layers and LayerNorms
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def gpt2(cls) -> "GPTConfig":
+        """The shape of GPT-2 small (124M parameters)."""
+        return cls(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated for `max_len` tokens.
+
+    Each layer's keys and values have shape (B, n_head, max_len, head_dim); the first `length` positions are filled.
+    Its size is 2 (K and V) x n_layer x n_head x head_dim x max_len x B x bytes per element.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None, *,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        max_len = config.block_size if max_len is None else max_len
+        if not 1 <= max_len <= config.block_size:
+            raise ValueError(f"a KV-cache for this model holds 1 to {config.block_size} tokens (block_size), "
+                             f"asked for {max_len}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        shape = (batch_size, config.n_head, max_len, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.batch_size, self.max_len, self.length = batch_size, max_len, 0
+
+    @staticmethod
+    def bytes_needed(config: GPTConfig, batch_size: int, tokens: int, dtype: torch.dtype = torch.float32) -> int:
+        """The formula: 2 x n_layer x n_head x head_dim x tokens x batch_size x bytes per element."""
+        element = torch.tensor([], dtype=dtype).element_size()
+        return 2 * config.n_layer * config.n_head * config.head_dim * tokens * batch_size * element
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the cache's tensors occupy (allocated for max_len tokens)."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def check_room(self, batch_size: int, new_tokens: int) -> None:
+        if batch_size != self.batch_size:
+            raise ValueError(f"this KV-cache was made for a batch of {self.batch_size} rows, got {batch_size}")
+        if self.length + new_tokens > self.max_len:
+            raise ValueError(f"the KV-cache is full: it holds {self.max_len} tokens, {self.length} are used and "
+                             f"{new_tokens} more were given; make a larger cache (at most block_size) or crop "
+                             "the context")
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write new keys/values (B, n_head, T, head_dim) after the cached ones; return all of them so far."""
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, new_tokens: int) -> None:
+        """Called once per forward, after every layer wrote its keys and values."""
+        self.length += new_tokens
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, S, hd), S = cached + T
+        if mask is None:  # plain causal attention over the new tokens only
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask (B, 1, T, S)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's GELU is the tanh approximation
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
+            wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: the output head reuses the token embeddings
+        self.apply(self._init_weights)
+        for name, param in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: residual projections scaled down by depth
+                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        """Parameters counted once (the tied head is the embedding matrix)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits (B, T, vocab_size) for token ids `idx` (B, T); (B, 1, vocab_size) with `last_only`.
+
+        `positions` (B, T) default to past, past + 1, ... where past is the number of cached tokens;
+        `attention_mask` (B, past + T) marks real tokens True and padding False.
+        """
+        if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"idx must be integer token ids of shape (B, T), got {idx.dtype} of shape "
+                             f"{tuple(idx.shape)}")
+        B, T = idx.shape
+        past = 0 if cache is None else cache.length
+        if T == 0:
+            raise ValueError("idx holds no tokens (T = 0): give at least one token")
+        if cache is not None:
+            cache.check_room(B, T)
+        if positions is None:
+            if past + T > self.config.block_size:
+                raise ValueError(f"{past + T} tokens do not fit the model's context of {self.config.block_size}: "
+                                 "crop the context to the last block_size tokens")
+            positions = torch.arange(past, past + T, device=idx.device).expand(B, T)
+        elif positions.shape != (B, T):
+            raise ValueError(f"positions must have the shape of idx {(B, T)}, got {tuple(positions.shape)}")
+        elif positions.numel() and (positions.min() < 0 or positions.max() >= self.config.block_size):
+            raise ValueError(f"positions must lie in [0, {self.config.block_size}), got {positions.min().item()}.."
+                             f"{positions.max().item()}")
+        mask = self._attention_mask(B, T, past, attention_mask, idx.device)
+        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, mask, cache, layer)
+        if cache is not None:
+            cache.advance(T)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C): generation needs only the next token's logits
+        return self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
+
+    @staticmethod
+    def _attention_mask(B: int, T: int, past: int, attention_mask: torch.Tensor | None,
+                        device: torch.device) -> torch.Tensor | None:
+        """(B, 1, T, S) booleans, True where query i may attend key j; None for plain causal attention."""
+        if attention_mask is None and past == 0:
+            return None
+        S = past + T
+        query_pos = torch.arange(past, S, device=device)[:, None]  # (T, 1) position of each new token
+        key_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+        allowed = (key_pos <= query_pos)[None, None]  # (1, 1, T, S) causal
+        if attention_mask is not None:
+            if attention_mask.shape != (B, S):
+                raise ValueError(f"attention_mask must have shape (B, cached + new tokens) = {(B, S)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            # A padding query would see no key at all (NaN); letting it see itself keeps it finite and harmless.
+            allowed = allowed & attention_mask.bool()[:, None, None, :] | (key_pos == query_pos)[None, None]
+        return allowed

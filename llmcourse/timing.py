@@ -1,0 +1,82 @@
+"""Measuring speed honestly: warm-up, repeats, median and spread, and this machine's limits.
+
+Every speed figure of the course is a ratio against a baseline measured in the same run, shown next to its limit.
+The limits are measured here: memory bandwidth (batch-1 decoding reads every weight once per token, so
+tokens/s <= bandwidth / bytes read per token) and matrix-multiply throughput.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Measurement:
+    samples: tuple[float, ...]  # seconds per repeat
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def spread(self) -> float:
+        """Half the range between the fastest and slowest repeat, relative to the median."""
+        return (max(self.samples) - min(self.samples)) / (2 * self.median) if self.median > 0 else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.median * 1e3:.2f} ms ± {100 * self.spread:.0f}% (median of {len(self.samples)})"
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        torch.mps.synchronize()
+
+
+def measure(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> Measurement:
+    """Call `fn` `warmup` times untimed, then time `repeats` calls (waiting for the GPU, if any, to finish)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        _sync()
+        start = time.perf_counter()
+        fn()
+        _sync()
+        samples.append(time.perf_counter() - start)
+    return Measurement(tuple(samples))
+
+
+def memory_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
+    """Sustained memory bandwidth in GB/s, from copying a buffer much larger than the CPU caches.
+
+    A copy reads and writes every byte, so it moves 2 x size bytes; the best of the repeats is the machine's limit.
+    """
+    n = megabytes * 1024 * 1024 // 4
+    src = torch.ones(n, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    best = min(measure(lambda: dst.copy_(src), warmup=1, repeats=repeats).samples)
+    return 2 * src.numel() * src.element_size() / best / 1e9
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Matrix-multiply throughput in GFLOP/s (2 n^3 floating-point operations per n x n product)."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    best = min(measure(lambda: a @ b, warmup=2, repeats=repeats).samples)
+    return 2 * n ** 3 / best / 1e9
+
+
+def decode_bound_tok_s(bytes_per_token: float, bandwidth_gbs: float) -> float:
+    """The memory-bandwidth limit of decoding: every byte read once per token -> tokens/s <= bandwidth / bytes."""
+    if bytes_per_token <= 0:
+        raise ValueError(f"bytes_per_token must be positive, got {bytes_per_token}")
+    return bandwidth_gbs * 1e9 / bytes_per_token
