@@ -1,0 +1,148 @@
+"""Text generation with the PyTorch GPT: greedy, temperature, top-k, top-p (nucleus) sampling, and beam search.
+
+    out = generate(model, prompt_ids, max_new_tokens=50, temperature=0.8, top_k=40, seed=0)
+
+Sampling reshapes the next-token logits with the exercises of notebook 06 (`solutions/decoding.py`, through
+`llmcourse.loader.reference`): temperature, then top-k, then top-p, then softmax, then one draw per row.
+
+Conventions:
+- Random numbers come from one `torch.Generator` seeded once with `seed` (or, with `seed=None`, from PyTorch's
+  global generator, so `llmcourse.runtime.set_seed` makes a run reproducible). Every step draws one sample per row,
+  finished rows included, the same way with and without the KV-cache: both paths give identical tokens.
+- Stop conditions: `max_new_tokens`, and `eos_id`. A row that emitted `eos_id` keeps emitting `eos_id`, so the
+  output stays rectangular; generation ends early when every row has finished (the rest is filled with `eos_id`).
+- Context longer than `block_size`: without the cache each step sees the last `block_size` tokens. The cache cannot
+  slide (learned absolute positions would all shift by one), so once it holds `block_size` tokens the cached path
+  falls back to recomputing the cropped window each step: the same tokens as `use_cache=False`, without the speedup.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llmcourse.gpt import GPT, KVCache
+from llmcourse.loader import reference
+
+
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raise a one-line ValueError/TypeError for a temperature, top_k or top_p that `next_token` cannot use."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or math.isnan(temperature):
+        raise TypeError(f"temperature must be a number >= 0, got {temperature!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int):
+            raise TypeError(f"top_k must be an int >= 1 or None, got {top_k!r}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1 (or None for no top-k filter), got {top_k}")
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
+            raise TypeError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1] (or None for no nucleus filter), got {top_p}")
+
+
+def filtered_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """Logits (..., V) after temperature (> 0), top-k and top-p, in that order; removed tokens are -inf."""
+    logits = reference("decoding.apply_temperature")(logits, temperature)
+    if top_k is not None:
+        logits = reference("decoding.top_k_filter")(logits, top_k)
+    if top_p is not None:
+        logits = reference("decoding.top_p_filter")(logits, top_p)
+    return logits
+
+
+def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick one token per row from next-token logits (B, V): argmax when temperature is 0, else one draw from
+    softmax of the filtered logits. Returns (B,) int64."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)  # ties: the smallest token id
+    probs = torch.softmax(filtered_logits(logits.float(), temperature=temperature, top_k=top_k, top_p=top_p),
+                          dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_prompt(prompt_ids, max_new_tokens) -> torch.Tensor:
+    if not isinstance(prompt_ids, torch.Tensor):
+        raise TypeError(f"prompt_ids must be a torch tensor of token ids, got {type(prompt_ids).__name__}: "
+                        "use torch.tensor(tokenizer.encode(text))")
+    if prompt_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"prompt_ids must hold integer token ids, got dtype {prompt_ids.dtype}")
+    if prompt_ids.dim() not in (1, 2):
+        raise ValueError(f"prompt_ids must have shape (T,) or (B, T), got {tuple(prompt_ids.shape)}")
+    if prompt_ids.numel() == 0:
+        raise ValueError(f"the prompt is empty (shape {tuple(prompt_ids.shape)}): give at least one token")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+        raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    return prompt_ids
+
+
+def _make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None  # PyTorch's global generator: torch.manual_seed / set_seed decide
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, *, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, use_cache: bool = True, seed: int | None = None,
+             eos_id: int | None = None) -> torch.Tensor:
+    """The prompt followed by `max_new_tokens` new tokens: (B, T + max_new_tokens), or (T + max_new_tokens,) for a
+    1-D prompt, on the model's device.
+
+    temperature 0 is greedy decoding (top_k and top_p then change nothing); otherwise each token is drawn from
+    softmax(top_p(top_k(logits / temperature))). Rows of a (B, T) prompt are generated together and must all be
+    real tokens (padding is the batching chapter's business). See the module docstring for seeds, `eos_id` and
+    contexts longer than `block_size`.
+    """
+    prompt_ids = _check_prompt(prompt_ids, max_new_tokens)
+    check_sampling_args(temperature, top_k, top_p)
+    vocab_size, block_size = model.config.vocab_size, model.config.block_size
+    if eos_id is not None and not 0 <= eos_id < vocab_size:
+        raise ValueError(f"eos_id must be a token id in 0..{vocab_size - 1}, got {eos_id}")
+    if prompt_ids.min() < 0 or prompt_ids.max() >= vocab_size:
+        raise ValueError(f"prompt_ids must lie in 0..{vocab_size - 1} (the model's vocabulary), got "
+                         f"{prompt_ids.min().item()}..{prompt_ids.max().item()}")
+    device = _device(model)
+    single = prompt_ids.dim() == 1
+    tokens = (prompt_ids[None] if single else prompt_ids).to(device=device, dtype=torch.int64)  # (B, T)
+    B, T = tokens.shape
+    out = torch.empty(B, T + max_new_tokens, dtype=torch.int64, device=device)
+    out[:, :T] = tokens
+    generator = _make_generator(seed, device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    cache = None
+    if use_cache and max_new_tokens > 0:
+        context = tokens[:, -block_size:]
+        # The last new token is never fed back, hence T + max_new_tokens - 1 positions at most.
+        cache = KVCache(model.config, B, min(context.shape[1] + max_new_tokens - 1, block_size), device=device,
+                        dtype=next(model.parameters()).dtype)
+        logits = model(context, cache=cache, last_only=True)[:, -1]  # (B, V) prefill
+    for step in range(max_new_tokens):
+        length = T + step  # tokens in out so far
+        if cache is None or cache.length == block_size:  # no cache, or a full one: recompute the cropped window
+            cache = None
+            logits = model(out[:, max(0, length - block_size):length], last_only=True)[:, -1]  # (B, V)
+        elif step > 0:
+            logits = model(out[:, length - 1:length], cache=cache, last_only=True)[:, -1]  # (B, V) one new token
+        token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (B,)
+        if eos_id is not None:
+            token = token.masked_fill(finished, eos_id)
+            finished |= token == eos_id
+        out[:, length] = token
+        if eos_id is not None and bool(finished.all()):
+            out[:, length + 1:] = eos_id
+            break
+    return out[0] if single else out
