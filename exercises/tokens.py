@@ -1,0 +1,229 @@
+"""Exercises of notebook 01: byte-level BPE, the embedding lookup and its gradient, and a bigram baseline.
+
+Byte-level BPE starts from the 256 byte values of UTF-8 text (ids 0..255), so any text, Chinese and emoji
+included, has a token sequence. Training repeatedly merges the most frequent adjacent pair into a new id; the
+merges are kept in an ordered dict `{(a, b): new_id}` whose ids are 256, 257, ... in the order they were learned.
+
+Provided (not exercises): `most_frequent_pair`, `bigram_counts` and `sinusoidal_positions`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+# -- BPE ---------------------------------------------------------------------------------------------------------
+
+def count_pairs(ids: Sequence[int]) -> dict[tuple[int, int], int]:
+    """How often each pair of adjacent ids occurs in `ids`.
+
+    Args:
+        ids: sequence of int token ids, length N (N may be 0 or 1).
+
+    Returns:
+        A dict {(a, b): count} with one entry per distinct adjacent pair (ids[i], ids[i + 1]), i = 0..N-2;
+        the counts add up to max(N - 1, 0). Empty for fewer than two ids.
+
+    Example:
+        count_pairs([1, 2, 3, 1, 2]) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}
+
+    Hint: `zip(ids, ids[1:])` walks over the adjacent pairs.
+    """
+    raise NotImplementedError("bpe_merge: count_pairs is not implemented yet; write your code here")
+
+
+def merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace every occurrence of `pair` in `ids` by the single id `new_id`, scanning left to right.
+
+    Occurrences do not overlap: after a match both ids are consumed, so merging (7, 7) in [7, 7, 7] gives
+    [new_id, 7]. `ids` itself is not modified.
+
+    Args:
+        ids: sequence of int token ids, length N.
+        pair: the tuple (a, b) of two ids to merge.
+        new_id: int, the id that replaces each occurrence of a followed by b.
+
+    Returns:
+        A new list of ints, of length N minus the number of occurrences merged.
+
+    Raises:
+        ValueError: if `pair` is not a tuple of two ids.
+
+    Example:
+        merge_pair([1, 2, 3, 1, 2], (1, 2), 4) == [4, 3, 4]
+
+    Hint: walk an index i; when ids[i], ids[i + 1] equals the pair append new_id and step by 2, else step by 1.
+    """
+    raise NotImplementedError("bpe_merge: merge_pair is not implemented yet; write your code here")
+
+
+def most_frequent_pair(counts: dict[tuple[int, int], int]) -> tuple[int, int]:
+    """The pair with the highest count; among equal counts the smallest pair, so training is deterministic."""
+    if not counts:
+        raise ValueError("there is no pair to merge: the text has fewer than two bytes in every chunk")
+    best = max(counts.values())
+    return min(pair for pair, count in counts.items() if count == best)
+
+
+def bpe_encode(text: str, merges: dict[tuple[int, int], int]) -> list[int]:
+    """Encode `text` as byte-level BPE token ids: its UTF-8 bytes, then the learned merges in the order learned.
+
+    Start from `list(text.encode("utf-8"))` (ids 0..255). Then repeatedly find, among the adjacent pairs present,
+    the one that was learned first (smallest id in `merges`), and merge all its occurrences; stop when no adjacent
+    pair is in `merges`. Applying merges in training order is what makes encoding reproduce training.
+
+    Args:
+        text: any str (English, Chinese, emoji...); may be empty.
+        merges: ordered dict {(a, b): new_id}, the ids 256, 257, ... in the order the merges were learned.
+
+    Returns:
+        A list of int token ids; [] for the empty text.
+
+    Raises:
+        TypeError: if `text` is not a str.
+
+    Example:
+        bpe_encode("abc", {(98, 99): 256, (97, 98): 257}) == [97, 256]   # (b, c) was learned first
+
+    Hint: `min(pairs, key=lambda p: merges.get(p, float("inf")))` picks the earliest-learned pair; reuse
+    `merge_pair` from the previous exercise.
+    """
+    raise NotImplementedError("bpe_roundtrip: bpe_encode is not implemented yet; write your code here")
+
+
+def bpe_decode(ids: Sequence[int], merges: dict[tuple[int, int], int]) -> str:
+    """Turn byte-level BPE token ids back into text.
+
+    Each id stands for a byte string: id b < 256 is the single byte b, and a merged id stands for the bytes of
+    its pair joined, bytes(a) + bytes(b). Concatenate the bytes of all ids and decode them as UTF-8 with
+    errors="replace", so a sequence cut in the middle of a character shows U+FFFD instead of raising.
+
+    Args:
+        ids: sequence of int token ids, each in 0..255 or one of the values of `merges`.
+        merges: ordered dict {(a, b): new_id} as returned by training (each pair uses only earlier ids).
+
+    Returns:
+        The decoded str; "" for no ids.
+
+    Raises:
+        ValueError: if an id is neither a byte (0..255) nor a merged id (say which id).
+
+    Example:
+        bpe_decode([97, 256], {(98, 99): 256}) == "abc"
+
+    Hint: build a table id -> bytes once: the 256 single bytes, then each merge in order as table[a] + table[b].
+    """
+    raise NotImplementedError("bpe_roundtrip: bpe_decode is not implemented yet; write your code here")
+
+
+# -- embeddings ---------------------------------------------------------------------------------------------------
+
+def _check_ids(ids: np.ndarray, vocab_size: int, what: str) -> np.ndarray:
+    ids = np.asarray(ids)
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{what}: token ids must be integers, got dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = ids[(ids < 0) | (ids >= vocab_size)].flat[0]
+        raise ValueError(f"{what}: token id {bad} is outside the vocabulary 0..{vocab_size - 1}")
+    return ids.astype(np.int64)
+
+
+def embedding_forward(ids: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Look up the embedding vector of every token id: row `ids[...]` of `weight`.
+
+    This equals one_hot(ids, V) @ weight, without building the one-hot matrix.
+
+    Args:
+        ids: integer array of token ids, any shape S (e.g. (B, T)), each in 0..V-1.
+        weight: float array of shape (V, D), one row per token of the vocabulary.
+
+    Returns:
+        Float array of shape S + (D,), same dtype as `weight`: out[..., :] = weight[ids[...], :].
+
+    Raises:
+        ValueError: if `weight` is not 2-D, or an id is outside 0..V-1 (say which id).
+        TypeError: if `ids` are not integers.
+
+    Hint: NumPy's integer-array indexing `weight[ids]` does exactly this lookup.
+    """
+    raise NotImplementedError("embedding: embedding_forward is not implemented yet; write your code here")
+
+
+def embedding_backward(ids: np.ndarray, grad_out: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Gradient of a loss with respect to the embedding matrix, given the gradient of its output.
+
+    Row v of the result is the sum of grad_out[...] over all positions where ids[...] == v: the gradient is
+    scattered into the rows that were looked up, a token used k times receives the sum of its k gradients, and a
+    token never used gets a row of zeros.
+
+    Args:
+        ids: integer array of token ids, shape S, each in 0..vocab_size-1.
+        grad_out: float array of shape S + (D,), the gradient of the loss w.r.t. embedding_forward's output.
+        vocab_size: V, the number of rows of the embedding matrix.
+
+    Returns:
+        Float array of shape (V, D), dtype of `grad_out`.
+
+    Raises:
+        ValueError: if grad_out's shape is not ids.shape + (D,) (say both shapes), or an id is outside 0..V-1.
+        TypeError: if `ids` are not integers.
+
+    Hint: `weight_grad[ids] += g` loses repeated ids (NumPy writes each row once); `np.add.at` accumulates.
+    """
+    raise NotImplementedError("embedding: embedding_backward is not implemented yet; write your code here")
+
+
+def sinusoidal_positions(n_positions: int, dim: int, base: float = 10000.0) -> np.ndarray:
+    """The fixed position embeddings of "Attention is all you need", shape (n_positions, dim), float64.
+
+    PE[p, 2i] = sin(p / base^(2i/dim)) and PE[p, 2i+1] = cos(p / base^(2i/dim)): each pair of columns turns at
+    its own frequency, from one turn per 2*pi positions down to one per 2*pi*base.
+    """
+    if n_positions < 0 or dim <= 0 or dim % 2:
+        raise ValueError(f"sinusoidal_positions needs n_positions >= 0 and an even dim > 0, "
+                         f"got n_positions={n_positions}, dim={dim}")
+    positions = np.arange(n_positions, dtype=np.float64)[:, None]  # (P, 1)
+    frequencies = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)  # (dim/2,)
+    pe = np.empty((n_positions, dim))
+    pe[:, 0::2] = np.sin(positions * frequencies)
+    pe[:, 1::2] = np.cos(positions * frequencies)
+    return pe
+
+
+# -- bigram language model ----------------------------------------------------------------------------------------
+
+def bigram_counts(ids: Sequence[int], vocab_size: int) -> np.ndarray:
+    """counts[a, b] = how often id b directly follows id a in `ids`; shape (V, V), float64."""
+    ids = _check_ids(np.asarray(ids, dtype=np.int64).reshape(-1), vocab_size, "bigram_counts")
+    counts = np.zeros((vocab_size, vocab_size))
+    np.add.at(counts, (ids[:-1], ids[1:]), 1.0)
+    return counts
+
+
+def bigram_perplexity(counts: np.ndarray, ids: Sequence[int], smoothing: float = 1.0) -> float:
+    """Perplexity of the add-k smoothed bigram model given by `counts` on the token sequence `ids`.
+
+    The model predicts each next token from the previous one:
+        P(b | a) = (counts[a, b] + k) / (sum_c counts[a, c] + k * V),    k = smoothing.
+    The perplexity of ids (length N) is exp of the mean negative log-likelihood of its N - 1 transitions:
+        exp(-(1 / (N - 1)) * sum_{t=1..N-1} log P(ids[t] | ids[t-1])).
+    A model that guesses uniformly among V tokens has perplexity V; lower is better.
+
+    Args:
+        counts: float or int array of shape (V, V), counts[a, b] = times b followed a in the training text.
+        ids: sequence (or 1-D array) of N >= 2 int token ids in 0..V-1, the held-out text.
+        smoothing: k >= 0 added to every count, so unseen pairs keep a small probability. With k = 0 an unseen
+            pair has probability 0 and the perplexity is inf (return float("inf"), with no warning).
+
+    Returns:
+        The perplexity, a Python float >= 1.
+
+    Raises:
+        ValueError: if counts is not square, ids has fewer than 2 tokens or an id outside 0..V-1, smoothing < 0,
+            or a row used has no counts and k = 0 (its probabilities are undefined).
+
+    Hint: normalise the rows of counts + k into probabilities, pick probs[ids[:-1], ids[1:]], average the logs.
+    """
+    raise NotImplementedError("bigram_perplexity: bigram_perplexity is not implemented yet; write your code here")

@@ -1,0 +1,231 @@
+"""Tokenizers: text -> list of int ids -> text. A character tokenizer and a byte-level BPE trained from scratch.
+
+    tok = BPETokenizer.train(text, vocab_size=512)
+    ids = tok.encode("Hello 世界")          # list[int]
+    tok.decode(ids) == "Hello 世界"
+    tok.save("tok.json"); load_tokenizer("tok.json")
+
+The BPE building blocks are the exercises of notebook 01 (`solutions/tokens.py`), called through
+`llmcourse.loader.reference`; this module only adds the pre-split of text into chunks, fast training on chunk
+frequencies, a per-chunk encoding cache and the JSON format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from llmcourse.loader import reference
+
+FORMAT_VERSION = 1
+# GPT-2's pre-split, written for Python's `re` (no \p{L}): English contractions, runs of letters, of digits, of
+# other symbols (each with one optional leading space), and whitespace. Every character falls in one class, so the
+# chunks always join back into the text. Merges never cross a chunk boundary.
+SPLIT_PATTERN = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
+
+
+def split_chunks(text: str) -> list[str]:
+    """The pre-split chunks of text (words with their leading space, numbers, punctuation runs, whitespace)."""
+    return SPLIT_PATTERN.findall(text)
+
+
+def _check_text(text, what: str) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} expects a str, got {type(text).__name__}")
+
+
+def _check_ids(ids, vocab_size: int) -> list[int]:
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"decode expects a sequence of int token ids, got {type(ids).__name__}")
+    ids = [int(i) for i in ids]  # accepts lists, tuples, NumPy arrays and tensors of ints
+    for i in ids:
+        if not 0 <= i < vocab_size:
+            raise ValueError(f"token id {i} is outside this tokenizer's vocabulary 0..{vocab_size - 1}")
+    return ids
+
+
+class CharTokenizer:
+    """One token per character; the vocabulary is the sorted set of characters seen in training."""
+
+    def __init__(self, chars: list[str]):
+        if len(set(chars)) != len(chars) or any(not isinstance(c, str) or len(c) != 1 for c in chars):
+            raise ValueError("a CharTokenizer's vocabulary must be a list of distinct single characters")
+        self.chars = list(chars)
+        self._index = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def train(cls, text: str) -> "CharTokenizer":
+        _check_text(text, "CharTokenizer.train")
+        if not text:
+            raise ValueError("CharTokenizer.train needs a non-empty text to take its characters from")
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        _check_text(text, "encode")
+        try:
+            return [self._index[c] for c in text]
+        except KeyError as err:
+            c = err.args[0]
+            raise ValueError(f"character {c!r} (U+{ord(c):04X}) is not in this CharTokenizer's vocabulary: it was "
+                             f"trained on text without it (train on text that contains it, or use BPETokenizer)"
+                             ) from None
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in _check_ids(ids, self.vocab_size))
+
+    def to_dict(self) -> dict:
+        return {"type": "char", "version": FORMAT_VERSION, "chars": self.chars}
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "CharTokenizer":
+        return _expect(load_tokenizer(path), cls)
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+
+class BPETokenizer:
+    """Byte-level BPE: 256 byte tokens plus one token per learned merge (ids 256, 257, ... in merge order)."""
+
+    def __init__(self, merges: dict[tuple[int, int], int]):
+        merges = {(int(a), int(b)): int(new) for (a, b), new in merges.items()}
+        for rank, ((a, b), new_id) in enumerate(merges.items()):
+            if new_id != 256 + rank or not (0 <= a < new_id and 0 <= b < new_id):
+                raise ValueError(f"merge number {rank} is ({a}, {b}) -> {new_id}: merges must create ids 256, 257, "
+                                 f"... in order, each from ids that exist before it")
+        self.merges = merges
+        self._encode = reference("tokens.bpe_encode")
+        self._decode = reference("tokens.bpe_decode")
+        self._cache: dict[str, list[int]] = {}  # chunk -> ids
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int = 512, *, verbose: bool = False) -> "BPETokenizer":
+        """Learn vocab_size - 256 merges from text (fewer if the text runs out of pairs).
+
+        The text is pre-split into chunks (`split_chunks`) and each distinct chunk is kept once with its count, so a
+        merge step only revisits the chunks that contain the merged pair.
+        """
+        _check_text(text, "BPETokenizer.train")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+            raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
+        if vocab_size < 256:
+            raise ValueError(f"vocab_size must be at least 256 for byte-level BPE (one token per byte value), "
+                             f"got {vocab_size}")
+        count_pairs = reference("tokens.count_pairs")
+        merge_pair = reference("tokens.merge_pair")
+        most_frequent_pair = reference("tokens.most_frequent_pair")
+
+        chunk_counts = Counter(split_chunks(text))
+        words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
+        freqs = list(chunk_counts.values())
+        stats: dict[tuple[int, int], int] = defaultdict(int)  # pair -> occurrences in the whole text
+        where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of words that contain it
+        for index, (word, freq) in enumerate(zip(words, freqs)):
+            for pair, n in count_pairs(word).items():
+                stats[pair] += n * freq
+                where[pair].add(index)
+
+        merges: dict[tuple[int, int], int] = {}
+        for new_id in range(256, vocab_size):
+            if not stats:
+                break
+            pair = most_frequent_pair(stats)
+            merges[pair] = new_id
+            for index in where.pop(pair):
+                old, freq = words[index], freqs[index]
+                for p, n in count_pairs(old).items():
+                    stats[p] -= n * freq
+                    if stats[p] == 0:
+                        del stats[p]
+                words[index] = new = merge_pair(old, pair, new_id)
+                for p, n in count_pairs(new).items():
+                    stats[p] += n * freq
+                    where[p].add(index)
+            if verbose and (new_id - 255) % 100 == 0:
+                print(f"merge {new_id - 255}/{vocab_size - 256}")
+        return cls(merges)
+
+    @property
+    def vocab_size(self) -> int:
+        return 256 + len(self.merges)
+
+    def truncate(self, vocab_size: int) -> "BPETokenizer":
+        """The tokenizer with only the first vocab_size - 256 merges: what training to that size would give."""
+        if not 256 <= vocab_size <= self.vocab_size:
+            raise ValueError(f"vocab_size must be between 256 and {self.vocab_size}, got {vocab_size}")
+        return BPETokenizer(dict(list(self.merges.items())[: vocab_size - 256]))
+
+    def encode(self, text: str) -> list[int]:
+        _check_text(text, "encode")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"text is not valid Unicode: {err.reason} at character {err.start}") from None
+        ids: list[int] = []
+        for chunk in split_chunks(text):
+            chunk_ids = self._cache.get(chunk)
+            if chunk_ids is None:
+                chunk_ids = self._cache[chunk] = self._encode(chunk, self.merges)
+            ids.extend(chunk_ids)
+        return ids
+
+    def decode(self, ids) -> str:
+        """Text of the ids; a byte sequence that is not valid UTF-8 (a cut character) shows as U+FFFD."""
+        return self._decode(_check_ids(ids, self.vocab_size), self.merges)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for."""
+        table = {i: bytes([i]) for i in range(256)}
+        for (a, b), new_id in self.merges.items():
+            table[new_id] = table[a] + table[b]
+        return table[_check_ids([token_id], self.vocab_size)[0]]
+
+    def to_dict(self) -> dict:
+        return {"type": "bpe", "version": FORMAT_VERSION, "merges": [list(pair) for pair in self.merges]}
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BPETokenizer":
+        return _expect(load_tokenizer(path), cls)
+
+    def __repr__(self) -> str:
+        return f"BPETokenizer(vocab_size={self.vocab_size})"
+
+
+Tokenizer = CharTokenizer | BPETokenizer
+
+
+def _expect(tokenizer: Tokenizer, cls: type) -> Tokenizer:
+    if not isinstance(tokenizer, cls):
+        raise ValueError(f"the file holds a {type(tokenizer).__name__}, not a {cls.__name__}: use load_tokenizer")
+    return tokenizer
+
+
+def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
+    """A CharTokenizer or BPETokenizer from the JSON file written by its `save`."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"tokenizer file {str(file)!r} does not exist")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        kind = data["type"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ValueError(f"{str(file)!r} is not a tokenizer file written by CharTokenizer.save or "
+                         f"BPETokenizer.save") from None
+    if kind == "char":
+        return CharTokenizer(data["chars"])
+    if kind == "bpe":
+        return BPETokenizer({(a, b): 256 + rank for rank, (a, b) in enumerate(data["merges"])})
+    raise ValueError(f"{str(file)!r} holds an unknown tokenizer type {kind!r} (expected 'char' or 'bpe')")

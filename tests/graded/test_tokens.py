@@ -1,0 +1,235 @@
+"""Graded tests of notebook 01's exercises: BPE merge step, BPE encode/decode, embedding, bigram perplexity."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmcourse.grading import assert_allclose, assert_equal_ids, exercise
+
+TEXTS = ["the cat sat on the mat, the end.", "你好，世界！语言模型把文字变成数字。", "emoji 🙂👍🏽 and ünïcödé", ""]
+
+
+def _train_merges(text: str, n_merges: int) -> dict[tuple[int, int], int]:
+    """A small, slow, independent BPE trainer (Counter-based), so the round-trip tests need no learner code."""
+    ids, merges = list(text.encode("utf-8")), {}
+    for new_id in range(256, 256 + n_merges):
+        counts = Counter(zip(ids, ids[1:]))
+        if not counts:
+            break
+        pair = max(sorted(counts), key=lambda p: counts[p])
+        merges[pair] = new_id
+        out, i = [], 0
+        while i < len(ids):
+            if ids[i: i + 2] == list(pair):
+                out.append(new_id)
+                i += 2
+            else:
+                out.append(ids[i])
+                i += 1
+        ids = out
+    return merges
+
+
+# -- bpe_merge ------------------------------------------------------------------------------------------------------
+
+@exercise("bpe_merge")
+def test_count_pairs_small_example(impl):
+    got = impl.tokens.count_pairs([1, 2, 3, 1, 2])
+    assert isinstance(got, dict), f"count_pairs should return a dict, got {type(got).__name__}"
+    assert dict(got) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}, f"count_pairs([1, 2, 3, 1, 2]) gave {dict(got)}"
+
+
+@exercise("bpe_merge")
+def test_count_pairs_random_and_short(impl):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 5, size=200).tolist()
+    got = dict(impl.tokens.count_pairs(ids))
+    expected = dict(Counter(zip(ids, ids[1:])))
+    assert got == expected, "count_pairs gives wrong counts on a random sequence of 200 ids"
+    assert dict(impl.tokens.count_pairs([7])) == {}, "a single id has no adjacent pair: expected {}"
+    assert dict(impl.tokens.count_pairs([])) == {}, "the empty sequence has no adjacent pair: expected {}"
+
+
+@exercise("bpe_merge")
+def test_merge_pair_small_example(impl):
+    ids = [1, 2, 3, 1, 2]
+    got = impl.tokens.merge_pair(ids, (1, 2), 4)
+    assert_equal_ids(got, [4, 3, 4], what="merge_pair([1, 2, 3, 1, 2], (1, 2), 4)")
+    assert ids == [1, 2, 3, 1, 2], "merge_pair must not modify its input list"
+
+
+@exercise("bpe_merge")
+def test_merge_pair_overlapping_and_absent(impl):
+    assert_equal_ids(impl.tokens.merge_pair([7, 7, 7], (7, 7), 9), [9, 7],
+                     what="merge_pair([7, 7, 7], (7, 7), 9) (occurrences are consumed left to right)")
+    assert_equal_ids(impl.tokens.merge_pair([7, 7, 7, 7], (7, 7), 9), [9, 9],
+                     what="merge_pair([7, 7, 7, 7], (7, 7), 9)")
+    assert_equal_ids(impl.tokens.merge_pair([1, 2, 3], (3, 1), 9), [1, 2, 3],
+                     what="merge_pair when the pair does not occur")
+    assert list(impl.tokens.merge_pair([], (1, 2), 9)) == [], "merging in an empty sequence should give []"
+
+
+@exercise("bpe_merge")
+def test_merge_pair_on_bytes_of_text(impl):
+    ids = list("hello hello".encode())
+    got = impl.tokens.merge_pair(ids, (ord("l"), ord("l")), 256)
+    expected = [104, 101, 256, 111, 32, 104, 101, 256, 111]
+    assert_equal_ids(got, expected, what="merge_pair(bytes of 'hello hello', (l, l), 256)")
+
+
+# -- bpe_roundtrip --------------------------------------------------------------------------------------------------
+
+@exercise("bpe_roundtrip")
+def test_bpe_encode_applies_merges_in_learned_order(impl):
+    merges = {(98, 99): 256, (97, 98): 257}  # (b, c) was learned first, so it wins over (a, b) in "abc"
+    assert_equal_ids(impl.tokens.bpe_encode("abc", merges), [97, 256], what='bpe_encode("abc", merges)')
+    merges = {(97, 97): 256, (256, 97): 257}
+    assert_equal_ids(impl.tokens.bpe_encode("aaab", merges), [257, 98], what='bpe_encode("aaab", merges)')
+
+
+@exercise("bpe_roundtrip")
+def test_bpe_encode_without_merges_gives_utf8_bytes(impl):
+    for text in TEXTS:
+        assert_equal_ids(np.asarray(impl.tokens.bpe_encode(text, {}), dtype=np.int64),
+                         np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64),
+                         what=f"bpe_encode({text!r}, {{}}) (with no merges, the ids are the UTF-8 bytes)")
+
+
+@exercise("bpe_roundtrip")
+def test_bpe_decode_small_example(impl):
+    assert impl.tokens.bpe_decode([97, 256], {(98, 99): 256}) == "abc", "bpe_decode([97, 256], {(98, 99): 256}) " \
+                                                                       "should be 'abc'"
+    merges = {(97, 97): 256, (256, 97): 257}
+    assert impl.tokens.bpe_decode([257, 98], merges) == "aaab", "bpe_decode of a merge of merges is wrong"
+    assert impl.tokens.bpe_decode([], merges) == "", "decoding no ids should give ''"
+
+
+@exercise("bpe_roundtrip")
+def test_bpe_roundtrip_english_chinese_emoji(impl):
+    for text in TEXTS:
+        merges = _train_merges(text * 3, 20)
+        ids = impl.tokens.bpe_encode(text, merges)
+        n_bytes = len(text.encode("utf-8"))
+        assert len(ids) <= n_bytes, f"bpe_encode({text!r}) gave more tokens ({len(ids)}) than bytes ({n_bytes})"
+        if text:
+            assert len(ids) < n_bytes, f"bpe_encode({text!r}) applied none of the merges learned from that text"
+        back = impl.tokens.bpe_decode(ids, merges)
+        assert back == text, f"bpe_decode(bpe_encode(text)) gave {back!r} instead of {text!r}"
+
+
+@exercise("bpe_roundtrip")
+def test_bpe_decode_invalid_utf8_and_unknown_id(impl):
+    cut = list("你".encode("utf-8"))[:2]  # a character cut in the middle
+    got = impl.tokens.bpe_decode(cut + [33], {})
+    assert got == bytes(cut + [33]).decode("utf-8", errors="replace"), \
+        f"bpe_decode of an incomplete UTF-8 character should show U+FFFD (errors='replace'), got {got!r}"
+    with pytest.raises(ValueError):
+        impl.tokens.bpe_decode([97, 300], {(97, 97): 256})
+
+
+# -- embedding ------------------------------------------------------------------------------------------------------
+
+@exercise("embedding")
+def test_embedding_forward_matches_torch(impl):
+    rng = np.random.default_rng(1)
+    weight = rng.normal(size=(11, 4))
+    ids = rng.integers(0, 11, size=(3, 5))
+    got = impl.tokens.embedding_forward(ids, weight)
+    expected = F.embedding(torch.from_numpy(ids), torch.from_numpy(weight)).numpy()
+    # A lookup copies rows: no arithmetic, so the values must be identical.
+    assert_allclose(got, expected, rtol=0, atol=0, what="embedding_forward(ids of shape (3, 5), weight (11, 4))")
+
+
+@exercise("embedding")
+def test_embedding_forward_equals_one_hot_matmul(impl):
+    rng = np.random.default_rng(2)
+    weight = rng.normal(size=(6, 3)).astype(np.float32)
+    ids = np.array([5, 0, 0, 2])
+    got = impl.tokens.embedding_forward(ids, weight)
+    assert np.asarray(got).dtype == np.float32, f"embedding_forward should keep weight's dtype float32, " \
+                                                f"got {np.asarray(got).dtype}"
+    one_hot = F.one_hot(torch.from_numpy(ids), 6).to(torch.float32)
+    # one_hot @ weight multiplies each row by exact 0s and one 1: float32 gives the exact row as well.
+    assert_allclose(got, (one_hot @ torch.from_numpy(weight)).numpy(), rtol=0, atol=0,
+                    what="embedding_forward compared with one_hot(ids) @ weight")
+    with pytest.raises(ValueError):
+        impl.tokens.embedding_forward(np.array([6]), weight)
+
+
+@exercise("embedding")
+def test_embedding_backward_matches_autograd_with_repeats(impl):
+    rng = np.random.default_rng(3)
+    weight = torch.from_numpy(rng.normal(size=(7, 5))).requires_grad_()
+    ids = np.array([[1, 3, 1, 1], [6, 3, 0, 1]])  # token 1 appears 4 times, 3 twice; 2, 4, 5 never
+    grad_out = rng.normal(size=(2, 4, 5))
+    F.embedding(torch.from_numpy(ids), weight).backward(torch.from_numpy(grad_out))
+    got = impl.tokens.embedding_backward(ids, grad_out, 7)
+    # float64 sums of at most 4 terms, possibly in another order than PyTorch's: rtol 1e-7 (course float64 rule).
+    assert_allclose(got, weight.grad.numpy(), rtol=1e-7, atol=1e-12,
+                    what="embedding_backward (token 1 is used 4 times: its gradients must add up)")
+
+
+@exercise("embedding")
+def test_embedding_backward_unused_rows_zero_and_shape_check(impl):
+    ids = np.array([2, 2])
+    grad_out = np.ones((2, 3))
+    got = np.asarray(impl.tokens.embedding_backward(ids, grad_out, 4))
+    assert got.shape == (4, 3), f"embedding_backward should return shape (vocab_size, D) = (4, 3), got {got.shape}"
+    expected = np.zeros((4, 3))
+    expected[2] = 2.0
+    # Sums of ones: exact in any floating-point type.
+    assert_allclose(got, expected, rtol=0, atol=0, what="embedding_backward([2, 2], ones) (rows of unused tokens "
+                                                        "must be 0, a repeated token gets the sum)")
+    with pytest.raises(ValueError):
+        impl.tokens.embedding_backward(ids, np.ones((3, 3)), 4)
+
+
+# -- bigram_perplexity ----------------------------------------------------------------------------------------------
+
+def _torch_perplexity(counts: np.ndarray, ids: np.ndarray, k: float) -> float:
+    smoothed = torch.from_numpy(counts.astype(np.float64)) + k
+    log_probs = torch.log(smoothed / smoothed.sum(dim=1, keepdim=True))  # (V, V)
+    ids = torch.from_numpy(ids)
+    return float(torch.exp(F.nll_loss(log_probs[ids[:-1]], ids[1:])))
+
+
+@exercise("bigram_perplexity")
+def test_bigram_perplexity_matches_torch(impl):
+    rng = np.random.default_rng(4)
+    counts = rng.integers(0, 20, size=(9, 9))
+    ids = rng.integers(0, 9, size=50)
+    for k in (1.0, 0.1):
+        got = impl.tokens.bigram_perplexity(counts, ids, k)
+        # float64 mean of 49 logs, summed in another order than PyTorch: rtol 1e-7 (course float64 rule).
+        assert_allclose(got, _torch_perplexity(counts, ids, k), rtol=1e-7,
+                        what=f"bigram_perplexity with smoothing {k}")
+
+
+@exercise("bigram_perplexity")
+def test_bigram_perplexity_of_uniform_model_is_vocab_size(impl):
+    got = impl.tokens.bigram_perplexity(np.zeros((13, 13)), [0, 5, 12, 12, 3], 1.0)
+    # Every probability is exactly 1/13, so the perplexity is 13 up to rounding of one log and one exp.
+    assert_allclose(got, 13.0, rtol=1e-12, what="bigram_perplexity of all-zero counts with smoothing 1 (a uniform "
+                                                 "model over 13 tokens has perplexity 13)")
+
+
+@exercise("bigram_perplexity")
+def test_bigram_perplexity_hand_computed(impl):
+    counts = np.array([[1, 3], [2, 2]])
+    # smoothing 0, ids 0 -> 1 -> 1: P(1 | 0) = 3/4 and P(1 | 1) = 2/4.
+    got = impl.tokens.bigram_perplexity(counts, [0, 1, 1], 0.0)
+    expected = np.exp(-(np.log(3 / 4) + np.log(2 / 4)) / 2)
+    # Two logs and one exp in float64: rtol 1e-12.
+    assert_allclose(got, expected, rtol=1e-12, what="bigram_perplexity([[1, 3], [2, 2]], [0, 1, 1], smoothing=0)")
+
+
+@exercise("bigram_perplexity")
+def test_bigram_perplexity_unseen_pair_without_smoothing_is_inf(impl):
+    counts = np.array([[0, 4], [4, 0]])
+    got = impl.tokens.bigram_perplexity(counts, [0, 1, 1], 0.0)
+    assert got == float("inf"), f"an unseen pair with smoothing 0 has probability 0: perplexity inf, got {got}"
+    with pytest.raises(ValueError):
+        impl.tokens.bigram_perplexity(counts, [0], 1.0)
