@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import resource
+import traceback
 
 import pytest
 
@@ -61,6 +62,17 @@ def classify(excinfo: pytest.ExceptionInfo) -> tuple[str, str]:
     return "failed", f"raised {type(err).__name__}" + (f": {message}" if message else "")
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    try:
+        return (yield)
+    except MemoryError as err:
+        # The learner's frames still hold what they allocated; drop their locals so that pytest has the memory
+        # to write its report (otherwise the worker stalls at the address-space cap until the time-out).
+        traceback.clear_frames(err.__traceback__)
+        raise
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
@@ -70,10 +82,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         report.user_properties.append((VERDICT, {"kind": kind, "message": message}))
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    path = config.getoption("--llmcourse-rubric")
-    if path:
-        rubric = {item.nodeid: exercise_id_of(item) for item in items}
+def pytest_collection_finish(session: pytest.Session) -> None:
+    path = session.config.getoption("--llmcourse-rubric")
+    if path:  # session.items: what is left after `-m` deselected the other exercises
+        rubric = {item.nodeid: exercise_id_of(item) for item in session.items}
         with open(path, "w", encoding="utf-8") as fh:
             json.dump({nodeid: ex for nodeid, ex in rubric.items() if ex}, fh)
 

@@ -120,7 +120,7 @@ def _run(command: list[str], cwd: Path, timeout: float) -> tuple[int | None, str
             return None, output
 
 
-def collect_rubric(impl_dir: Path, only: list[str] | None, workdir: Path, tests: Path = GRADED_TESTS) -> dict:
+def collect_rubric(impl_dir: Path, only: list[str] | None, workdir: Path, tests: Path) -> dict:
     """{test id: exercise id} of the graded tests that will run."""
     rubric_file = workdir / "rubric.json"
     code, output = _run(_pytest_command(tests, impl_dir, "--collect-only", "--llmcourse-rubric", str(rubric_file),
@@ -189,13 +189,14 @@ def _score(rubric: dict, outcomes: dict, time_limit_hit: bool) -> list[ExerciseR
 
 def grade(impl: str | os.PathLike = "exercises", *, only: list[str] | None = None,
           timeout: float = DEFAULT_TIMEOUT, workers: int = 2, memory_mb: int = DEFAULT_MEMORY_MB,
-          tests: Path = GRADED_TESTS) -> GradeReport:
+          tests: Path | None = None) -> GradeReport:
     """Grade an implementation ("exercises", "solutions" or a folder laid out like exercises/).
 
     Never raises for a learner's mistake; a problem of the grader itself is returned as `report.error`.
     """
     start = time.perf_counter()
     label = str(impl)
+    tests = GRADED_TESTS if tests is None else tests
     try:
         source = resolve_impl(impl)
         if not tests.is_dir():
