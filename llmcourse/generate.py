@@ -146,3 +146,45 @@ def generate(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, *, tempe
             out[:, length + 1:] = eos_id
             break
     return out[0] if single else out
+
+
+@torch.no_grad()
+def beam_search(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, beam_width: int, *,
+                eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Beam search from a 1-D prompt: keep the `beam_width` most likely continuations at every step.
+
+    Returns (sequences, scores), best first: sequences (W, T + max_new_tokens) int64, each the prompt and its new
+    tokens; scores (W,) float32, the total log-probability of each sequence's new tokens (W = beam_width, fewer
+    only when the vocabulary has fewer tokens). A beam that emitted `eos_id` is finished: it keeps emitting eos at
+    log-probability 0 (its score no longer changes) and competes with the open beams. There is no length
+    penalty, so finished short beams are favoured. Each step recomputes the (cropped) context of every beam; the
+    selection is the exercise `decoding.beam_step`. beam_width 1 is greedy decoding.
+    """
+    prompt_ids = _check_prompt(prompt_ids, max_new_tokens)
+    if prompt_ids.dim() != 1:
+        raise ValueError(f"beam_search takes one prompt of shape (T,), got shape {tuple(prompt_ids.shape)}")
+    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
+        raise ValueError(f"beam_width must be an int >= 1, got {beam_width!r}")
+    vocab_size, block_size = model.config.vocab_size, model.config.block_size
+    if eos_id is not None and not 0 <= eos_id < vocab_size:
+        raise ValueError(f"eos_id must be a token id in 0..{vocab_size - 1}, got {eos_id}")
+    beam_step = reference("decoding.beam_step")
+    device = _device(model)
+    beams = prompt_ids.to(device=device, dtype=torch.int64)[None]  # (1, T): one beam to start from
+    scores = torch.zeros(1, device=device)  # (W,)
+    finished = torch.zeros(1, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        if eos_id is not None and bool(finished.all()):
+            beams = torch.cat([beams, torch.full_like(beams[:, :1], eos_id)], dim=1)  # (W, t + 1)
+            continue
+        logits = model(beams[:, -block_size:], last_only=True)[:, -1].float()  # (W, V)
+        log_probs = torch.log_softmax(logits, dim=-1)  # (W, V)
+        if eos_id is not None:  # a finished beam may only repeat eos, for free
+            log_probs[finished] = float("-inf")
+            log_probs[finished, eos_id] = 0.0
+        width = min(beam_width, log_probs.numel())
+        beam, token, scores = beam_step(scores, log_probs, width)  # (W,) each
+        beams = torch.cat([beams[beam], token[:, None]], dim=1)  # (W, t + 1)
+        if eos_id is not None:
+            finished = finished[beam] | (token == eos_id)
+    return beams, scores
