@@ -1,0 +1,68 @@
+"""The exercise loader gives the learner's function once it works, else the reference, and says which."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from llmcourse.impl import COURSE_ROOT
+from llmcourse.loader import is_stub, load, reference
+
+STUB = 'raise NotImplementedError("warmup_mean_squared_error: mean_squared_error is not implemented yet; ' \
+       'write your code here")'
+
+
+@pytest.fixture
+def learner_folder(tmp_path: Path, monkeypatch) -> Path:
+    folder = tmp_path / "exercises"
+    shutil.copytree(COURSE_ROOT / "exercises", folder)
+    monkeypatch.setenv("LLMCOURSE_EXERCISES", str(folder))
+    return folder
+
+
+def _write_answer(folder: Path, body: str) -> None:
+    path = folder / "warmup.py"
+    path.write_text(path.read_text().replace(STUB, body))
+
+
+def test_stub_gives_the_reference(learner_folder, capsys):
+    fn = load("warmup.mean_squared_error")
+    assert "using the reference solution (yours is not implemented yet)" in capsys.readouterr().out
+    assert fn is reference("warmup.mean_squared_error")
+
+
+@pytest.mark.slow
+def test_working_answer_is_used(learner_folder, capsys):
+    _write_answer(learner_folder, "d = np.asarray(predictions, float) - np.asarray(targets, float)\n"
+                                  "    if d.ndim and np.shape(predictions) != np.shape(targets):\n"
+                                  "        raise ValueError('shapes differ')\n"
+                                  "    return float(np.mean(d ** 2))")
+    fn = load("warmup.mean_squared_error")
+    assert "using your implementation" in capsys.readouterr().out
+    assert fn([1.0, 2.0], [1.0, 4.0]) == 2.0
+    assert fn is not reference("warmup.mean_squared_error")
+
+
+@pytest.mark.slow
+def test_wrong_answer_falls_back_with_the_reason(learner_folder, capsys):
+    _write_answer(learner_folder, "return 42.0")
+    fn = load("warmup.mean_squared_error")
+    out = capsys.readouterr().out
+    assert "using the reference solution (yours does not pass its graded tests yet: failed:" in out
+    assert "llmcourse grade --only warmup_mean_squared_error" in out
+    assert fn is reference("warmup.mean_squared_error")
+
+
+def test_provided_code_comes_from_the_reference_silently(capsys):
+    assert load("warmup.np") is reference("warmup.np")
+    assert capsys.readouterr().out == ""
+
+
+def test_is_stub_reads_the_function_body():
+    assert is_stub(COURSE_ROOT / "exercises" / "warmup.py", "mean_squared_error")
+    assert not is_stub(COURSE_ROOT / "solutions" / "warmup.py", "mean_squared_error")
+
+
+def test_unqualified_name_is_explained():
+    with pytest.raises(ValueError, match="like 'attention.softmax'"):
+        load("softmax")
