@@ -222,3 +222,140 @@ class GPT(nn.Module):
             # A padding query would see no key at all (NaN); letting it see itself keeps it finite and harmless.
             allowed = allowed & attention_mask.bool()[:, None, None, :] | (key_pos == query_pos)[None, None]
         return allowed
+
+
+# -- GPT-2 checkpoints in the Hugging Face layout ----------------------------------------------------------------
+
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # (in, out) in HF
+_BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                 "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                 "mlp.c_proj.weight", "mlp.c_proj.bias")
+_HF_BUFFER = r"h\.\d+\.attn\.(bias|masked_bias)"  # the causal-mask buffers of older HF checkpoints, not weights
+
+
+def _hf_shapes(V: int, P: int, C: int, n_layer: int) -> dict[str, tuple[int, ...]]:
+    """Every weight of a GPT-2 checkpoint (keys without `transformer.`) and its shape, Conv1D weights (in, out)."""
+    block = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (C, 3 * C), "attn.c_attn.bias": (3 * C,),
+             "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,), "ln_2.weight": (C,), "ln_2.bias": (C,),
+             "mlp.c_fc.weight": (C, 4 * C), "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (4 * C, C),
+             "mlp.c_proj.bias": (C,)}
+    shapes = {"wte.weight": (V, C), "wpe.weight": (P, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    for i in range(n_layer):
+        shapes.update({f"h.{i}.{name}": shape for name, shape in block.items()})
+    return shapes
+
+
+def _read_checkpoint(source) -> tuple[dict[str, torch.Tensor], str, bool]:
+    """The state dict in `source` (a dict, or a .safetensors/.bin/.pt/.pth file), how to name it in errors, and
+    whether its tensors are the caller's (a dict) rather than freshly read."""
+    import os
+    from collections.abc import Mapping
+
+    if isinstance(source, Mapping):
+        state, what = dict(source), "the state dict"
+    else:
+        path = os.fspath(source)
+        what = f"checkpoint file {path!r}"
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no {what}: give the path of a local .safetensors, .bin or .pt file "
+                                    "(nothing is downloaded)")
+        suffix = os.path.splitext(path)[1].lower()
+        if suffix not in (".safetensors", ".bin", ".pt", ".pth"):
+            raise ValueError(f"{what} has an unknown format {suffix!r}: use .safetensors, .bin, .pt or .pth")
+        try:
+            if suffix == ".safetensors":
+                from safetensors.torch import load_file
+                state = load_file(path, device="cpu")
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a truncated or foreign file raises whatever its reader raises
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"{what} is not a readable {suffix} checkpoint: {reason}") from None
+        if not isinstance(state, Mapping):
+            raise ValueError(f"{what} holds a {type(state).__name__}, not a state dict (name -> tensor)")
+        state = dict(state)
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{what}: {key!r} is a {type(value).__name__}, not a tensor")
+    return state, what, isinstance(source, Mapping)
+
+
+def load_gpt2(source, n_head: int | None = None) -> GPT:
+    """A GPT with the weights of a GPT-2 state dict in the Hugging Face layout. Nothing is downloaded.
+
+    `source` is a dict name -> tensor or the path (str or Path) of a local `.safetensors`, `.bin`, `.pt` or `.pth`
+    file. Keys may carry the `transformer.` prefix (HF's GPT2LMHeadModel) or not (GPT2Model); `lm_head.weight`, if
+    present, must equal the token embeddings (GPT-2 ties them); the mask buffers `attn.bias`/`attn.masked_bias` are
+    ignored. HF's Conv1D weights are stored (in, out) and are transposed into nn.Linear's (out, in).
+
+    The config comes from the tensors' shapes, except `n_head`, which shapes cannot tell: it defaults to
+    n_embd // 64, as in every GPT-2 size. The model is float32, on the CPU: move it with `.to(get_device())`.
+    Raises KeyError naming a missing key, ValueError naming a wrong shape, an unexpected key or an unreadable file.
+    """
+    import re
+
+    state, what, callers = _read_checkpoint(source)
+    weights, head = {}, None
+    for key, value in state.items():
+        short = key.removeprefix("transformer.")
+        if short == "lm_head.weight":
+            head = value
+        elif not re.fullmatch(_HF_BUFFER, short):
+            weights[short] = value
+    for key in ("wte.weight", "wpe.weight"):
+        if key not in weights:
+            raise KeyError(f"{what} has no {key!r} (nor 'transformer.{key}'): is it a GPT-2 state dict? Its first "
+                           f"keys are {list(state)[:5]}")
+        if weights[key].dim() != 2:
+            raise ValueError(f"{what}: {key!r} has shape {tuple(weights[key].shape)}, expected a matrix")
+    (V, C), P = weights["wte.weight"].shape, weights["wpe.weight"].shape[0]
+    layers = [int(m.group(1)) for key in weights if (m := re.match(r"h\.(\d+)\.", key))]
+    n_layer = max(layers) + 1 if layers else 0
+    if n_head is None:
+        if C % 64:
+            raise ValueError(f"cannot guess n_head for n_embd = {C} (GPT-2 uses n_embd // 64): pass n_head=")
+        n_head = C // 64
+    config = GPTConfig(vocab_size=V, block_size=P, n_layer=n_layer, n_head=n_head, n_embd=C)  # checks the values
+    expected = _hf_shapes(V, P, C, n_layer)
+    unexpected = [key for key in weights if key not in expected]
+    if unexpected:
+        raise ValueError(f"{what} holds keys a GPT-2 does not have: {unexpected[:5]}")
+    ours = {}
+    for key, shape in expected.items():
+        if key not in weights:
+            raise KeyError(f"{what} has no {key!r} (nor 'transformer.{key}'): the checkpoint is incomplete")
+        value = weights[key]
+        if tuple(value.shape) != shape:
+            raise ValueError(f"{what}: {key!r} has shape {tuple(value.shape)}, expected {shape} (Hugging Face "
+                             "layout: Conv1D weights are (in, out); a llmcourse GPT's own state dict loads with "
+                             "model.load_state_dict)")
+        value = value.to(torch.float32, copy=callers)  # the model must not share memory with the caller's dict
+        ours[f"transformer.{key}"] = (value.t() if key.endswith(_CONV1D) else value).contiguous()
+    if head is not None and (head.shape != (V, C) or not torch.equal(head.float(), ours["transformer.wte.weight"])):
+        raise ValueError(f"{what}: 'lm_head.weight' differs from the token embeddings 'wte.weight'; GPT-2 ties "
+                         "them and so does this GPT")
+    with torch.device("meta"):  # no memory and no random init: every weight is assigned from the checkpoint
+        model = GPT(config)
+    ours["lm_head.weight"] = ours["transformer.wte.weight"]
+    model.load_state_dict(ours, strict=True, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # assign replaced both Parameters: tie them again
+    return model.eval()
+
+
+def to_gpt2_state_dict(model: GPT, *, prefix: str = "transformer.") -> dict[str, torch.Tensor]:
+    """The model's weights as a GPT-2 state dict in the Hugging Face layout, the inverse of `load_gpt2`.
+
+    Linear weights are transposed to Conv1D's (in, out); `lm_head.weight` is left out (tied to `wte.weight`, as in
+    HF's saved files). Tensors are contiguous CPU copies, ready for `safetensors.torch.save_file` or `torch.save`.
+    `prefix=""` gives the keys of HF's GPT2Model.
+    """
+    if not model.config.bias:
+        raise ValueError("GPT-2 has biases in its Linear layers and LayerNorms; this model was built with bias=False")
+    out = {}
+    for key, value in model.state_dict().items():
+        if key == "lm_head.weight":
+            continue
+        short = key.removeprefix("transformer.")
+        value = value.detach().cpu()
+        out[prefix + short] = (value.t() if short.endswith(_CONV1D) else value).contiguous().clone()
+    return out
