@@ -85,8 +85,8 @@ class GradeReport:
         }
 
 
-def _pytest_command(tests: Path, impl_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", str(tests), "-p", "llmcourse.grading.plugin", "--impl", str(impl_dir),
+def _pytest_command(tests: list[Path], impl_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pytest", *map(str, tests), "-p", "llmcourse.grading.plugin", "--impl", str(impl_dir),
             "--rootdir", str(COURSE_ROOT), "-c", str(COURSE_ROOT / "pyproject.toml"), "-q", "--no-header",
             "-p", "no:cacheprovider", *extra]
 
@@ -97,6 +97,15 @@ def _marker_expression(only: list[str] | None) -> list[str]:
     for exercise_id in only:
         catalog.get(exercise_id)
     return ["-m", " or ".join(only)]
+
+
+def _test_paths(tests: Path, only: list[str] | None) -> list[Path]:
+    """Where the tests of `only` are: tests/graded/test_<module>.py by convention, so grading one exercise does not
+    import every chapter's tests; the whole folder when that file is missing or nothing is singled out."""
+    if not only:
+        return [tests]
+    files = sorted({tests / f"test_{catalog.get(exercise_id).module}.py" for exercise_id in only})
+    return files if all(f.exists() for f in files) else [tests]
 
 
 def _environment() -> dict[str, str]:
@@ -120,7 +129,7 @@ def _run(command: list[str], cwd: Path, timeout: float) -> tuple[int | None, str
             return None, output
 
 
-def collect_rubric(impl_dir: Path, only: list[str] | None, workdir: Path, tests: Path) -> dict:
+def collect_rubric(impl_dir: Path, only: list[str] | None, workdir: Path, tests: list[Path]) -> dict:
     """{test id: exercise id} of the graded tests that will run."""
     rubric_file = workdir / "rubric.json"
     code, output = _run(_pytest_command(tests, impl_dir, "--collect-only", "--llmcourse-rubric", str(rubric_file),
@@ -206,13 +215,15 @@ def grade(impl: str | os.PathLike = "exercises", *, only: list[str] | None = Non
             impl_dir = workdir / "implementation"
             # Grade a copy: the learner's files are never touched, whatever their code does.
             shutil.copytree(source, impl_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
-            rubric = collect_rubric(impl_dir, only, workdir, tests)
+            test_paths = _test_paths(tests, only)
+            rubric = collect_rubric(impl_dir, only, workdir, test_paths)
             results_file = workdir / "results.jsonl"
-            run_limit = 120 + timeout * len(rubric) / max(workers, 1)
+            workers = max(1, min(workers, len(rubric)))
+            run_limit = 120 + timeout * len(rubric) / workers
             code, output = _run(_pytest_command(
-                tests, impl_dir, "--llmcourse-results", str(results_file), "--llmcourse-memory-mb", str(memory_mb),
-                "-n", str(workers), "--max-worker-restart", str(10 * len(rubric)), "--timeout", str(timeout),
-                "--timeout-method", "signal", "-p", "no:randomly", *_marker_expression(only),
+                test_paths, impl_dir, "--llmcourse-results", str(results_file), "--llmcourse-memory-mb",
+                str(memory_mb), "-n", str(workers), "--max-worker-restart", str(10 * len(rubric)),
+                "--timeout", str(timeout), "--timeout-method", "signal", *_marker_expression(only),
             ), workdir, timeout=run_limit)
             if code not in (0, 1, None):
                 tail = "\n".join(output.strip().splitlines()[-15:])
