@@ -280,6 +280,28 @@ def _read_checkpoint(source) -> tuple[dict[str, torch.Tensor], str, bool]:
     return state, what, isinstance(source, Mapping)
 
 
+class _SkipInit(torch.overrides.TorchFunctionMode):
+    """Makes weight initialisation a no-op (on the meta device there is nothing to fill, and PyTorch's meta
+    kernels for random init are slow to load)."""
+
+    INIT = frozenset({"normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "zeros_", "zero_", "ones_",
+                      "fill_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in self.INIT:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+def gpt_skeleton(config: GPTConfig) -> GPT:
+    """A GPT of this shape on PyTorch's "meta" device: no memory, no init, in milliseconds even for GPT-2 XL.
+
+    Good for counting parameters, and for loading a checkpoint with `load_state_dict(..., assign=True)`."""
+    with torch.device("meta"), _SkipInit():
+        return GPT(config)
+
+
 def load_gpt2(source, n_head: int | None = None) -> GPT:
     """A GPT with the weights of a GPT-2 state dict in the Hugging Face layout. Nothing is downloaded.
 
@@ -334,8 +356,7 @@ def load_gpt2(source, n_head: int | None = None) -> GPT:
     if head is not None and (head.shape != (V, C) or not torch.equal(head.float(), ours["transformer.wte.weight"])):
         raise ValueError(f"{what}: 'lm_head.weight' differs from the token embeddings 'wte.weight'; GPT-2 ties "
                          "them and so does this GPT")
-    with torch.device("meta"):  # no memory and no random init: every weight is assigned from the checkpoint
-        model = GPT(config)
+    model = gpt_skeleton(config)  # no memory and no random init: every weight is assigned from the checkpoint
     ours["lm_head.weight"] = ours["transformer.wte.weight"]
     model.load_state_dict(ours, strict=True, assign=True)
     model.lm_head.weight = model.transformer.wte.weight  # assign replaced both Parameters: tie them again
