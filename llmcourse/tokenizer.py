@@ -107,6 +107,7 @@ class BPETokenizer:
         self._encode = reference("tokens.bpe_encode")
         self._decode = reference("tokens.bpe_decode")
         self._cache: dict[str, list[int]] = {}  # chunk -> ids
+        self._bytes: list[bytes] | None = None  # id -> the bytes it stands for, built on first use
 
     @classmethod
     def train(cls, text: str, vocab_size: int = 512, *, verbose: bool = False) -> "BPETokenizer":
@@ -185,10 +186,11 @@ class BPETokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for."""
-        table = {i: bytes([i]) for i in range(256)}
-        for (a, b), new_id in self.merges.items():
-            table[new_id] = table[a] + table[b]
-        return table[_check_ids([token_id], self.vocab_size)[0]]
+        if self._bytes is None:
+            self._bytes = [bytes([i]) for i in range(256)]
+            for a, b in self.merges:
+                self._bytes.append(self._bytes[a] + self._bytes[b])
+        return self._bytes[_check_ids([token_id], self.vocab_size)[0]]
 
     def to_dict(self) -> dict:
         return {"type": "bpe", "version": FORMAT_VERSION, "merges": [list(pair) for pair in self.merges]}
@@ -205,6 +207,14 @@ class BPETokenizer:
 
 
 Tokenizer = CharTokenizer | BPETokenizer
+
+
+def show_tokens(tokenizer: Tokenizer, text: str, sep: str = "|") -> str:
+    """text with `sep` between its tokens; a BPE token that holds part of a character shows its bytes (\\xe4)."""
+    ids = tokenizer.encode(text)
+    if isinstance(tokenizer, CharTokenizer):
+        return sep.join(tokenizer.decode([i]) for i in ids)
+    return sep.join(tokenizer.token_bytes(i).decode("utf-8", errors="backslashreplace") for i in ids)
 
 
 def _expect(tokenizer: Tokenizer, cls: type) -> Tokenizer:
