@@ -94,6 +94,28 @@ class KVCache:
         """Called once per forward, after every layer wrote its keys and values."""
         self.length += new_tokens
 
+    def shift(self, offset: int) -> None:
+        """Move every row's filled positions by `offset`: > 0 opens `offset` empty positions at the front (a row
+        that joins a continuous batch needs room for its prompt), < 0 drops the first -offset positions (padding
+        that no row attends to any more). The caller's attention mask must move the same way."""
+        if not -self.length <= offset <= self.max_len - self.length:
+            raise ValueError(f"cannot shift a KV-cache holding {self.length} of {self.max_len} positions by {offset}")
+        old, self.length = self.length, self.length + offset
+        for t in self.keys + self.values:
+            if offset > 0:
+                t[:, :, offset:self.length] = t[:, :, :old].clone()
+            elif offset < 0:
+                t[:, :, :self.length] = t[:, :, -offset:old].clone()
+
+    def copy_row(self, row: int, source: "KVCache", source_row: int, tokens: int) -> None:
+        """Copy the last `tokens` filled positions of `source`'s row `source_row` into the last `tokens` filled
+        positions of `row` (right-aligned, like the rows of a left-padded batch)."""
+        if not 0 <= tokens <= min(self.length, source.length):
+            raise ValueError(f"cannot copy {tokens} positions: this cache holds {self.length}, the source "
+                             f"{source.length}")
+        for mine, theirs in zip(self.keys + self.values, source.keys + source.values):
+            mine[row, :, self.length - tokens:self.length] = theirs[source_row, :, source.length - tokens:source.length]
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):

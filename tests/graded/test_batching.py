@@ -111,7 +111,8 @@ def test_scheduler_step_simulation_serves_everyone_once(impl):
         slots, joined, left = impl.batching.scheduler_step(slots, finished, waiting)
         served += left
         taken = [request for _, request in joined]
-        assert taken == waiting[:len(taken)], f"requests must join first come, first served: took {taken} from {waiting}"
+        assert taken == waiting[:len(taken)], \
+            f"requests must join first come, first served: took {taken} from {waiting}"
         waiting = waiting[len(taken):]
         assert all(s is not None for s in slots) or not waiting, f"a row is free while {waiting} wait: {slots}"
         for s in slots:

@@ -40,7 +40,8 @@ def test_cache_append_step_by_step_equals_concatenation(impl):
     length = 0
     for start, stop in ((0, 3), (3, 4), (4, 5), (5, 6)):  # a prompt of 3, then one token at a time
         length = impl.kv_cache.cache_append(cache_k, cache_v, length, ks[..., start:stop, :], vs[..., start:stop, :])
-        assert length == stop, f"after appending positions {start}..{stop - 1} the length should be {stop}, got {length}"
+        assert length == stop, f"after appending positions {start}..{stop - 1} the length should be {stop}, " \
+                               f"got {length}"
     # Copies only: exact equality with torch.cat of the pieces.
     assert_allclose(cache_k, torch.from_numpy(ks), rtol=0, atol=0, what="cache_k filled by four appends")
     assert_allclose(cache_v, torch.from_numpy(vs), rtol=0, atol=0, what="cache_v filled by four appends")
@@ -108,7 +109,8 @@ def test_cached_attention_equals_last_row_of_causal_attention_float32(impl):
     full = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q), torch.from_numpy(k),
                                                             torch.from_numpy(v), is_causal=True)
     # float32: PyTorch's own default tolerances (COURSE.md).
-    assert_allclose(got, full[:, -1:, :], rtol=1.3e-6, atol=1e-5, what="cached_attention vs causal attention's last row")
+    assert_allclose(got, full[:, -1:, :], rtol=1.3e-6, atol=1e-5,
+                    what="cached_attention vs causal attention's last row")
 
 
 @exercise("cached_attention")
