@@ -13,6 +13,7 @@ frequencies, a per-chunk encoding cache and the JSON format.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 from collections import Counter, defaultdict
@@ -40,7 +41,10 @@ def _check_text(text, what: str) -> None:
 def _check_ids(ids, vocab_size: int) -> list[int]:
     if isinstance(ids, (str, bytes)):
         raise TypeError(f"decode expects a sequence of int token ids, got {type(ids).__name__}")
-    ids = [int(i) for i in ids]  # accepts lists, tuples, NumPy arrays and tensors of ints
+    try:
+        ids = [operator.index(i) for i in ids]  # lists, tuples, NumPy arrays and tensors of ints
+    except TypeError:
+        raise TypeError("decode expects a sequence of int token ids; found a value that is not an integer") from None
     for i in ids:
         if not 0 <= i < vocab_size:
             raise ValueError(f"token id {i} is outside this tokenizer's vocabulary 0..{vocab_size - 1}")

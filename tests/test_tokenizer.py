@@ -130,6 +130,9 @@ def test_bpe_bad_inputs(bpe, tmp_path):
         bpe.encode(b"bytes")
     with pytest.raises(ValueError, match="outside this tokenizer's vocabulary"):
         bpe.decode([bpe.vocab_size])
+    with pytest.raises(TypeError, match="not an integer"):
+        bpe.decode([1.5])
+    assert bpe.decode(np.array([104, 105])) == bpe.decode(torch.tensor([104, 105])) == "hi"
     with pytest.raises(ValueError, match="not valid Unicode"):
         bpe.encode("lone \ud800 surrogate")
     with pytest.raises(ValueError, match="must create ids 256"):
