@@ -35,3 +35,7 @@ clean:
 # Execute every notebook headless into build/notebooks/ (with HTML copies) and write build/index.html.
 course: setup
 	$(PY) -c "from llmcourse.course import build; import sys; sys.exit(any(r.errors for r in build()))"
+
+# Measure inference speed against this machine's limits: a table, build/bench.json and PNG plots in build/.
+bench: setup
+	$(PY) -m llmcourse bench --json build/bench.json --plots build

@@ -58,6 +58,21 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+    from llmcourse import bench
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = bench.run(quick=args.quick)
+    print()
+    print(bench.format_table(results))
+    if args.json:
+        _write_json(args.json, results)
+    if args.plots:
+        print("plots: " + ", ".join(str(p) for p in bench.save_plots(results, args.plots)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmcourse", description="How LLMs work and how their inference is made "
                                      "fast: helpers for the course's notebooks, exercises and grading.")
@@ -87,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="time limit per test (30)")
     gr.add_argument("--workers", type=int, default=2, help="test processes run at once (2)")
     gr.set_defaults(func=cmd_grade)
+
+    be = sub.add_parser("bench", help="measure KV-cache, batching and quantization speed against this machine's limits",
+                        description="Measure, on the GPT-2 124M shape with random weights: the KV-cache speedup vs "
+                        "generated length, tokens/s vs batch size, continuous vs static batching, quantization, and "
+                        "batch-1 decoding against the memory-bandwidth bound. Prints a table.")
+    be.add_argument("--quick", action="store_true", help="fewer sizes and repeats (a few minutes on 2 cores)")
+    be.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    be.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
+    be.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    be.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,357 @@
+"""The speed measurements of notebooks 07-10 and `llmcourse bench`: KV-cache speedup, throughput vs batch size,
+continuous vs static batching, quantization, and how far batch-1 decoding is from the memory-bandwidth limit.
+
+Every figure is measured in this process with `llmcourse.timing.measure` (warm-up, repeats, median and spread),
+as a ratio against a baseline measured in the same run, and next to its limit (the roofline):
+
+- one decoding step reads every weight once, so a batch of B rows makes B tokens per read of the weights:
+  tokens/s <= B x memory bandwidth / bytes read per step (memory bound, small B);
+- each token costs 2 FLOPs per weight it multiplies: tokens/s <= matmul FLOP/s / (2 x weights) (compute bound,
+  large B). The curve bends where the two limits cross.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static
+from llmcourse.generate import generate
+from llmcourse.gpt import GPT, GPTConfig, KVCache
+from llmcourse.runtime import get_device
+from llmcourse.timing import Measurement, decode_bound_tok_s, matmul_gflops, measure, memory_bandwidth_gbs
+
+GPT2_NAME = "gpt2-124M shape, random weights"
+
+
+def gpt2_shape_model(config: GPTConfig | None = None, seed: int = 0) -> GPT:
+    """A GPT with the GPT-2 124M shape (or `config`) and random weights: weights' values do not change speed."""
+    torch.manual_seed(seed)
+    return GPT(config or GPTConfig.gpt2()).to(get_device()).eval()
+
+
+def _rng(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _prompts(model: GPT, count: int, shortest: int, longest: int, seed: int) -> list[list[int]]:
+    """`count` random prompts with lengths spread evenly over shortest..longest."""
+    g = _rng(seed)
+    lengths = torch.linspace(shortest, longest, count).round().long().tolist() if count > 1 else [longest]
+    return [torch.randint(0, model.config.vocab_size, (n,), generator=g).tolist() for n in lengths]
+
+
+def _stats(m: Measurement, tokens: int) -> tuple[float, float]:
+    return tokens / m.median, m.spread
+
+
+def _interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, Measurement]:
+    """Time each run `repeats` times, taking turns, so that a change of the machine's load hits all of them."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            samples[name] += measure(run, warmup=0, repeats=1).samples
+    return {name: Measurement(tuple(s)) for name, s in samples.items()}
+
+
+# -- the machine's limits -----------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    return {"memory_bandwidth_gbs": memory_bandwidth_gbs(), "matmul_gflops": matmul_gflops(),
+            "threads": torch.get_num_threads(), "device": str(get_device()), "torch": torch.__version__,
+            "processor": platform.processor() or platform.machine()}
+
+
+def weight_bytes_per_step(model: GPT) -> int:
+    """Bytes of weights one decoding step reads: every parameter once (the tied head is the token table), except
+    the position table, of which one row per token is read."""
+    element = next(model.parameters()).element_size()
+    wpe = model.transformer.wpe.weight
+    return (model.num_parameters() - wpe.numel() + wpe.shape[1]) * element
+
+
+def matmul_weights(model: GPT) -> int:
+    """Weights a token multiplies (2 FLOPs each): every Linear and the output head, not the embedding lookups."""
+    return model.num_parameters() - model.transformer.wpe.weight.numel()
+
+
+def roofline_tok_s(model: GPT, batch_size: int, bandwidth_gbs: float, gflops: float, context: int = 0) -> float:
+    """The limit of decoding at `batch_size`: min(memory bound, compute bound), in tokens/s."""
+    step_bytes = weight_bytes_per_step(model) + KVCache.bytes_needed(model.config, batch_size, context)
+    memory = batch_size * decode_bound_tok_s(step_bytes, bandwidth_gbs)
+    compute = gflops * 1e9 / (2 * matmul_weights(model))
+    return min(memory, compute)
+
+
+# -- 07: the KV-cache -----------------------------------------------------------------------------------------------
+
+def kv_cache_speedup(model: GPT, new_tokens: Sequence[int], *, prompt_tokens: int = 8, repeats: int = 3,
+                     name: str = "", seed: int = 0) -> dict:
+    """Greedy generation of each number of `new_tokens` with and without the KV-cache, timed in turns."""
+    if max(new_tokens) + prompt_tokens > model.config.block_size:
+        raise ValueError(f"{prompt_tokens} prompt + {max(new_tokens)} new tokens exceed the model's context of "
+                         f"{model.config.block_size}: ask for fewer new tokens")
+    prompt = torch.randint(0, model.config.vocab_size, (1, prompt_tokens), generator=_rng(seed)).to(get_device())
+    run = lambda n, cache: lambda: generate(model, prompt, n, temperature=0.0, use_cache=cache)  # noqa: E731
+    run(4, False)(), run(4, True)()  # warm-up
+    result = {"model": name, "prompt_tokens": prompt_tokens, "new_tokens": list(new_tokens), "no_cache_tok_s": [],
+              "cache_tok_s": [], "speedup": [], "no_cache_spread": [], "cache_spread": []}
+    for n in new_tokens:
+        times = _interleaved({"no_cache": run(n, False), "cache": run(n, True)}, repeats)
+        (slow, slow_spread), (fast, fast_spread) = _stats(times["no_cache"], n), _stats(times["cache"], n)
+        result["no_cache_tok_s"].append(slow)
+        result["cache_tok_s"].append(fast)
+        result["speedup"].append(fast / slow)
+        result["no_cache_spread"].append(slow_spread)
+        result["cache_spread"].append(fast_spread)
+    longest = max(new_tokens)
+    result["identical_tokens"] = bool(torch.equal(run(longest, False)(), run(longest, True)()))
+    return result
+
+
+def kv_cache_memory(config: GPTConfig, tokens: Sequence[int], batch_size: int = 1) -> dict:
+    """The cache's size from the formula and as allocated (bytes), for caches of `tokens` positions."""
+    formula = [KVCache.bytes_needed(config, batch_size, n) for n in tokens]
+    allocated = []
+    for n in tokens:
+        cache = KVCache(config, batch_size, n, device="meta")  # shapes only: nothing is allocated
+        allocated.append(cache.nbytes)
+    return {"tokens": list(tokens), "batch_size": batch_size, "formula_bytes": formula, "allocated_bytes": allocated}
+
+
+# -- 08: batching --------------------------------------------------------------------------------------------------
+
+def batch_throughput(model: GPT, batch_sizes: Sequence[int], *, new_tokens: int = 32, prompt_tokens: int = 8,
+                     repeats: int = 3, name: str = "", check_rows: int = 4, seed: int = 0,
+                     machine_limits: dict | None = None) -> dict:
+    """Tokens/s of batched greedy generation (prompts of prompt_tokens // 2 .. prompt_tokens tokens, left-padded)
+    at each batch size, and whether the first `check_rows` rows equal generating each prompt alone."""
+    prompts = _prompts(model, max(batch_sizes), max(1, prompt_tokens // 2), prompt_tokens, seed)
+    run = lambda b: lambda: generate_batch(model, prompts[:b], new_tokens, temperature=0.0)  # noqa: E731
+    run(1)(), run(max(batch_sizes))()  # warm-up
+    times = _interleaved({str(b): run(b) for b in batch_sizes}, repeats)
+    result = {"model": name, "new_tokens": new_tokens, "prompt_tokens": prompt_tokens,
+              "batch_sizes": list(batch_sizes), "tok_s": [], "spread": []}
+    for b in batch_sizes:
+        tok_s, spread = _stats(times[str(b)], b * new_tokens)
+        result["tok_s"].append(tok_s)
+        result["spread"].append(spread)
+    result["speedup_over_batch1"] = [t / result["tok_s"][0] for t in result["tok_s"]] if batch_sizes[0] == 1 else None
+    rows = min(check_rows, max(batch_sizes))
+    batched = generate_batch(model, prompts[:rows], new_tokens, temperature=0.0)
+    result["identical_tokens"] = all(torch.equal(row, generate(model, torch.tensor(p), new_tokens, temperature=0.0))
+                                     for p, row in zip(prompts, batched))
+    if machine_limits is not None:
+        bw, gf = machine_limits["memory_bandwidth_gbs"], machine_limits["matmul_gflops"]
+        result["bound_tok_s"] = [roofline_tok_s(model, b, bw, gf, prompt_tokens + new_tokens // 2)
+                                 for b in batch_sizes]
+    return result
+
+
+def mixed_requests(model: GPT, count: int, *, prompt_range: tuple[int, int] = (4, 32),
+                   output_range: tuple[int, int] = (4, 64), seed: int = 0) -> list[Request]:
+    """`count` requests, all arrived at the start, with random prompt and output lengths in the given ranges."""
+    g = _rng(seed)
+    requests = []
+    for i in range(count):
+        p = int(torch.randint(prompt_range[0], prompt_range[1] + 1, (1,), generator=g))
+        n = int(torch.randint(output_range[0], output_range[1] + 1, (1,), generator=g))
+        requests.append(Request(i, tuple(torch.randint(0, model.config.vocab_size, (p,), generator=g).tolist()), n))
+    return requests
+
+
+def continuous_vs_static(model: GPT, requests: Sequence[Request], max_batch: int, *, repeats: int = 3) -> dict:
+    """Serve the same requests with static and with continuous batching, in turns; medians over `repeats`."""
+    reports: dict[str, list] = {"static": [], "continuous": []}
+    for _ in range(repeats):
+        reports["static"].append(serve_static(model, requests, max_batch))
+        reports["continuous"].append(serve_continuous(model, requests, max_batch))
+    median = lambda kind, f: statistics.median(f(r) for r in reports[kind])  # noqa: E731
+    result = {"requests": len(requests), "max_batch": max_batch, "tokens": reports["static"][0].tokens}
+    for kind in reports:
+        result[f"{kind}_tok_s"] = median(kind, lambda r: r.tokens_per_second)
+        result[f"{kind}_mean_latency_s"] = median(kind, lambda r: r.mean_latency)
+        result[f"{kind}_steps"] = reports[kind][0].steps
+    result["continuous_over_static"] = result["continuous_tok_s"] / result["static_tok_s"]
+    result["latency_ratio"] = result["continuous_mean_latency_s"] / result["static_mean_latency_s"]
+    result["identical_tokens"] = all(r.outputs() == reports["static"][0].outputs()
+                                     for kind in reports for r in reports[kind])
+    return result
+
+
+# -- 08/10: the roofline of batch-1 decoding ------------------------------------------------------------------------
+
+def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, repeats: int = 3,
+                    name: str = "") -> dict:
+    """Cached greedy decoding at batch 1 (a 1-token prompt, so `new_tokens` forward passes of one token) against
+    the memory-bandwidth bound for the bytes a step reads (weights and, on average, half the final cache)."""
+    prompt = torch.zeros(1, 1, dtype=torch.int64, device=get_device())
+    run = lambda: generate(model, prompt, new_tokens, temperature=0.0)  # noqa: E731
+    tok_s, spread = _stats(measure(run, warmup=1, repeats=repeats), new_tokens)
+    step_bytes = weight_bytes_per_step(model) + KVCache.bytes_needed(model.config, 1, new_tokens // 2)
+    bound = decode_bound_tok_s(step_bytes, bandwidth_gbs)
+    return {"model": name, "batch1_tok_s": tok_s, "spread": spread, "bytes_per_token": step_bytes,
+            "bound_tok_s": bound, "fraction": tok_s / bound}
+
+
+# -- `llmcourse bench` ---------------------------------------------------------------------------------------------
+
+def _quantization(quick: bool, log: Callable[[str], None]) -> tuple[str, list[dict]] | None:
+    """The quantization report (notebook 09) on the shipped model with held-out text, when both are available."""
+    try:
+        from llmcourse.pretrained import load_tiny_gpt
+        from llmcourse.quantization import SCHEMES, quantization_report
+        from llmcourse.train import held_out_text
+        model, tokenizer = load_tiny_gpt()
+    except (ImportError, FileNotFoundError, OSError) as err:
+        log(f"quantization: skipped ({type(err).__name__}: {err})")
+        return None
+    rows = quantization_report(model, held_out_text(), SCHEMES, tokenizer=tokenizer,
+                               max_tokens=1024 if quick else 4096, repeats=2 if quick else 3)
+    return "shipped tiny GPT", rows
+
+
+def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: bool = True,
+        log: Callable[[str], None] = print) -> dict:
+    """All the measurements, on the GPT-2 124M shape (or `config`), as one JSON-ready dict."""
+    model = gpt2_shape_model(config)
+    name = GPT2_NAME if config is None else f"GPTConfig({config.n_layer} layers, {config.n_embd} wide), random"
+    block = model.config.block_size
+    log(f"model: {name}, {model.num_parameters() / 1e6:.1f}M parameters, {torch.get_num_threads()} thread(s)")
+    results = {"quick": quick, "machine": machine()}
+    limits = results["machine"]
+    log(f"machine: {limits['memory_bandwidth_gbs']:.1f} GB/s, {limits['matmul_gflops']:.0f} GFLOP/s")
+    repeats = 2 if quick else 3
+    new_tokens = [n for n in ((32, 128, 256) if quick else (32, 64, 128, 256, 512)) if n + 8 <= block] or [block - 8]
+    log(f"kv_cache: new tokens {new_tokens} ...")
+    results["kv_cache"] = kv_cache_speedup(model, new_tokens, repeats=repeats, name=name)
+    results["kv_cache_memory"] = kv_cache_memory(model.config, [n + 8 for n in new_tokens])
+    batch_sizes = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 32]
+    log(f"batching: batch sizes {batch_sizes} ...")
+    results["batching"] = batch_throughput(model, batch_sizes, new_tokens=16 if quick else 32, repeats=repeats,
+                                           name=name, machine_limits=limits)
+    requests = mixed_requests(model, 12 if quick else 32, prompt_range=(4, min(32, block // 4)),
+                              output_range=(4, min(32 if quick else 64, block // 2)))
+    log(f"continuous vs static batching: {len(requests)} requests ...")
+    served = continuous_vs_static(model, requests, 4 if quick else 8, repeats=1 if quick else 3)
+    results["serving"] = served
+    results["batching"]["continuous_over_static"] = served["continuous_over_static"]
+    results["batching"]["identical_tokens"] &= served["identical_tokens"]
+    log("roofline: batch-1 decoding ...")
+    results["roofline"] = batch1_roofline(model, limits["memory_bandwidth_gbs"], repeats=repeats, name=name)
+    if quantization:
+        log("quantization ...")
+        found = _quantization(quick, log)
+        if found is not None:
+            results["quantization_model"], results["quantization"] = found
+    return results
+
+
+def format_table(results: dict) -> str:
+    """The results as a plain-text table, one figure per line with its baseline or limit."""
+    m, kv, bt, rf = results["machine"], results["kv_cache"], results["batching"], results["roofline"]
+    sv = results.get("serving", {})
+    lines = [f"machine: memory bandwidth {m['memory_bandwidth_gbs']:.1f} GB/s, matmul {m['matmul_gflops']:.0f} "
+             f"GFLOP/s, {m['threads']} thread(s), {m['device']}, torch {m['torch']}", "",
+             f"KV-cache ({kv['model']}, prompt {kv['prompt_tokens']} tokens, greedy; identical tokens: "
+             f"{kv['identical_tokens']})",
+             f"  {'new tokens':>10}  {'no cache tok/s':>14}  {'cache tok/s':>11}  {'speedup':>7}"]
+    for n, a, b, s in zip(kv["new_tokens"], kv["no_cache_tok_s"], kv["cache_tok_s"], kv["speedup"]):
+        lines.append(f"  {n:>10}  {a:>14.1f}  {b:>11.1f}  {s:>6.1f}x")
+    lines += ["", f"Batching ({bt['model']}, {bt['new_tokens']} new tokens per row; identical tokens: "
+                  f"{bt['identical_tokens']})",
+              f"  {'batch':>5}  {'tok/s':>8}  {'x batch 1':>9}  {'roofline tok/s':>14}"]
+    bounds = bt.get("bound_tok_s") or [float("nan")] * len(bt["batch_sizes"])
+    for b, t, x, bound in zip(bt["batch_sizes"], bt["tok_s"], bt["speedup_over_batch1"] or bounds, bounds):
+        lines.append(f"  {b:>5}  {t:>8.1f}  {x:>8.1f}x  {bound:>14.1f}")
+    if sv:
+        lines += ["", f"Serving {sv['requests']} requests of mixed lengths, at most {sv['max_batch']} at once "
+                      f"(identical outputs: {sv['identical_tokens']})",
+                  f"  static:     {sv['static_tok_s']:8.1f} tok/s, mean latency {sv['static_mean_latency_s']:.2f} s, "
+                  f"{sv['static_steps']} steps",
+                  f"  continuous: {sv['continuous_tok_s']:8.1f} tok/s, mean latency "
+                  f"{sv['continuous_mean_latency_s']:.2f} s, {sv['continuous_steps']} steps",
+                  f"  continuous / static throughput: {sv['continuous_over_static']:.2f}x, mean latency "
+                  f"{sv['latency_ratio']:.2f}x"]
+    lines += ["", f"Roofline of batch-1 cached decoding ({rf['model']}): {rf['batch1_tok_s']:.1f} tok/s of a bound of "
+                  f"{rf['bound_tok_s']:.1f} tok/s ({rf['bytes_per_token'] / 1e6:.0f} MB read per token) = "
+                  f"{100 * rf['fraction']:.0f}%"]
+    if "quantization" in results:
+        lines += ["", f"Quantization ({results['quantization_model']})",
+                  f"  {'scheme':<12}  {'MB':>7}  {'perplexity':>10}  {'tok/s':>7}"]
+        for row in results["quantization"]:
+            ppl = "-" if row["perplexity"] is None else f"{row['perplexity']:.2f}"
+            lines.append(f"  {row['scheme']:<12}  {row['weight_bytes'] / 1e6:>7.2f}  {ppl:>10}  {row['tok_s']:>7.1f}")
+    return "\n".join(lines)
+
+
+def plot_kv_cache(kv: dict, ax=None):
+    """Tokens/s with and without the cache, and the speedup, against the number of new tokens."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(kv["new_tokens"], kv["cache_tok_s"], "o-", label="with KV-cache")
+    ax.plot(kv["new_tokens"], kv["no_cache_tok_s"], "s-", label="without (recompute everything)")
+    ax.set(xscale="log", yscale="log", xlabel="new tokens generated", ylabel="tokens / s", title=kv["model"])
+    ax.set_xticks(kv["new_tokens"], [str(n) for n in kv["new_tokens"]])
+    for n, fast, s in zip(kv["new_tokens"], kv["cache_tok_s"], kv["speedup"]):
+        ax.annotate(f"{s:.1f}x", (n, fast), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.legend()
+    return ax
+
+
+def plot_batching(bt: dict, ax=None):
+    """Tokens/s against batch size, with the roofline (memory bound, then compute bound) when it was computed."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(bt["batch_sizes"], bt["tok_s"], "o-", label="measured")
+    if bt.get("bound_tok_s"):
+        ax.plot(bt["batch_sizes"], bt["bound_tok_s"], "k--", label="roofline: min(B x bandwidth / bytes, FLOP/s / 2N)")
+    ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="tokens / s", title=bt["model"])
+    ax.set_xticks(bt["batch_sizes"], [str(b) for b in bt["batch_sizes"]])
+    ax.legend()
+    return ax
+
+
+def save_plots(results: dict, folder: str | Path) -> list[Path]:
+    """PNG plots of the KV-cache sweep, the batching curve and (if measured) quantization, into `folder`."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, plot, key in (("bench_kv_cache", plot_kv_cache, "kv_cache"),
+                            ("bench_batching", plot_batching, "batching")):
+        ax = plot(results[key])
+        path = folder / f"{stem}.png"
+        ax.figure.tight_layout()
+        ax.figure.savefig(path, dpi=120)
+        plt.close(ax.figure)
+        written.append(path)
+    if "quantization" in results:
+        rows = results["quantization"]
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.5))
+        names = [r["scheme"] for r in rows]
+        for ax, key, label in zip(axes, ("weight_bytes", "perplexity", "tok_s"),
+                                  ("weights (MB)", "perplexity", "tokens / s (batch 1)")):
+            values = [float("nan") if r[key] is None else r[key] / (1e6 if key == "weight_bytes" else 1)
+                      for r in rows]
+            ax.bar(names, values)
+            ax.set(title=label)
+            ax.tick_params(axis="x", rotation=30)
+        fig.suptitle(results["quantization_model"])
+        fig.tight_layout()
+        path = folder / "bench_quantization.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,69 @@
+"""`llmcourse bench`: the JSON schema, the table and the plots, on a tiny model in seconds (no time assertions)."""
+
+import json
+
+import pytest
+
+from llmcourse import bench, cli
+from llmcourse.gpt import GPTConfig, KVCache
+
+TINY = GPTConfig(vocab_size=64, block_size=300, n_layer=2, n_head=2, n_embd=16)
+LIMITS = {"memory_bandwidth_gbs": 10.0, "matmul_gflops": 100.0, "threads": 1, "device": "cpu", "torch": "x",
+          "processor": "x"}
+
+
+@pytest.fixture(scope="module")
+def results():
+    with pytest.MonkeyPatch.context() as patch:  # the machine's limits are measured elsewhere; here the schema
+        patch.setattr(bench, "machine", lambda: dict(LIMITS))
+        return bench.run(quick=True, config=TINY, quantization=False, log=lambda line: None)
+
+
+def test_json_schema(results):
+    json.dumps(results)  # JSON-ready
+    assert set(results["machine"]) >= {"memory_bandwidth_gbs", "matmul_gflops"}
+    kv = results["kv_cache"]
+    assert set(kv) >= {"model", "new_tokens", "no_cache_tok_s", "cache_tok_s", "speedup", "identical_tokens"}
+    assert len(kv["new_tokens"]) == len(kv["no_cache_tok_s"]) == len(kv["cache_tok_s"]) == len(kv["speedup"]) >= 2
+    assert kv["identical_tokens"] is True
+    bt = results["batching"]
+    assert set(bt) >= {"model", "batch_sizes", "tok_s", "identical_tokens", "continuous_over_static"}
+    assert bt["batch_sizes"][0] == 1 and len(bt["tok_s"]) == len(bt["batch_sizes"])
+    assert bt["identical_tokens"] is True and bt["continuous_over_static"] > 0
+    rf = results["roofline"]
+    assert set(rf) >= {"model", "batch1_tok_s", "bound_tok_s", "fraction"}
+    assert rf["fraction"] == pytest.approx(rf["batch1_tok_s"] / rf["bound_tok_s"])
+    assert results["serving"]["continuous_steps"] < results["serving"]["static_steps"]
+
+
+def test_table_and_plots(results, tmp_path):
+    table = bench.format_table(results)
+    for heading in ("KV-cache", "Batching", "Serving", "Roofline"):
+        assert heading in table
+    paths = bench.save_plots(results, tmp_path)
+    assert [p.name for p in paths] == ["bench_kv_cache.png", "bench_batching.png"]
+    assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_cache_memory_formula_equals_allocation():
+    memory = bench.kv_cache_memory(GPTConfig.gpt2(), [16, 256], batch_size=2)
+    assert memory["formula_bytes"] == memory["allocated_bytes"] == [KVCache.bytes_needed(GPTConfig.gpt2(), 2, n)
+                                                                    for n in (16, 256)]
+
+
+def test_roofline_bends_from_memory_to_compute_bound():
+    model = bench.gpt2_shape_model(TINY)
+    bounds = [bench.roofline_tok_s(model, b, 10.0, 100.0) for b in (1, 2, 1024, 4096)]
+    assert bounds[1] == pytest.approx(2 * bounds[0])  # memory bound: twice the rows, twice the tokens per read
+    assert bounds[2] == bounds[3]  # compute bound: flat
+
+
+def test_cli_bench_writes_json_and_plots(tmp_path, monkeypatch):
+    run = bench.run
+    monkeypatch.setattr(bench, "run", lambda quick: run(quick=quick, config=TINY, quantization=False,
+                                                        log=lambda line: None))
+    monkeypatch.setattr(bench, "machine", lambda: dict(LIMITS))
+    out = tmp_path / "bench.json"
+    assert cli.main(["bench", "--quick", "--json", str(out), "--plots", str(tmp_path), "--threads", "1"]) == 0
+    assert json.loads(out.read_text())["quick"] is True
+    assert (tmp_path / "bench_batching.png").exists()
