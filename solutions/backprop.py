@@ -1,0 +1,302 @@
+"""Notebook 03: the layers of an MLP with their hand-written backward passes, and the optimisers that use them.
+
+Each layer has a forward (provided) and a backward (the exercises, except where marked provided). A backward takes
+`dout` = dL/d(output), the gradient of the scalar loss L with respect to the layer's output, and returns dL/d(input)
+for every input, each of the same shape as that input (the chain rule: dL/dx = dL/dout * dout/dx).
+
+Every function works for float32 and float64 and returns arrays of its input's dtype. Notebook 04's NumPy GPT
+imports the forward functions from here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .attention import softmax
+
+GELU_C = math.sqrt(2.0 / math.pi)  # the constant of GPT-2's tanh approximation of GELU
+GELU_A = 0.044715
+
+
+def _float_array(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {x.dtype}; convert it with "
+                        f".astype(np.float32)")
+    return x
+
+
+def _check_linear(x, w) -> tuple[np.ndarray, np.ndarray]:
+    x, w = _float_array(x, "x"), _float_array(w, "w")
+    if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0]:
+        raise ValueError(f"x of shape {x.shape} and w of shape {w.shape} do not fit: w must be (in, out) with "
+                         f"in = x.shape[-1]")
+    return x, w
+
+
+def _check_dout(dout, shape: tuple[int, ...]) -> np.ndarray:
+    dout = _float_array(dout, "dout")
+    if dout.shape != shape:
+        raise ValueError(f"dout has shape {dout.shape} but the layer's output has shape {shape}; dout must have "
+                         f"the output's shape")
+    return dout
+
+
+def _check_layernorm(x, gamma) -> tuple[np.ndarray, np.ndarray]:
+    x, gamma = _float_array(x, "x"), _float_array(gamma, "gamma")
+    if x.ndim < 1 or gamma.shape != x.shape[-1:]:
+        raise ValueError(f"gamma has shape {gamma.shape} but x has shape {x.shape}; gamma must have the shape of "
+                         f"x's last axis, ({x.shape[-1] if x.ndim else '?'},)")
+    return x, gamma
+
+
+def _check_logits_targets(logits, targets) -> tuple[np.ndarray, np.ndarray]:
+    logits, targets = _float_array(logits, "logits"), np.asarray(targets)
+    if logits.ndim != 2 or targets.shape != logits.shape[:1] or logits.shape[0] == 0:
+        raise ValueError(f"logits must be (N, V) and targets (N,) with N >= 1; got {logits.shape} and "
+                         f"{targets.shape}")
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise TypeError(f"targets must be integer class ids, got dtype {targets.dtype}")
+    if targets.min() < 0 or targets.max() >= logits.shape[1]:
+        raise ValueError(f"targets must lie in [0, {logits.shape[1]}), got values from {targets.min()} to "
+                         f"{targets.max()}")
+    return logits, targets
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Linear
+# ---------------------------------------------------------------------------------------------------------------
+
+def linear_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """y = x @ w + b for x of shape (..., in), w (in, out), b (out,); returns (..., out)."""
+    x, w = _check_linear(x, w)
+    b = _float_array(b, "b")
+    if b.shape != w.shape[1:]:
+        raise ValueError(f"b has shape {b.shape} but w has shape {w.shape}; b must be (out,) = ({w.shape[1]},)")
+    return x @ w + b
+
+
+def linear_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of the linear layer y = x @ w + b.
+
+    Args:
+        dout: (..., out) float array, dL/dy.
+        x: (..., in) float array, the layer's input (the same leading axes as dout, any number of them).
+        w: (in, out) float array, the weight.
+
+    Returns:
+        (dx, dw, db): dx (..., in) = dL/dx, dw (in, out) = dL/dw, db (out,) = dL/db, each in the input's dtype.
+        The gradients of w and b add up over every leading axis (batch, time, ...).
+
+    Raises:
+        ValueError: if the shapes do not fit (checked for you before your code runs).
+
+    Hint: y[n, j] = sum_i x[n, i] w[i, j] + b[j]; flatten the leading axes with reshape(-1, in) for dw.
+    """
+    x, w = _check_linear(x, w)
+    dout = _check_dout(dout, x.shape[:-1] + w.shape[1:])
+    # BEGIN SOLUTION
+    # dL/dx[n, i] = sum_j dL/dy[n, j] * dy[n, j]/dx[n, i] = sum_j dout[n, j] w[i, j]   ->  dout @ w.T
+    dx = dout @ w.T
+    # dL/dw[i, j] = sum_n dout[n, j] x[n, i] (every row n uses the same w)            ->  x.T @ dout
+    x2, dout2 = x.reshape(-1, w.shape[0]), dout.reshape(-1, w.shape[1])  # (N, in), (N, out)
+    dw = x2.T @ dout2
+    # dL/db[j] = sum_n dout[n, j]
+    db = dout2.sum(axis=0)
+    return dx, dw, db
+    # END SOLUTION
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GELU (GPT-2's tanh approximation)
+# ---------------------------------------------------------------------------------------------------------------
+
+def gelu_forward(x: np.ndarray) -> np.ndarray:
+    """GELU as in GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), element-wise; same shape and dtype."""
+    x = _float_array(x, "x")
+    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + GELU_A * x**3)))
+
+
+def gelu_backward(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Gradient of GELU (tanh approximation, see `gelu_forward`) with respect to its input.
+
+    Args:
+        dout: float array of x's shape, dL/dy for y = gelu_forward(x).
+        x: float array of any shape, the layer's input.
+
+    Returns:
+        dx: array of x's shape and dtype, dL/dx = dout * gelu'(x) (element-wise).
+
+    Raises:
+        ValueError: if dout's shape differs from x's (checked for you before your code runs).
+
+    Hint: write u = sqrt(2/pi) (x + 0.044715 x^3) and t = tanh(u); then y = 0.5 x (1 + t), tanh' = 1 - t^2, and
+    use the product rule. The constants are GELU_C and GELU_A.
+    """
+    x = _float_array(x, "x")
+    dout = _check_dout(dout, x.shape)
+    # BEGIN SOLUTION
+    u = GELU_C * (x + GELU_A * x**3)
+    t = np.tanh(u)
+    # y = 0.5 x (1 + t)  =>  dy/dx = 0.5 (1 + t) + 0.5 x * dt/du * du/dx
+    #                        dt/du = 1 - t^2,   du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    dy_dx = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x)
+    return dout * dy_dx
+    # END SOLUTION
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# LayerNorm
+# ---------------------------------------------------------------------------------------------------------------
+
+def layernorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """LayerNorm over the last axis: gamma * (x - mean) / sqrt(var + eps) + beta, var biased (like torch).
+
+    x is (..., D), gamma and beta are (D,); returns (..., D).
+    """
+    x, gamma = _check_layernorm(x, gamma)
+    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    var = x.var(axis=-1, keepdims=True)  # (..., 1), divides by D
+    return gamma * ((x - mean) / np.sqrt(var + eps)) + beta
+
+
+def layernorm_backward(dout: np.ndarray, x: np.ndarray, gamma: np.ndarray,
+                       eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gradients of LayerNorm over the last axis (see `layernorm_forward`).
+
+    Args:
+        dout: (..., D) float array, dL/dy.
+        x: (..., D) float array, the layer's input.
+        gamma: (D,) float array, the scale.
+        eps: the constant added to the variance, as in the forward.
+
+    Returns:
+        (dx, dgamma, dbeta): dx (..., D), dgamma (D,), dbeta (D,), in the input's dtype. dgamma and dbeta add up
+        over every leading axis.
+
+    Raises:
+        ValueError: if the shapes do not fit (checked for you before your code runs).
+
+    Hint: with xhat = (x - mean) * rstd and rstd = 1 / sqrt(var + eps), every xhat in a row depends on every x in
+    that row through mean and var; the result is
+    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dout * gamma and means over the last axis.
+    """
+    x, gamma = _check_layernorm(x, gamma)
+    dout = _check_dout(dout, x.shape)
+    # BEGIN SOLUTION
+    mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+    rstd = 1.0 / np.sqrt(x.var(axis=-1, keepdims=True) + eps)  # (..., 1)
+    xhat = (x - mean) * rstd  # (..., D)
+    # y = gamma * xhat + beta: dL/dgamma = sum over rows of dout * xhat, dL/dbeta = sum over rows of dout
+    lead = tuple(range(x.ndim - 1))
+    dgamma = (dout * xhat).sum(axis=lead)
+    dbeta = dout.sum(axis=lead)
+    # dL/dxhat = dout * gamma =: g.  xhat_i = (x_i - mu) rstd with mu = mean(x), rstd = (var + eps)^(-1/2):
+    #   dxhat_i/dx_k = rstd (delta_ik - 1/D) - xhat_i xhat_k rstd / D
+    # so dL/dx_k = sum_i g_i dxhat_i/dx_k = rstd (g_k - mean(g) - xhat_k mean(g * xhat)).
+    g = dout * gamma
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return dx, dgamma, dbeta
+    # END SOLUTION
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Softmax cross-entropy
+# ---------------------------------------------------------------------------------------------------------------
+
+def cross_entropy_forward(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean over the N rows of -log softmax(logits)[n, targets[n]]; logits (N, V), integer targets (N,).
+
+    Computed as logsumexp(logits[n]) - logits[n, targets[n]], with the row maximum subtracted first, so that large
+    logits do not overflow.
+    """
+    logits, targets = _check_logits_targets(logits, targets)
+    shifted = logits - logits.max(axis=1, keepdims=True)  # (N, V), each row's max is 0
+    logsumexp = np.log(np.exp(shifted).sum(axis=1))  # (N,)
+    return float(np.mean(logsumexp - shifted[np.arange(len(targets)), targets]))
+
+
+def cross_entropy_backward(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Gradient of `cross_entropy_forward(logits, targets)` (the mean loss) with respect to the logits.
+
+    Args:
+        logits: (N, V) float array, one row of scores per example.
+        targets: (N,) integer array, the correct class of each row, in [0, V).
+
+    Returns:
+        dlogits: (N, V) array in the logits' dtype, dL/dlogits for L the mean cross-entropy over the N rows.
+
+    Raises:
+        ValueError / TypeError: for shapes, dtypes or target values that do not fit (checked for you before your
+        code runs).
+
+    Hint: for one row, d(-log softmax(z)[y]) / dz = softmax(z) - onehot(y); then remember the mean over N rows.
+    Use `softmax` (your exercise of notebook 02, imported at the top of this file).
+    """
+    logits, targets = _check_logits_targets(logits, targets)
+    # BEGIN SOLUTION
+    # L = (1/N) sum_n (logsumexp(z_n) - z_n[y_n]);  d logsumexp(z)/dz = softmax(z);  d z[y]/dz = onehot(y)
+    n = logits.shape[0]
+    dlogits = np.array(softmax(logits, axis=-1), dtype=logits.dtype)  # (N, V), a copy we may change
+    dlogits[np.arange(n), targets] -= 1.0
+    return dlogits / n
+    # END SOLUTION
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Optimisers: one update of one parameter array, in the form torch.optim uses
+# ---------------------------------------------------------------------------------------------------------------
+
+def sgd_step(param: np.ndarray, grad: np.ndarray, *, lr: float) -> np.ndarray:
+    """Plain gradient descent, param - lr * grad (as `torch.optim.SGD(lr=lr)`); returns a new array."""
+    return param - lr * grad
+
+
+def momentum_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, *, lr: float,
+                  momentum: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """SGD with momentum as `torch.optim.SGD(lr=lr, momentum=momentum)`; returns new (param, velocity).
+
+    velocity <- momentum * velocity + grad;  param <- param - lr * velocity. Start with velocity = zeros.
+    """
+    velocity = momentum * velocity + grad
+    return param - lr * velocity, velocity
+
+
+def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, t: int, *, lr: float,
+              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+              weight_decay: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One Adam step (AdamW when weight_decay > 0), exactly as `torch.optim.Adam` / `torch.optim.AdamW`.
+
+    Args:
+        param: float array of any shape, the parameter before the step.
+        grad: float array of param's shape, dL/dparam.
+        m: float array of param's shape, the running mean of the gradients (zeros before the first step).
+        v: float array of param's shape, the running mean of the squared gradients (zeros before the first step).
+        t: int >= 1, the number of this step (1 for the first step), used for the bias correction.
+        lr: learning rate.
+        beta1, beta2: decay rates of m and v.
+        eps: added to sqrt(v_hat) in the denominator.
+        weight_decay: AdamW's decoupled decay; param shrinks by lr * weight_decay * param before the Adam update
+            (0 gives plain Adam).
+
+    Returns:
+        (param, m, v) after the step, each of param's shape and dtype.
+
+    Raises:
+        ValueError: if t < 1 (checked for you before your code runs).
+
+    Hint: m <- beta1 m + (1 - beta1) g; v <- beta2 v + (1 - beta2) g^2; m_hat = m / (1 - beta1^t),
+    v_hat = v / (1 - beta2^t); param <- param - lr m_hat / (sqrt(v_hat) + eps).
+    """
+    if int(t) != t or t < 1:
+        raise ValueError(f"t is the step number and starts at 1, got {t}")
+    # BEGIN SOLUTION
+    param = param * (1.0 - lr * weight_decay)  # AdamW: decay the weights directly, not through the gradient
+    m = beta1 * m + (1.0 - beta1) * grad
+    v = beta2 * v + (1.0 - beta2) * grad * grad
+    m_hat = m / (1.0 - beta1**t)  # early steps: m and v start at 0, the bias correction undoes that
+    v_hat = v / (1.0 - beta2**t)
+    return param - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+    # END SOLUTION
