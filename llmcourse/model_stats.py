@@ -121,11 +121,13 @@ def plot_by_layer(model_or_config: GPT | GPTConfig, ax=None, *, title: str | Non
         if any(widths):
             ax.barh(y, widths, left=left, color=COLORS[component], label=component)
             left = [a + b for a, b in zip(left, widths)]
+    ax.set_xlim(0, 1.05 * max(left))  # explicit: zero-width bars would pin the right edge to the longest bar
     ax.set_yticks(list(y), [r.layer for r in rows])
     ax.invert_yaxis()
     ax.set_xlabel("parameters (millions)")
     ax.set_title(title or "parameters by layer")
     ax.legend(loc="lower right", fontsize="small")
+    ax.figure.tight_layout()
     return ax
 
 
