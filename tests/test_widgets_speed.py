@@ -27,6 +27,8 @@ def test_speed_data_rejects_unmeasured_choices():
         speed_data(KV, BATCHING, 100, 1)
     with pytest.raises(ValueError, match="batch size 8"):
         speed_data(KV, BATCHING, 32, 8)
+    with pytest.raises(ValueError, match="or both"):
+        speed_data(None, None, 32, 1)
 
 
 def test_explorer_callback_updates_fast():
@@ -40,4 +42,6 @@ def test_explorer_callback_updates_fast():
     assert "Batch 16" in explorer.text.value
     explorer.length.value = 32
     assert explorer.data["speedup"] == 2.0
-    assert elapsed < 5  # a redraw of stored numbers: far below a measurement (generous for a loaded CI machine)
+    assert elapsed < 5
+    alone = speed_explorer(batching=BATCHING)
+    assert alone.length is None and "tok/s" in alone.text.value  # a redraw of stored numbers: far below a measurement (generous for a loaded CI machine)
