@@ -101,8 +101,10 @@ def block_forward(x: np.ndarray, block: Mapping[str, np.ndarray], n_head: int, *
                   attention: Callable[..., np.ndarray] = multihead_attention) -> np.ndarray:
     """One pre-LayerNorm transformer block of GPT-2, forward:
 
-        x = x + attention(layernorm(x; ln_1), w_qkv, b_qkv, w_proj, b_proj, n_head)
-        x = x + linear(gelu(linear(layernorm(x; ln_2); w_fc, b_fc)); w_proj, b_proj)     # the MLP
+        h = layernorm(x; ln_1.gamma, ln_1.beta)
+        x = x + attention(h, attn.w_qkv, attn.b_qkv, attn.w_proj, attn.b_proj, n_head)
+        h = layernorm(x; ln_2.gamma, ln_2.beta)
+        x = x + linear(gelu(linear(h; mlp.w_fc, mlp.b_fc)); mlp.w_proj, mlp.b_proj)      # the MLP
 
     Args:
         x: float array (float32 or float64) of shape (B, T, C), the residual stream.
