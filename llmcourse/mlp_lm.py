@@ -1,0 +1,212 @@
+"""A next-character MLP language model in NumPy (Bengio et al. 2003), built from notebook 03's layers.
+
+    embed the last T characters -> concatenate -> Linear -> LayerNorm -> GELU -> Linear -> softmax
+
+The layers and optimiser steps are not copied here: the model takes them as a `Layers` (by default the reference
+solutions; the notebook passes the learner's own through `llmcourse.loader.load`), and so do the optimisers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
+
+from llmcourse.loader import reference
+
+
+@dataclass(frozen=True)
+class Layers:
+    """The functions the model is built from, by their names in solutions/ (module.function)."""
+
+    embedding_forward: Callable  # tokens.embedding_forward (notebook 01)
+    embedding_backward: Callable  # tokens.embedding_backward
+    linear_forward: Callable  # backprop.*
+    linear_backward: Callable
+    gelu_forward: Callable
+    gelu_backward: Callable
+    layernorm_forward: Callable
+    layernorm_backward: Callable
+    cross_entropy_forward: Callable
+    cross_entropy_backward: Callable
+
+    @classmethod
+    def load(cls, get: Callable[[str], Callable] = reference) -> "Layers":
+        """Every function through `get` (`reference`, or `llmcourse.loader.load` for the learner's code)."""
+        return cls(**{f.name: get(("tokens." if f.name.startswith("embedding") else "backprop.") + f.name)
+                      for f in fields(cls)})
+
+
+def one_blas_thread() -> threadpool_limits:
+    """Run NumPy's matrix products on one thread: for matrices this small it is the fastest, and on a busy or
+    shared CPU (CI, a classroom server) more BLAS threads than free cores made training here 10x slower."""
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def windows(ids: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (context, next id) pair of a sequence: contexts (N - T, T) and targets (N - T,), T = context."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.ndim != 1 or len(ids) <= context:
+        raise ValueError(f"need a 1-D sequence longer than the context ({context}), got shape {ids.shape}")
+    contexts = np.lib.stride_tricks.sliding_window_view(ids[:-1], context)  # (N - T, T), a view
+    return contexts, ids[context:]
+
+
+class MLPLanguageModel:
+    """Predicts the next character from the previous `context` ones. Parameters live in `self.params` (a dict)."""
+
+    def __init__(self, vocab_size: int, *, context: int = 8, embed_dim: int = 16, hidden: int = 256,
+                 layers: Layers | None = None, seed: int = 0, dtype: type = np.float32):
+        rng = np.random.default_rng(seed)
+        self.vocab_size, self.context = vocab_size, context
+        self.layers = layers or Layers.load()
+        fan_in = context * embed_dim
+        params = {
+            "embedding": rng.normal(size=(vocab_size, embed_dim)),  # (V, d)
+            "w1": rng.normal(size=(fan_in, hidden)) / np.sqrt(fan_in),  # (T*d, H)
+            "b1": np.zeros(hidden),
+            "gamma": np.ones(hidden),
+            "beta": np.zeros(hidden),
+            # small output weights: the first predictions are close to uniform, loss ~ log(V)
+            "w2": rng.normal(size=(hidden, vocab_size)) * 0.1 / np.sqrt(hidden),  # (H, V)
+            "b2": np.zeros(vocab_size),
+        }
+        self.params = {name: value.astype(dtype) for name, value in params.items()}
+
+    def num_parameters(self) -> int:
+        return sum(p.size for p in self.params.values())
+
+    def _forward(self, contexts: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        L, p = self.layers, self.params
+        contexts = np.asarray(contexts)
+        if contexts.ndim != 2 or contexts.shape[1] != self.context:
+            raise ValueError(f"contexts must be (B, {self.context}) token ids, got shape {contexts.shape}")
+        e = L.embedding_forward(contexts, p["embedding"])  # (B, T, d)
+        x = e.reshape(len(contexts), -1)  # (B, T*d)
+        h = L.linear_forward(x, p["w1"], p["b1"])  # (B, H)
+        n = L.layernorm_forward(h, p["gamma"], p["beta"])  # (B, H)
+        a = L.gelu_forward(n)  # (B, H)
+        logits = L.linear_forward(a, p["w2"], p["b2"])  # (B, V)
+        return logits, {"contexts": contexts, "x": x, "h": h, "n": n, "a": a}
+
+    def logits(self, contexts: np.ndarray) -> np.ndarray:
+        """Scores of the next token for each row of contexts (B, T): (B, V)."""
+        return self._forward(contexts)[0]
+
+    def loss_and_grads(self, contexts: np.ndarray, targets: np.ndarray) -> tuple[float, dict[str, np.ndarray]]:
+        """Mean cross-entropy on a batch and its gradient for every parameter: backprop, layer by layer."""
+        L, p = self.layers, self.params
+        logits, c = self._forward(contexts)
+        loss = L.cross_entropy_forward(logits, targets)
+        g = {}
+        dlogits = L.cross_entropy_backward(logits, targets)  # (B, V)
+        da, g["w2"], g["b2"] = L.linear_backward(dlogits, c["a"], p["w2"])  # (B, H)
+        dn = L.gelu_backward(da, c["n"])  # (B, H)
+        dh, g["gamma"], g["beta"] = L.layernorm_backward(dn, c["h"], p["gamma"])  # (B, H)
+        dx, g["w1"], g["b1"] = L.linear_backward(dh, c["x"], p["w1"])  # (B, T*d)
+        de = dx.reshape(*c["contexts"].shape, -1)  # (B, T, d)
+        g["embedding"] = L.embedding_backward(c["contexts"], de, self.vocab_size)  # (V, d)
+        return loss, g
+
+    def mean_loss(self, ids: np.ndarray, batch_size: int = 8192) -> float:
+        """Mean cross-entropy (nats per character) of predicting ids[T:] from the T characters before each."""
+        contexts, targets = windows(ids, self.context)
+        total = 0.0
+        with one_blas_thread():
+            for start in range(0, len(targets), batch_size):
+                rows = slice(start, start + batch_size)
+                loss = self.layers.cross_entropy_forward(self.logits(contexts[rows]), targets[rows])
+                total += loss * len(targets[rows])
+        return total / len(targets)
+
+    def sample(self, prompt: list[int], n: int, rng: np.random.Generator) -> list[int]:
+        """Continue `prompt` (at least `context` ids) by n ids, each drawn from the softmax of the logits."""
+        if len(prompt) < self.context:
+            raise ValueError(f"the prompt needs at least {self.context} ids, got {len(prompt)}")
+        softmax = reference("attention.softmax")
+        out = list(prompt)
+        for _ in range(n):
+            probs = softmax(self.logits(np.array([out[-self.context:]])).astype(np.float64))[0]  # (V,)
+            out.append(int(rng.choice(self.vocab_size, p=probs)))
+        return out
+
+
+class SGD:
+    """Plain SGD over a dict of parameters, with the step function `step(param, grad, lr=...)`."""
+
+    def __init__(self, lr: float, step: Callable | None = None):
+        self.lr, self.step = lr, step or reference("backprop.sgd_step")
+
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        for name, grad in grads.items():
+            params[name] = self.step(params[name], grad, lr=self.lr)
+
+
+class Momentum:
+    """SGD with momentum; `step(param, grad, velocity, lr=..., momentum=...) -> (param, velocity)`."""
+
+    def __init__(self, lr: float, momentum: float = 0.9, step: Callable | None = None):
+        self.lr, self.momentum, self.step = lr, momentum, step or reference("backprop.momentum_step")
+        self.velocity: dict[str, np.ndarray] = {}
+
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        for name, grad in grads.items():
+            velocity = self.velocity.get(name, np.zeros_like(grad))
+            params[name], self.velocity[name] = self.step(params[name], grad, velocity, lr=self.lr,
+                                                          momentum=self.momentum)
+
+
+class Adam:
+    """Adam, or AdamW with weight_decay > 0; `step` is `adam_step` (the exercise)."""
+
+    def __init__(self, lr: float, weight_decay: float = 0.0, step: Callable | None = None):
+        self.lr, self.weight_decay, self.step = lr, weight_decay, step or reference("backprop.adam_step")
+        self.t = 0
+        self.m: dict[str, np.ndarray] = {}
+        self.v: dict[str, np.ndarray] = {}
+
+    def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
+        self.t += 1
+        for name, grad in grads.items():
+            m, v = self.m.get(name, np.zeros_like(grad)), self.v.get(name, np.zeros_like(grad))
+            params[name], self.m[name], self.v[name] = self.step(params[name], grad, m, v, self.t, lr=self.lr,
+                                                                 weight_decay=self.weight_decay)
+
+
+@dataclass
+class History:
+    """Training loss per step and held-out loss at a few steps, in nats per character."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+
+
+def train(model: MLPLanguageModel, optimizer, train_ids: np.ndarray, *, steps: int, batch_size: int = 128,
+          val_ids: np.ndarray | None = None, evals: int = 5, seed: int = 0, desc: str = "training") -> History:
+    """`steps` updates on random batches of windows of train_ids, with a progress bar; held-out loss `evals` times."""
+    rng = np.random.default_rng(seed)
+    contexts, targets = windows(train_ids, model.context)
+    history = History()
+    eval_at = set(np.linspace(0, steps, evals + 1, dtype=int)[1:]) if val_ids is not None else set()
+    bar = tqdm(range(1, steps + 1), desc=desc, mininterval=0.5)
+    with one_blas_thread():
+        for step in bar:
+            rows = rng.integers(0, len(targets), size=batch_size)
+            loss, grads = model.loss_and_grads(contexts[rows], targets[rows])
+            optimizer.update(model.params, grads)
+            history.train_loss.append(loss)
+            if step in eval_at:
+                history.val_steps.append(step)
+                history.val_loss.append(model.mean_loss(val_ids))
+                bar.set_postfix(val_loss=f"{history.val_loss[-1]:.3f}")
+    return history
+
+
+def bigram_baseline(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size: int, context: int) -> float:
+    """Perplexity of notebook 01's add-one bigram model on the same held-out targets as the MLP (ids[context:])."""
+    counts = reference("tokens.bigram_counts")(train_ids, vocab_size)
+    return reference("tokens.bigram_perplexity")(counts, np.asarray(val_ids)[context - 1:], 1.0)
