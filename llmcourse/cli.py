@@ -58,6 +58,27 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import shlex
+    import torch
+    from llmcourse.train import TrainConfig, run
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
+                         warmup_steps=min(args.warmup, args.steps), eval_every=args.eval_every, seed=args.seed)
+    gpt = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size)
+    options = ("out", "name", "corpus", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size",
+               "steps", "batch_size", "lr", "warmup", "eval_every", "seed", "threads")
+    command = shlex.join(["llmcourse", "train"] + [item for key in options if getattr(args, key) is not None
+                                                   for item in (f"--{key.replace('_', '-')}", str(getattr(args, key)))])
+    record = run(args.out, name=args.name, corpus=args.corpus, tokenizer=args.tokenizer,
+                 vocab_size=args.vocab_size, gpt=gpt, config=config, command=command)
+    print(f"{record['parameters']:,} parameters trained in {record['seconds']:.0f} s; held-out perplexity per "
+          f"character {record['val_perplexity_per_char']:.3f} (bigram baseline "
+          f"{record['bigram_perplexity_per_char']:.3f}); saved {args.out}/{args.name}.*")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
     from llmcourse import bench
@@ -102,6 +123,28 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="time limit per test (30)")
     gr.add_argument("--workers", type=int, default=2, help="test processes run at once (2)")
     gr.set_defaults(func=cmd_grade)
+
+    tr = sub.add_parser("train", help="train a tokenizer and a small GPT on the corpus; save a checkpoint",
+                        description="Train a byte-level BPE (or character) tokenizer and a GPT on the corpus "
+                        "(default: Python's pydoc topics), report the held-out perplexity per character, and write "
+                        "OUT/NAME.safetensors, OUT/NAME.tokenizer.json and OUT/NAME.json atomically.")
+    tr.add_argument("--out", required=True, metavar="DIR", help="folder for the checkpoint")
+    tr.add_argument("--name", default="tiny_gpt", help="file name stem of the checkpoint (tiny_gpt)")
+    tr.add_argument("--corpus", metavar="FILE", help="a UTF-8 text file instead of the default corpus")
+    tr.add_argument("--tokenizer", choices=("bpe", "char"), default="bpe", help="bpe (default) or char")
+    tr.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (512)")
+    tr.add_argument("--n-layer", type=int, default=4, help="transformer blocks (4)")
+    tr.add_argument("--n-head", type=int, default=4, help="attention heads (4)")
+    tr.add_argument("--n-embd", type=int, default=128, help="embedding width (128)")
+    tr.add_argument("--block-size", type=int, default=128, help="context length in tokens (128)")
+    tr.add_argument("--steps", type=int, default=600, help="optimisation steps (600)")
+    tr.add_argument("--batch-size", type=int, default=16, help="windows per step (16)")
+    tr.add_argument("--lr", type=float, default=3e-3, help="peak learning rate; cosine decay to lr/10 (3e-3)")
+    tr.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (50)")
+    tr.add_argument("--eval-every", type=int, default=100, help="held-out loss every this many steps (100)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches (0)")
+    tr.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    tr.set_defaults(func=cmd_train)
 
     be = sub.add_parser("bench", help="measure KV-cache, batching and quantization speed against this machine's limits",
                         description="Measure, on the GPT-2 124M shape with random weights: the KV-cache speedup vs "

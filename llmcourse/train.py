@@ -1,0 +1,328 @@
+"""Training the PyTorch GPT on the course corpus: batches, the learning-rate schedule, the loop, held-out
+evaluation, and checkpoints written atomically.
+
+    llmcourse train --out runs/tiny --steps 600 --tokenizer bpe --vocab-size 512     # the command line
+    summary = run("runs/tiny", gpt=dict(n_layer=4, ...), config=TrainConfig(steps=600))  # the same from Python
+
+A checkpoint named NAME in a folder is three files: NAME.safetensors (the weights), NAME.tokenizer.json and NAME.json
+(the GPTConfig, the tokenizer's file and the training record: settings, loss curves, held-out perplexities). Each file
+is written to a temporary file in the same folder and renamed over the target (`os.replace`), so an interrupted save
+never leaves a half-written file; NAME.json is written last, so a checkpoint whose NAME.json exists is complete.
+
+Perplexities compared across tokenizers are per character: the total negative log-likelihood of the held-out text
+divided by its number of characters, whatever the tokens were (a BPE token spans about two characters here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from llmcourse.data import load_corpus, train_val_split
+from llmcourse.gpt import GPT, GPTConfig
+from llmcourse.loader import reference
+from llmcourse.runtime import get_device, set_seed
+from llmcourse.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
+
+FORMAT = "llmcourse-gpt-checkpoint"
+FORMAT_VERSION = 1
+TIED = "lm_head.weight"  # the output head is the token embedding: stored once, as transformer.wte.weight
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 3e-3  # peak learning rate, reached after the warm-up
+    min_lr: float = 3e-4  # the cosine decay ends here at the last step
+    warmup_steps: int = 50  # linear warm-up from lr / warmup_steps
+    weight_decay: float = 0.1  # AdamW's decoupled decay, on matrices only (not biases, LayerNorms)
+    betas: tuple[float, float] = (0.9, 0.99)
+    clip: float | None = 1.0  # largest global gradient norm
+    eval_every: int = 100  # held-out loss every this many steps (and at the last step)
+    eval_tokens: int | None = 8192  # held-out tokens used by those evaluations (None: all)
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 < self.min_lr <= self.lr:
+            raise ValueError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of 0-based `step`: linear warm-up to `lr`, then cosine decay to `min_lr` at the last step."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    decay_steps = max(config.steps - 1 - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / decay_steps, 1.0)  # 0 -> 1
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+def get_batch(ids: torch.Tensor, batch_size: int, block_size: int,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch_size` random windows of the token stream `ids` (N,): inputs x (B, T) and targets y = x shifted by one."""
+    if len(ids) < block_size + 1:
+        raise ValueError(f"the text has {len(ids)} tokens, too few for one window of block_size + 1 = "
+                         f"{block_size + 1}: use a longer text or a smaller block_size")
+    starts = torch.randint(len(ids) - block_size, (batch_size,), generator=generator)  # (B,)
+    offsets = torch.arange(block_size + 1)  # (T + 1,)
+    windows = ids[starts[:, None] + offsets]  # (B, T + 1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the weight matrices and embeddings only (biases and LayerNorms are not decayed)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=config.betas)
+
+
+@dataclass
+class Evaluation:
+    total_nll: float  # sum of -log P(token) over the predicted tokens, in nats
+    tokens: int  # how many tokens were predicted
+
+    @property
+    def loss(self) -> float:
+        """Mean cross-entropy in nats per token."""
+        return self.total_nll / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        """Per-token perplexity exp(loss)."""
+        return reference("training.perplexity")(self.loss)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, ids, *, max_tokens: int | None = None, batch_size: int = 16) -> Evaluation:
+    """Cross-entropy of `model` on the token stream `ids`, cut into consecutive windows of block_size tokens.
+
+    Every token after the first is predicted exactly once, from the tokens before it in its window; with
+    `max_tokens` only the first max_tokens ids are used. The model's train/eval mode is restored afterwards.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if ids.dim() != 1 or len(ids) < 2:
+        raise ValueError(f"evaluate needs a 1-D sequence of at least 2 token ids, got shape {tuple(ids.shape)}")
+    T = model.config.block_size
+    device = next(model.parameters()).device
+    n_windows = (len(ids) - 1) // T
+    full_x = ids[: n_windows * T].view(n_windows, T)  # (W, T)
+    full_y = ids[1: n_windows * T + 1].view(n_windows, T)  # (W, T)
+    batches = [(full_x[i:i + batch_size], full_y[i:i + batch_size]) for i in range(0, n_windows, batch_size)]
+    if (len(ids) - 1) % T:  # the shorter last window
+        batches.append((ids[n_windows * T:-1][None], ids[n_windows * T + 1:][None]))
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        for x, y in batches:
+            logits = model(x.to(device))  # (b, t, V)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum").item()
+    finally:
+        model.train(was_training)
+    return Evaluation(total, len(ids) - 1)
+
+
+def held_out_text(corpus: str | os.PathLike | None = None) -> str:
+    """The validation part of the corpus (`train_val_split` of `load_corpus(corpus)`), the same for every model."""
+    return train_val_split(load_corpus(corpus))[1]
+
+
+def chars_predicted(tokenizer: Tokenizer, ids: list[int]) -> int:
+    """Characters spelled by ids[1:], the tokens a language model predicts (the first one has no context)."""
+    return len(tokenizer.decode(ids)) - len(tokenizer.decode(ids[:1]))
+
+
+def per_char_loss(model: GPT, tokenizer: Tokenizer, text: str, *, max_tokens: int | None = None) -> float:
+    """Mean negative log-likelihood in nats per character of `text` (comparable across tokenizers)."""
+    ids = tokenizer.encode(text)[:max_tokens]
+    result = evaluate(model, ids)
+    return result.total_nll / chars_predicted(tokenizer, ids)
+
+
+def held_out_perplexity(model: GPT, tokenizer: Tokenizer, text: str | None = None, *,
+                        max_tokens: int | None = None) -> float:
+    """Per-character perplexity of `model` on `text` (default: the corpus's held-out part); lower is better.
+
+    `max_tokens` evaluates only the first max_tokens tokens: faster, for comparing model variants on the same text.
+    """
+    text = held_out_text() if text is None else text
+    return reference("training.perplexity")(per_char_loss(model, tokenizer, text, max_tokens=max_tokens))
+
+
+@dataclass
+class History:
+    """What happened during training: the loss of every step, and the held-out loss at a few steps (nats/token)."""
+
+    train_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train(model: GPT, train_ids, val_ids, config: TrainConfig, *, step: Callable | None = None,
+          progress: bool = True, desc: str = "training") -> History:
+    """Train `model` in place on random windows of train_ids for `config.steps` steps, with a progress bar.
+
+    `step` is the training step (default: the reference `training.training_step`; the notebook passes the
+    learner's own). Every `config.eval_every` steps and at the end, the held-out loss on val_ids is recorded.
+    """
+    step = step or reference("training.training_step")
+    device = next(model.parameters()).device
+    train_ids = torch.as_tensor(train_ids, dtype=torch.long)
+    generator = torch.Generator().manual_seed(config.seed)  # batches depend on the seed only
+    optimizer = make_optimizer(model, config)
+    history = History()
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), desc=desc, disable=not progress, mininterval=1.0)
+    for i in bar:
+        lr = lr_at(i, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(train_ids, config.batch_size, model.config.block_size, generator)  # (B, T) each
+        history.train_loss.append(step(model, optimizer, x.to(device), y.to(device), clip=config.clip))
+        history.lr.append(lr)
+        if (i + 1) % config.eval_every == 0 or i + 1 == config.steps:
+            history.val_steps.append(i + 1)
+            history.val_loss.append(evaluate(model, val_ids, max_tokens=config.eval_tokens).loss)
+            bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", val=f"{history.val_loss[-1]:.3f}")
+    history.seconds = time.perf_counter() - start
+    model.eval()
+    return history
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------------
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write(tmp)` on a temporary file next to `path`, then rename it to `path` in one step (os.replace).
+
+    If `write` fails or is interrupted, the temporary file is removed and `path` is left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); a checkpoint is an ordinary file
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_paths(folder: str | os.PathLike, name: str) -> dict[str, Path]:
+    folder = Path(folder)
+    return {"weights": folder / f"{name}.safetensors", "tokenizer": folder / f"{name}.tokenizer.json",
+            "meta": folder / f"{name}.json"}
+
+
+def save_checkpoint(folder: str | os.PathLike, model: GPT, tokenizer: Tokenizer, *, name: str = "tiny_gpt",
+                    training: dict | None = None) -> dict[str, Path]:
+    """Write the weights, the tokenizer and NAME.json (GPTConfig + `training` record), each atomically."""
+    from safetensors.torch import save_file
+
+    paths = checkpoint_paths(folder, name)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != TIED}
+    atomic_write(paths["weights"], lambda tmp: save_file(weights, tmp, metadata={"format": FORMAT}))
+    atomic_write(paths["tokenizer"], tokenizer.save)
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, "gpt": asdict(model.config),
+            "tokenizer": paths["tokenizer"].name, "weights": paths["weights"].name, "training": training or {}}
+    text = json.dumps(meta, indent=1) + "\n"
+    atomic_write(paths["meta"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return paths
+
+
+def load_checkpoint(folder: str | os.PathLike, *, name: str = "tiny_gpt",
+                    device: torch.device | str | None = None) -> tuple[GPT, Tokenizer, dict]:
+    """(model in eval mode on `device` (default `get_device()`), tokenizer, NAME.json's contents)."""
+    from safetensors.torch import load_file
+
+    paths = checkpoint_paths(folder, name)
+    if not paths["meta"].is_file():
+        raise FileNotFoundError(f"no checkpoint {name!r} in {str(folder)!r} ({paths['meta'].name} is missing): "
+                                "create one with `llmcourse train --out FOLDER`")
+    meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{str(paths['meta'])!r} is not an llmcourse checkpoint")
+    model = GPT(GPTConfig(**meta["gpt"]))
+    missing, unexpected = model.load_state_dict(load_file(paths["weights"]), strict=False)
+    if missing != [TIED] or unexpected:
+        raise ValueError(f"{paths['weights'].name} does not fit the model in {paths['meta'].name}: missing "
+                         f"{[k for k in missing if k != TIED]}, unexpected {unexpected}")
+    model.to(device or get_device()).eval()
+    return model, load_tokenizer(paths["tokenizer"]), meta
+
+
+# -- the whole recipe: what `llmcourse train` runs ---------------------------------------------------------------
+
+def make_tokenizer(kind: str, train_text: str, all_text: str, vocab_size: int) -> Tokenizer:
+    """A byte-level BPE trained on the training text, or a character tokenizer ("char")."""
+    if kind == "bpe":
+        return BPETokenizer.train(train_text, vocab_size=vocab_size)
+    if kind == "char":
+        # The character set of the whole corpus, so that a held-out character is never unknown; only the
+        # alphabet is taken from the held-out text, not any statistics.
+        return CharTokenizer.train(all_text)
+    raise ValueError(f"tokenizer must be 'bpe' or 'char', got {kind!r}")
+
+
+def bigram_per_char_loss(tokenizer: Tokenizer, train_text: str, val_text: str, smoothing: float = 0.1) -> float:
+    """Nats per character of the held-out text under a count-based bigram model over `tokenizer`'s tokens."""
+    from llmcourse.ngram import BigramModel
+
+    train_ids, val_ids = tokenizer.encode(train_text), tokenizer.encode(val_text)
+    bigram = BigramModel.fit(train_ids, tokenizer.vocab_size, smoothing)
+    return (len(val_ids) - 1) * math.log(bigram.perplexity(val_ids)) / chars_predicted(tokenizer, val_ids)
+
+
+def run(out: str | os.PathLike, *, name: str = "tiny_gpt", corpus: str | os.PathLike | None = None,
+        tokenizer: str = "bpe", vocab_size: int = 512, gpt: dict | None = None,
+        config: TrainConfig = TrainConfig(), command: str | None = None, progress: bool = True) -> dict:
+    """Train a tokenizer and a GPT on the corpus, evaluate on the held-out part, save the checkpoint; its record."""
+    set_seed(config.seed)
+    text = load_corpus(corpus)
+    train_text, val_text = train_val_split(text)
+    tok = make_tokenizer(tokenizer, train_text, text, vocab_size)
+    train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **(gpt or {}))).to(get_device())
+    history = train(model, train_ids, val_ids, config, progress=progress)
+    final = evaluate(model, val_ids)
+    perplexity = reference("training.perplexity")
+    record = {
+        "command": command,
+        "corpus": str(corpus) if corpus else "default (pydoc topics)",
+        "tokenizer": tokenizer, "train_tokens": len(train_ids), "val_tokens": len(val_ids),
+        "val_chars": chars_predicted(tok, val_ids), "parameters": model.num_parameters(),
+        "config": asdict(config), "seconds": round(history.seconds, 1), "device": str(get_device()),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "val_loss_per_token": final.loss,
+        "val_perplexity_per_token": final.perplexity,
+        "val_perplexity_per_char": perplexity(final.total_nll / chars_predicted(tok, val_ids)),
+        "bigram_perplexity_per_char": perplexity(bigram_per_char_loss(tok, train_text, val_text)),
+        "history": {"train_loss": [round(v, 4) for v in history.train_loss], "lr": history.lr,
+                    "val_steps": history.val_steps, "val_loss": [round(v, 4) for v in history.val_loss]},
+    }
+    save_checkpoint(out, model, tok, name=name, training=record)
+    return record

@@ -1,0 +1,96 @@
+"""Exercises of notebook 05: one training step of a PyTorch language model, and perplexity.
+
+A language model maps token ids x (B, T) to logits (B, T, V): one score per vocabulary entry for the token that comes
+next at each position. Training lowers the cross-entropy between those logits and the true next tokens y (B, T),
+which are x shifted left by one. Perplexity, exp(mean cross-entropy), reads that loss as "the model is as unsure as
+a uniform choice among this many tokens".
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+import torch.nn.functional as F
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                  clip: float | None = 1.0) -> float:
+    """One optimisation step on the batch (x, y); returns the batch's mean cross-entropy before the update.
+
+    In order: forward pass `logits = model(x)`, mean cross-entropy of the logits against the targets y over all
+    B * T positions, backward pass, clip the global gradient norm to `clip` (skip when `clip` is None), one
+    optimizer step, then zero the gradients so that the next step starts clean.
+
+    Args:
+        model: a torch.nn.Module mapping int64 ids (B, T) to float logits (B, T, V).
+        optimizer: a torch.optim.Optimizer over the model's parameters (AdamW in the course).
+        x: int64 tensor (B, T), input token ids.
+        y: int64 tensor (B, T), target token ids: y[b, t] is the token that follows x[b, t].
+        clip: float > 0, the largest allowed global L2 norm of all gradients together; None for no clipping.
+
+    Returns:
+        A Python float: the mean cross-entropy (nats per token) of `model(x)` against `y`, computed before the step.
+
+    Raises:
+        ValueError: if x or y is not a 2-D integer tensor, their shapes differ, or clip is not positive.
+
+    Hint: `torch.nn.functional.cross_entropy` wants logits of shape (N, V) and targets (N,): flatten with `.view`;
+    `torch.nn.utils.clip_grad_norm_` clips every gradient at once.
+    """
+    # BEGIN SOLUTION
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"{name} must be an integer tensor of token ids with shape (B, T), got "
+                             f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
+    if x.shape != y.shape:
+        raise ValueError(f"x and y must have the same shape (B, T), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if clip is not None and not clip > 0:
+        raise ValueError(f"clip must be a positive number (or None for no clipping), got {clip}")
+    logits = model(x)  # (B, T, V)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))  # mean over B * T positions
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+    # END SOLUTION
+
+
+def perplexity(mean_cross_entropy: float) -> float:
+    """Perplexity exp(mean cross-entropy) of a model whose mean cross-entropy (in nats) is given.
+
+    A perplexity of k means the model is, on average, as unsure as a uniform choice among k outcomes: a uniform
+    guess over V tokens has cross-entropy log(V) and perplexity V; a perfect model has 0 and 1.
+
+    Args:
+        mean_cross_entropy: a real number >= 0 (Python float or int, NumPy scalar, or a one-element tensor), the
+            mean negative log-likelihood per token in nats (natural logarithm).
+
+    Returns:
+        A Python float >= 1.0: exp(mean_cross_entropy); float("inf") when that overflows a float.
+
+    Raises:
+        TypeError: if mean_cross_entropy is not a real number (a string, a list, a complex number, ...).
+        ValueError: if it is negative or NaN.
+
+    Hint: `math.exp` raises OverflowError past about 709; `float(t)` turns a one-element tensor into a number.
+    """
+    # BEGIN SOLUTION
+    if isinstance(mean_cross_entropy, torch.Tensor):
+        if mean_cross_entropy.numel() != 1:
+            raise TypeError(f"mean_cross_entropy must be one number, got a tensor of shape "
+                            f"{tuple(mean_cross_entropy.shape)}; average it first")
+        mean_cross_entropy = mean_cross_entropy.item()
+    if isinstance(mean_cross_entropy, bool) or not isinstance(mean_cross_entropy, numbers.Real):
+        raise TypeError(f"mean_cross_entropy must be a real number, got {type(mean_cross_entropy).__name__}")
+    value = float(mean_cross_entropy)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"mean_cross_entropy must be a number >= 0 (a cross-entropy in nats), got {value}")
+    try:
+        return math.exp(value)
+    except OverflowError:
+        return float("inf")
+    # END SOLUTION
