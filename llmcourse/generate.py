@@ -188,3 +188,20 @@ def beam_search(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, beam_
         if eos_id is not None:
             finished = finished[beam] | (token == eos_id)
     return beams, scores
+
+
+@torch.no_grad()
+def sequence_log_probs(model: GPT, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """(B,) total log-probability (natural log) the model gives the tokens after the first `prompt_len` of each
+    row of `sequences` (B, S) or (S,), each token predicted from all the tokens before it (S <= block_size)."""
+    rows = (sequences[None] if sequences.dim() == 1 else sequences).to(_device(model))  # (B, S)
+    S = rows.shape[1]
+    if not 1 <= prompt_len <= S:
+        raise ValueError(f"prompt_len must lie in 1..{S} (the sequence length), got {prompt_len}")
+    if S > model.config.block_size:
+        raise ValueError(f"sequences of {S} tokens do not fit the model's context of {model.config.block_size}")
+    if S == prompt_len:
+        return torch.zeros(rows.shape[0], device=rows.device)
+    log_probs = torch.log_softmax(model(rows[:, :-1]).float(), dim=-1)  # (B, S - 1, V)
+    picked = log_probs.gather(-1, rows[:, 1:, None])[..., 0]  # (B, S - 1): log p(token t + 1 | tokens <= t)
+    return picked[:, prompt_len - 1:].sum(dim=-1)

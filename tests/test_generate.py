@@ -326,3 +326,18 @@ def test_beam_step_returns_the_best_candidates(W, V, seed, data):
     assert len(set(zip(beam.tolist(), token.tolist()))) == width
     assert math.isclose(float(new.sum()), float(total.flatten().sort(descending=True).values[:width].sum()),
                         rel_tol=1e-12, abs_tol=1e-12)
+
+
+def test_sequence_log_probs_adds_the_log_probs_of_the_new_tokens(model):
+    from llmcourse.generate import sequence_log_probs
+
+    seq = prompts(2, 7, seed=18)
+    total = torch.zeros(2)
+    for t in range(3, 7):  # each new token, predicted from the tokens before it
+        total += torch.log_softmax(model(seq[:, :t])[:, -1], dim=-1).gather(-1, seq[:, t:t + 1])[:, 0]
+    torch.testing.assert_close(sequence_log_probs(model, seq, 3), total, rtol=1.3e-6, atol=1e-5)  # float32 sums
+    assert torch.equal(sequence_log_probs(model, seq[0], 7), torch.zeros(1))
+    with pytest.raises(ValueError, match="prompt_len"):
+        sequence_log_probs(model, seq, 0)
+    with pytest.raises(ValueError, match="context"):
+        sequence_log_probs(model, prompts(1, BLOCK + 1)[0], 2)

@@ -32,6 +32,21 @@ def show_token(text: str) -> str:
     return text.replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5") or "\u2205"
 
 
+def bar_tokens(ax, probs: np.ndarray, labels: list[str], *, outline: np.ndarray | None = None, title: str = "",
+               color: str = "tab:blue") -> None:
+    """Bars of token probabilities on `ax` (removed tokens, probability 0, as red stubs); `outline`: a second
+    distribution over the same tokens, drawn as grey outlines behind (e.g. before a filter)."""
+    x = np.arange(len(labels))
+    if outline is not None:
+        ax.bar(x, outline, width=0.8, fill=False, edgecolor="grey", label="before")
+    probs = np.asarray(probs)
+    ax.bar(x, np.where(probs > 0, probs, 0.01), width=0.55, color=np.where(probs > 0, color, "tab:red"))
+    ax.set_xticks(x, labels, rotation=60, fontsize=8)
+    ax.set_ylabel("probability")
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
 @torch.no_grad()
 def next_token_logits(model: GPT, tokenizer: Tokenizer, prompt: str) -> torch.Tensor:
     """(V,) float32 logits of the token after `prompt` (cropped to the model's block_size), on the CPU."""

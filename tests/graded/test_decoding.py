@@ -63,7 +63,8 @@ def test_temperature_keeps_shape_dtype_and_minus_inf(impl):
     assert got[0, 1, 2] == NEG_INF, "a -inf logit (a removed token) must stay -inf after temperature scaling"
     # float64, one division: COURSE.md's float64 tolerance.
     finite = torch.isfinite(logits)
-    assert_allclose(got[finite], logits[finite] / 3.0, rtol=1e-7, what="apply_temperature on a (2, 3, 5) float64 tensor")
+    assert_allclose(got[finite], logits[finite] / 3.0, rtol=1e-7,
+                    what="apply_temperature on a (2, 3, 5) float64 tensor")
 
 
 @exercise("temperature")
