@@ -162,11 +162,13 @@ def load_weights(state_dict: Mapping[str, Any], n_head: int) -> dict[str, Any]:
 # -- the whole model (provided) ----------------------------------------------------------------------------------
 
 def gpt_forward(params: Mapping[str, Any], ids: np.ndarray, *, block: Callable[..., np.ndarray] = block_forward,
-                attention: Callable[..., np.ndarray] | None = None) -> np.ndarray:
+                attention: Callable[..., np.ndarray] | None = None,
+                embedding: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Logits (B, T, V) of the NumPy GPT for token ids (B, T), in the dtype of the weights.
 
-    `block` and `attention` choose the implementations to assemble the model from (the notebook passes yours,
-    through the exercise loader); `attention=None` lets `block` use its default.
+    `block`, `attention` and `embedding` (called as `embedding(ids, weight)`, like `embedding_forward` of
+    notebook 01) choose the implementations to assemble the model from: the notebook passes yours, through the
+    exercise loader. `attention=None` lets `block` use its default; `embedding=None` indexes `weight[ids]`.
     """
     ids = np.asarray(ids)
     if ids.ndim != 2 or ids.dtype.kind not in "iu" or ids.shape[1] == 0:
@@ -180,7 +182,8 @@ def gpt_forward(params: Mapping[str, Any], ids: np.ndarray, *, block: Callable[.
     if ids.min() < 0 or ids.max() >= wte.shape[0]:
         raise ValueError(f"token ids must lie in [0, {wte.shape[0]}), got {ids.min()}..{ids.max()}")
     kwargs = {} if attention is None else {"attention": attention}
-    x = wte[ids] + wpe[:T]  # (B, T, C): token embedding + position embedding
+    lookup = embedding or (lambda ids, weight: weight[ids])
+    x = lookup(ids, wte) + lookup(np.arange(T), wpe)  # (B, T, C): token embedding + position embedding
     for block_params in params["blocks"]:
         x = block(x, block_params, params["n_head"], **kwargs)  # (B, T, C)
     x = layernorm_forward(x, params["ln_f.gamma"], params["ln_f.beta"])  # (B, T, C)

@@ -117,9 +117,9 @@ CONFIGS = [
 ]
 
 
-def _numpy_logits(model: GPT, ids: torch.Tensor) -> np.ndarray:
+def _numpy_logits(model: GPT, ids: torch.Tensor, **pieces) -> np.ndarray:
     params = reference("gpt_numpy.load_weights")(model.state_dict(), model.config.n_head)
-    return reference("gpt_numpy.gpt_forward")(params, ids.numpy())
+    return reference("gpt_numpy.gpt_forward")(params, ids.numpy(), **pieces)
 
 
 def _perturbed(model: GPT, seed: int) -> GPT:
@@ -151,8 +151,10 @@ def test_numpy_gpt_matches_pytorch_float32(config):
 def test_numpy_gpt_matches_pytorch_float64(config):
     model = _perturbed(_model(config, dtype=torch.float64), seed=2)
     ids = _ids(config, 3, config.block_size - 1)
+    pieces = dict(embedding=reference("tokens.embedding_forward"), block=reference("gpt_numpy.block_forward"),
+                  attention=reference("attention.multihead_attention"))  # as the notebook assembles them
     # float64: only rounding in a different order differs, ~1e-15; 1e-10 would catch any real discrepancy.
-    assert_allclose(_numpy_logits(model, ids), model(ids).numpy(), rtol=1e-10, atol=1e-12,
+    assert_allclose(_numpy_logits(model, ids, **pieces), model(ids).numpy(), rtol=1e-10, atol=1e-12,
                     what="NumPy GPT logits (float64)")
 
 
