@@ -115,18 +115,21 @@ class SamplingFigure:
 
     def __init__(self, labels: list[str], before: np.ndarray):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.patches import Patch
 
         n = len(labels)
         self.fig = Figure(figsize=(10, 3.8), dpi=90)
         self.canvas = FigureCanvasAgg(self.fig)
         ax = self.fig.subplots()
-        self.fig.subplots_adjust(left=0.07, right=0.99, bottom=0.22, top=0.9)
-        ax.bar(range(n), before, width=0.8, fill=False, edgecolor="grey", label="temperature 1, no filter")
-        self.bars = list(ax.bar(range(n), np.zeros(n), width=0.55, color="tab:blue", label="after the sliders"))
+        self.fig.subplots_adjust(left=0.07, right=0.99, bottom=0.2, top=0.9)
+        outline = ax.bar(range(n), before, width=0.8, fill=False, edgecolor="grey")
+        self.bars = list(ax.bar(range(n), np.zeros(n), width=0.55, color="tab:blue"))
         ax.set_xticks(range(n), labels, rotation=60, fontsize=9)
         ax.set_ylim(0, 1)
         ax.set_ylabel("probability")
-        ax.legend(loc="upper right", fontsize=9)
+        ax.legend([outline, Patch(color="tab:blue"), Patch(color="tab:red")],
+                  ["temperature 1, no filter", "after the sliders", "removed: probability 0"],
+                  loc="upper right", fontsize=9)
         self.title = ax.set_title(" ", fontsize=10)
         for artist in (*self.bars, self.title):
             artist.set_animated(True)  # left out of the background, drawn by render()
