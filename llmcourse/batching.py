@@ -290,3 +290,54 @@ def serve_continuous(model: GPT, requests: Sequence[Request], max_batch: int, *,
         for row, token in zip(active, tokens.tolist()):
             record(row, token)
     return ServeReport(completions, time.perf_counter() - start, steps)
+
+
+# -- a picture of the two schedules (no model: each request just needs its number of steps) -------------------------
+
+def simulate_schedule(output_lengths: Sequence[int], max_batch: int, *, continuous: bool = True,
+                      scheduler_step=None) -> list[tuple[int, int, int, int]]:
+    """Which request occupies which row at which decoding step, all requests waiting at step 0.
+
+    Continuous batching runs `scheduler_step` (default: the reference) after every step; static batching takes
+    `max_batch` requests at a time and starts the next batch only when the longest one is done.
+    Returns (request, row, first step, last step + 1) for each request.
+    """
+    step_fn = scheduler_step or reference("batching.scheduler_step")
+    spans, remaining = [], {i: n for i, n in enumerate(output_lengths)}
+    if not continuous:
+        t = 0
+        for first in range(0, len(output_lengths), max_batch):
+            batch = list(range(first, min(first + max_batch, len(output_lengths))))
+            spans += [(r, row, t, t + output_lengths[r]) for row, r in enumerate(batch)]
+            t += max(output_lengths[r] for r in batch)
+        return spans
+    slots, finished, waiting, started, t = [None] * max_batch, [False] * max_batch, list(remaining), {}, 0
+    while waiting or any(s is not None for s in slots):
+        slots, joined, left = step_fn(slots, finished, waiting)
+        waiting = waiting[len(joined):]
+        for row, r in joined:
+            started[r] = (row, t)
+        for r in left:
+            spans.append((r, started[r][0], started[r][1], t))
+        for s in slots:
+            if s is not None:
+                remaining[s] -= 1
+        finished = [s is not None and remaining[s] == 0 for s in slots]
+        t += 1
+    return sorted(spans)
+
+
+def plot_schedule(spans: list[tuple[int, int, int, int]], ax=None, *, title: str = ""):
+    """Rows of the batch against decoding steps, one coloured bar per request (its number in the bar)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 2.5))
+    colors = plt.get_cmap("tab20")
+    for request, row, start, stop in spans:
+        ax.barh(row, stop - start, left=start, color=colors(request % 20), edgecolor="white")
+        ax.text((start + stop) / 2, row, str(request), ha="center", va="center", fontsize=7)
+    end = max(stop for *_, stop in spans)
+    ax.set(xlabel="decoding step", ylabel="row", xlim=(0, end), title=title or f"{end} steps")
+    ax.invert_yaxis()
+    return ax

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static
+from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static, simulate_schedule
 from llmcourse.generate import generate
 from llmcourse.gpt import GPT, GPTConfig
 from llmcourse.grading import assert_equal_ids
@@ -113,6 +113,18 @@ def test_scheduler_keeps_rows_of_running_requests():
         scheduler_step([None], [True], [])
     with pytest.raises(ValueError, match="two rows"):
         scheduler_step([1, 1], [False, False], [])
+
+
+def test_simulated_schedules_give_every_request_its_steps():
+    lengths = [5, 2, 8, 3, 3, 6, 1, 4]
+    static, continuous = simulate_schedule(lengths, 3, continuous=False), simulate_schedule(lengths, 3)
+    for spans in (static, continuous):
+        assert sorted(r for r, *_ in spans) == list(range(8))
+        assert all(stop - start == lengths[r] for r, _, start, stop in spans)
+        for row in range(3):  # a row runs one request at a time
+            busy = sorted((start, stop) for _, r, start, stop in spans if r == row)
+            assert all(a[1] <= b[0] for a, b in zip(busy, busy[1:]))
+    assert max(s[3] for s in continuous) == 12 < max(s[3] for s in static) == 18
 
 
 def test_bad_input_is_a_clear_error(model):

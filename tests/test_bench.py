@@ -16,6 +16,7 @@ LIMITS = {"memory_bandwidth_gbs": 10.0, "matmul_gflops": 100.0, "threads": 1, "d
 def results():
     with pytest.MonkeyPatch.context() as patch:  # the machine's limits are measured elsewhere; here the schema
         patch.setattr(bench, "machine", lambda: dict(LIMITS))
+        patch.setattr(bench, "memory_bandwidth_gbs", lambda: LIMITS["memory_bandwidth_gbs"])
         return bench.run(quick=True, config=TINY, quantization=False, log=lambda line: None)
 
 
@@ -51,6 +52,12 @@ def test_cache_memory_formula_equals_allocation():
                                                                     for n in (16, 256)]
 
 
+def test_predicted_speedup_from_step_costs():
+    costs = {"contexts": [10, 110], "no_cache_s": [1.0, 11.0], "cache_s": [1.0, 1.0]}  # 0.1 s per context token
+    # n = 2 after a prompt of 10: without the cache steps at contexts 10 and 11 (1.0 + 1.1 s); with it 1.0 + 1.0 s.
+    assert bench.predicted_speedup(costs, 10, [2]) == [pytest.approx(2.1 / 2.0)]
+
+
 def test_roofline_bends_from_memory_to_compute_bound():
     model = bench.gpt2_shape_model(TINY)
     bounds = [bench.roofline_tok_s(model, b, 10.0, 100.0) for b in (1, 2, 1024, 4096)]
@@ -63,6 +70,7 @@ def test_cli_bench_writes_json_and_plots(tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "run", lambda quick: run(quick=quick, config=TINY, quantization=False,
                                                         log=lambda line: None))
     monkeypatch.setattr(bench, "machine", lambda: dict(LIMITS))
+    monkeypatch.setattr(bench, "memory_bandwidth_gbs", lambda: LIMITS["memory_bandwidth_gbs"])
     out = tmp_path / "bench.json"
     assert cli.main(["bench", "--quick", "--json", str(out), "--plots", str(tmp_path), "--threads", "1"]) == 0
     assert json.loads(out.read_text())["quick"] is True

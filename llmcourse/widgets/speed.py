@@ -14,6 +14,8 @@ import io
 
 from matplotlib.figure import Figure
 
+from llmcourse.bench import log_ticks
+
 
 def speed_data(kv: dict | None, batching: dict | None, new_tokens: int | None, batch_size: int | None) -> dict:
     """What the explorer shows for one choice: the measured figures at `new_tokens` and at `batch_size` (either
@@ -66,7 +68,7 @@ def speed_figure(kv: dict | None, batching: dict | None, data: dict) -> Figure:
         ax.plot([n[i]] * 2, [kv["cache_tok_s"][i], kv["no_cache_tok_s"][i]], "o", ms=14, mfc="none", mec="red")
         ax.set(xscale="log", yscale="log", xlabel="new tokens", ylabel="tokens / s",
                title=f"{data['speedup']:.1f}x at {n[i]} tokens")
-        ax.set_xticks(n, [str(x) for x in n])
+        log_ticks(ax.xaxis, n)
         ax.legend(fontsize=8)
     if batching is not None:
         ax, b, j = axes.pop(0), batching["batch_sizes"], data["batch_index"]
@@ -76,7 +78,7 @@ def speed_figure(kv: dict | None, batching: dict | None, data: dict) -> Figure:
         ax.plot([b[j]], [batching["tok_s"][j]], "o", ms=14, mfc="none", mec="red")
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="tokens / s",
                title=f"batch {b[j]}: {data['tok_s']:.0f} tok/s")
-        ax.set_xticks(b, [str(x) for x in b])
+        log_ticks(ax.xaxis, b)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
