@@ -52,12 +52,13 @@ def _check_attention_inputs(q, k, v, mask) -> tuple[np.ndarray, np.ndarray, np.n
         mask = np.asarray(mask)
         if mask.dtype != bool:
             raise TypeError(f"mask must be boolean (True = may attend), got dtype {mask.dtype}")
-        T = q.shape[-2]
+        target = batch + (q.shape[-2],) * 2  # (..., T, T)
         try:
-            np.broadcast_shapes(mask.shape, batch + (T, T))
+            fits = np.broadcast_shapes(mask.shape, target) == target
         except ValueError:
-            raise ValueError(f"mask has shape {mask.shape}, which does not broadcast to (..., T, T) = "
-                             f"{batch + (T, T)}") from None
+            fits = False
+        if not fits:
+            raise ValueError(f"mask has shape {mask.shape}, which does not broadcast to (..., T, T) = {target}")
     if len({q.dtype, k.dtype, v.dtype}) > 1:  # mixed float32/float64: compute in the wider type
         wide = np.result_type(q, k, v)
         q, k, v = q.astype(wide), k.astype(wide), v.astype(wide)
