@@ -321,7 +321,8 @@ def run(out: str | os.PathLike, *, name: str = "tiny_gpt", corpus: str | os.Path
         "val_perplexity_per_token": final.perplexity,
         "val_perplexity_per_char": perplexity(final.total_nll / chars_predicted(tok, val_ids)),
         "bigram_perplexity_per_char": perplexity(bigram_per_char_loss(tok, train_text, val_text)),
-        "history": {"train_loss": [round(v, 4) for v in history.train_loss], "lr": history.lr,
+        "history": {"train_loss": [round(v, 4) for v in history.train_loss],
+                    "lr": [float(f"{v:.4g}") for v in history.lr],
                     "val_steps": history.val_steps, "val_loss": [round(v, 4) for v in history.val_loss]},
     }
     save_checkpoint(out, model, tok, name=name, training=record)
