@@ -210,3 +210,24 @@ def bigram_baseline(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size: int,
     """Perplexity of notebook 01's add-one bigram model on the same held-out targets as the MLP (ids[context:])."""
     counts = reference("tokens.bigram_counts")(train_ids, vocab_size)
     return reference("tokens.bigram_perplexity")(counts, np.asarray(val_ids)[context - 1:], 1.0)
+
+
+def plot_loss_curves(histories: dict[str, History], baseline_loss: float | None = None, window: int = 50):
+    """Training loss (moving average over `window` steps) and held-out loss per optimiser; returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for (name, h), color in zip(histories.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        losses = np.asarray(h.train_loss)
+        w = min(window, len(losses))
+        smooth = np.convolve(losses, np.ones(w) / w, mode="valid")  # (steps - w + 1,)
+        ax.plot(np.arange(w, len(losses) + 1), smooth, color=color, label=f"{name} (train, mean of {w} steps)")
+        ax.plot(h.val_steps, h.val_loss, "o", color=color, label=f"{name} (held out)")
+    if baseline_loss is not None:
+        ax.axhline(baseline_loss, color="gray", linestyle="--", label="bigram baseline (held out)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats per character)")
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
