@@ -70,3 +70,17 @@ def test_explorer_widget_redraws_when_a_control_moves():
     explorer.sentence.value = SENTENCES[1]
     assert explorer.query.max == len(SENTENCES[1]) - 1 and explorer.data["text"] == SENTENCES[1]
     assert explorer.data["weights"].shape == (len(SENTENCES[1]),) * 2
+
+
+def test_maps_use_the_attention_they_are_given(model):
+    from llmcourse.loader import reference
+
+    calls = []
+
+    def recording(q, k, v, mask=None):
+        calls.append(q.shape)
+        return reference("attention.causal_attention")(q, k, v, mask)
+
+    text = SENTENCES[3]
+    np.testing.assert_array_equal(attention_maps(model, text, attention=recording), attention_maps(model, text))
+    assert calls == [(1, 4, len(text), 16)]

@@ -4,7 +4,7 @@ The model is one causal multi-head attention layer over character embeddings, in
 weights *constructed by hand* (not trained) so that each head shows a pattern trained transformers are known to
 learn: attend to the previous character, to the first character, to earlier copies of the same character, or to
 everything seen so far equally. `random_model` gives the same layer with random weights, to compare. The attention
-itself is the course's `attention.causal_attention` (yours once it passes its tests, through the loader).
+itself is `attention.causal_attention`: the reference, or the one passed in (the notebook passes yours).
 
     from llmcourse.widgets.attention import attention_explorer
     attention_explorer()          # dropdown of sentences, head and query sliders, heatmap + bar chart
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -119,12 +120,13 @@ def random_model(seed: int = 0) -> ToyAttention:
                         tuple(f"random head {h}" for h in range(N_HEAD)), "random weights (untrained)")
 
 
-def attention_maps(model: ToyAttention, text: str) -> np.ndarray:
+def attention_maps(model: ToyAttention, text: str, attention: Callable | None = None) -> np.ndarray:
     """(n_head, T, T) attention weights of `model` on `text`; row i is how query i spreads over keys 0..i.
 
-    The weights come from `causal_attention` with the identity as values: output row i is then weight row i.
+    The weights come from `attention` (default: the reference `causal_attention`) with the identity as values:
+    output row i is then weight row i.
     """
-    causal_attention = reference("attention.causal_attention")
+    causal_attention = attention or reference("attention.causal_attention")
     split_heads = reference("attention.split_heads")
     x = model.embed(text)[None]  # (1, T, C)
     q, k, _ = np.split(x @ model.w_qkv + model.b_qkv, 3, axis=-1)  # (1, T, C) each
@@ -236,13 +238,14 @@ class AttentionExplorer:
     front and each sentence's figure background is drawn once, so a slider only redraws what it changes. `data` is
     what is shown now (the tests read it)."""
 
-    def __init__(self, sentences: tuple[str, ...] = SENTENCES, model: ToyAttention | None = None):
+    def __init__(self, sentences: tuple[str, ...] = SENTENCES, model: ToyAttention | None = None,
+                 attention: Callable | None = None):
         import ipywidgets as widgets
 
         if not sentences:
             raise ValueError("give the explorer at least one sentence")
         self.model = model or constructed_model()
-        self.maps = {text: attention_maps(self.model, text) for text in sentences}  # text -> (H, T, T)
+        self.maps = {text: attention_maps(self.model, text, attention) for text in sentences}  # text -> (H, T, T)
         self.figures: dict[str, ExplorerFigure] = {}  # text -> its figure, drawn when first shown
         self.sentence = widgets.Dropdown(options=list(sentences), description="sentence",
                                          layout=widgets.Layout(width="32em"))
@@ -277,6 +280,8 @@ class AttentionExplorer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
-def attention_explorer(sentences: tuple[str, ...] = SENTENCES, model: ToyAttention | None = None) -> AttentionExplorer:
-    """Build the classroom explorer (display it by leaving it as the last line of a cell)."""
-    return AttentionExplorer(tuple(sentences), model)
+def attention_explorer(sentences: tuple[str, ...] = SENTENCES, model: ToyAttention | None = None,
+                       attention: Callable | None = None) -> AttentionExplorer:
+    """Build the classroom explorer (display it by leaving it as the last line of a cell); `attention` is the
+    `causal_attention` to compute the maps with (default: the reference)."""
+    return AttentionExplorer(tuple(sentences), model, attention)
