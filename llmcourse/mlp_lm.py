@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from llmcourse.loader import reference
+from llmcourse.ngram import BigramModel
 
 
 @dataclass(frozen=True)
@@ -207,9 +208,8 @@ def train(model: MLPLanguageModel, optimizer, train_ids: np.ndarray, *, steps: i
 
 
 def bigram_baseline(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size: int, context: int) -> float:
-    """Perplexity of notebook 01's add-one bigram model on the same held-out targets as the MLP (ids[context:])."""
-    counts = reference("tokens.bigram_counts")(train_ids, vocab_size)
-    return reference("tokens.bigram_perplexity")(counts, np.asarray(val_ids)[context - 1:], 1.0)
+    """Held-out perplexity of notebook 01's `BigramModel` on the MLP's targets, val_ids[context:]."""
+    return BigramModel.fit(train_ids, vocab_size).perplexity(np.asarray(val_ids)[context - 1:])
 
 
 def plot_loss_curves(histories: dict[str, History], baseline_loss: float | None = None, window: int = 50):
