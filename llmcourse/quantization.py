@@ -1,0 +1,269 @@
+"""Quantized GPTs: int8 and int4 weights swapped into the model, PyTorch's int8 kernel, and the size/quality/speed
+report of notebook 09 and `llmcourse bench`.
+
+Schemes (`quantize_model(model, scheme)` returns a new model; the original is untouched):
+
+- "fp32": the model as it is (a copy).
+- "int8": weight-only int8, one scale per output channel (the exercise `quantization.quantize_per_channel`). Every
+  Linear layer, the token and position embeddings and the tied output head store int8 codes plus scales; a matmul
+  multiplies by the codes and scales the result (the exercise `quantization.quantized_matmul`). PyTorch has no fast
+  kernel for "fp32 activations x int8 weights" on most CPUs, so the codes are converted to float for every matmul.
+- "int8-kernel": PyTorch's dynamic int8 Linear (fbgemm): activations are quantized on the fly and the matmul runs
+  on int8 x int8 with int32 accumulation, per-channel weight scales. Embeddings are int8 as in "int8".
+- "int4-g<N>", e.g. "int4-g32": weight-only int4, a float16 scale for each group of N consecutive inputs of a row
+  (symmetric, codes in [-7, 7]), two codes packed per byte (`quantization.pack_int4`).
+
+The NumPy exercises of `solutions/quantization.py` quantize the weights (once, through `llmcourse.loader.reference`);
+the torch code here only dequantizes, as a forward pass must.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from llmcourse.gpt import GPT
+from llmcourse.loader import reference
+from llmcourse.timing import Measurement, measure
+
+SCHEMES = ("fp32", "int8", "int8-kernel", "int4-g32")  # what the report compares by default
+INT4_SYMMETRIC = True  # symmetric int4: no zero points to store; see notebook 09 for the asymmetric comparison
+_SCHEME = re.compile(r"^(fp32|int8|int8-kernel|int4-g(\d+))$")
+
+
+# -- torch counterparts of the NumPy pieces (tested equal to them) -------------------------------------------------
+
+def unpack_int4_torch(packed: torch.Tensor) -> torch.Tensor:
+    """`quantization.unpack_int4` in PyTorch: uint8 (..., m) -> int8 codes (..., 2 m), low nibble first."""
+    signed = packed.view(torch.int8)  # the same bits, read as two's complement
+    low = (signed << 4) >> 4  # move the low nibble up, then an arithmetic shift back copies its sign bit
+    high = signed >> 4  # an arithmetic shift keeps the sign of the high nibble
+    return torch.stack([low, high], dim=-1).flatten(-2)  # (..., m, 2) -> (..., 2 m)
+
+
+class QuantizedTensor(nn.Module):
+    """A (rows, cols) float matrix stored as int8 codes with one scale per row, or as packed int4 codes with one
+    scale per group of `group_size` columns. `dequantize(rows)` gives float32 rows back."""
+
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = None):
+        super().__init__()
+        rows, cols = weight.shape
+        w = weight.detach().cpu().float().numpy()
+        if bits == 8:  # per channel: one scale per row
+            codes, scale = reference("quantization.quantize_per_channel")(w, 8)
+            scale = scale[:, None]  # (rows, 1): one group spanning the row
+            self.group_size = cols
+        elif bits == 4:
+            codes, scale, _ = reference("quantization.quantize_groupwise")(w, 4, group_size, INT4_SYMMETRIC)
+            codes = reference("quantization.pack_int4")(codes)  # (rows, cols // 2) uint8
+            scale = scale.astype(np.float16)  # 2 bytes per group: what int4 formats store
+            self.group_size = group_size
+        else:
+            raise ValueError(f"bits must be 8 or 4, got {bits}")
+        self.bits, self.shape = bits, (rows, cols)
+        device = weight.device
+        self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(codes)).to(device))
+        self.register_buffer("scale", torch.from_numpy(np.ascontiguousarray(scale)).to(device))  # (rows, groups)
+
+    def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 weights: all rows (rows, cols), or the rows picked by an index tensor (..., cols)."""
+        codes = self.codes if rows is None else self.codes[rows]
+        scale = (self.scale if rows is None else self.scale[rows]).float()  # (..., groups)
+        if self.bits == 4:
+            codes = unpack_int4_torch(codes)  # (..., cols)
+        groups = codes.unflatten(-1, (scale.shape[-1], self.group_size)).float()  # (..., groups, group_size)
+        return (groups * scale[..., None]).flatten(-2)  # (..., cols)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, bits={self.bits}, group_size={self.group_size}"
+
+
+class QuantizedLinear(nn.Module):
+    """A Linear layer with quantized weights (weight-only: activations stay float32)."""
+
+    def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.weight = weight
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if self.weight.bits == 8:  # the exercise quantized_matmul: x @ codes^T, then one scale per output
+            y = F.linear(x, self.weight.codes.to(x.dtype)) * self.weight.scale[:, 0]
+            return y if self.bias is None else y + self.bias
+        return F.linear(x, self.weight.dequantize(), self.bias)
+
+
+class QuantizedEmbedding(nn.Module):
+    """An embedding table with quantized rows: a lookup dequantizes only the rows it picks."""
+
+    def __init__(self, weight: QuantizedTensor):
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, T, C)
+        return self.weight.dequantize(idx)
+
+
+# -- the int8 kernel: the one place that calls torch.ao.quantization ----------------------------------------------
+
+def int8_kernel_linears(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose nn.Linear layers run PyTorch's dynamic int8 kernel (fbgemm on x86 CPUs).
+
+    `torch.ao.quantization` is deprecated in favour of torchao and warns so on every call. We silence that warning
+    here, the only place the course calls it, because torchao's CPU int8 paths (`Int8WeightOnlyConfig` ->
+    `torch.ops.aten._weight_int8pack_mm`, `Int8DynamicActivationInt8WeightConfig` -> `torch._int_mm`) are
+    vectorised for AVX-512 (or bfloat16 activations) only and were several times slower than fp32 on an AVX2 CPU,
+    while this kernel was 2-3x faster. When the deprecated API is removed, replace this function.
+    """
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(torch\.ao\.quantization|quantize_per_tensor).*deprecated",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*deprecated.*", category=UserWarning,
+                                module=r"torch\.ao\..*")
+        return quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=False)
+
+
+# -- whole models --------------------------------------------------------------------------------------------------
+
+def parse_scheme(scheme: str) -> tuple[str, int | None]:
+    """("fp32" | "int8" | "int8-kernel" | "int4", group size or None); a ValueError names the valid schemes."""
+    match = _SCHEME.match(scheme) if isinstance(scheme, str) else None
+    if match is None:
+        raise ValueError(f"unknown quantization scheme {scheme!r}: use 'fp32', 'int8', 'int8-kernel' or "
+                         "'int4-g<group size>' such as 'int4-g32'")
+    if match.group(2) is not None:
+        group = int(match.group(2))
+        if group < 2 or group % 2:
+            raise ValueError(f"the int4 group size must be an even number >= 2, got {group} in {scheme!r}")
+        return "int4", group
+    return match.group(1), None
+
+
+@torch.no_grad()
+def quantize_model(model: GPT, scheme: str) -> nn.Module:
+    """A new model with the weights of `model` quantized by `scheme` (see the module docstring); eval mode.
+
+    Raises ValueError for an unknown scheme, or an int4 group size that does not divide n_embd (and 4 n_embd).
+    """
+    kind, group = parse_scheme(scheme)
+    if kind == "int4" and model.config.n_embd % group:
+        raise ValueError(f"group size {group} does not divide n_embd = {model.config.n_embd}: choose a divisor "
+                         f"of {model.config.n_embd}, such as 32 or 64")
+    if kind == "int8-kernel":
+        new = int8_kernel_linears(model)  # every nn.Linear, the output head included (fbgemm keeps its own copy)
+    else:
+        new = copy.deepcopy(model)
+    if kind == "fp32":
+        return new.eval()
+    bits = 4 if kind == "int4" else 8
+    wte, wpe = new.transformer.wte, new.transformer.wpe
+    token_table = QuantizedTensor(wte.weight, bits, group)
+    new.transformer.wte = QuantizedEmbedding(token_table)
+    new.transformer.wpe = QuantizedEmbedding(QuantizedTensor(wpe.weight, bits, group))
+    if kind != "int8-kernel":
+        for block in new.transformer.h:
+            for parent in (block.attn, block.mlp):
+                for name, child in list(parent.named_children()):
+                    if isinstance(child, nn.Linear):
+                        setattr(parent, name, QuantizedLinear(QuantizedTensor(child.weight, bits, group), child.bias))
+        new.lm_head = QuantizedLinear(token_table, None)  # still tied: one quantized table, two uses
+    return new.eval()
+
+
+def _dynamic_linear_bytes(module: nn.Module) -> int:
+    """Bytes of a dynamic int8 Linear: int8 codes, an fp32 scale and int32 zero point per row, the fp32 bias."""
+    weight, bias = module._packed_params._weight_bias()
+    rows = weight.shape[0]
+    return weight.numel() + rows * (4 + 4) + (0 if bias is None else bias.numel() * 4)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes the model's weights occupy: parameters and buffers (shared ones once) and packed int8 kernels."""
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        key = tensor.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += tensor.numel() * tensor.element_size()
+    for module in model.modules():
+        if hasattr(module, "_packed_params") and hasattr(module._packed_params, "_weight_bias"):
+            total += _dynamic_linear_bytes(module)
+    return total
+
+
+# -- measuring ----------------------------------------------------------------------------------------------------
+
+def decode_time(model: nn.Module, new_tokens: int, *, batch_size: int = 1, use_cache: bool = True,
+                seed: int = 0) -> Callable[[], torch.Tensor]:
+    """A function that greedily generates `new_tokens` tokens from a 1-token prompt per row (so it runs exactly
+    `new_tokens` forward passes), for `llmcourse.timing.measure`."""
+    from llmcourse.generate import generate
+
+    device = next(model.parameters()).device
+    prompt = torch.randint(0, model.config.vocab_size, (batch_size, 1),
+                           generator=torch.Generator().manual_seed(seed)).to(device)
+    return lambda: generate(model, prompt, new_tokens, temperature=0.0, use_cache=use_cache)
+
+
+def tokens_per_second(models: dict[str, nn.Module], *, new_tokens: int = 16, batch_size: int = 1,
+                      repeats: int = 3, use_cache: bool = True) -> dict[str, tuple[float, Measurement]]:
+    """Decoding speed of several models, measured in this process: one warm-up each, then `repeats` rounds that
+    time every model in turn (so that a change of the machine's load hits all of them alike).
+
+    Returns name -> (tokens/s from the median time, the Measurement of seconds per call).
+    """
+    runs = {name: decode_time(m, new_tokens, batch_size=batch_size, use_cache=use_cache)
+            for name, m in models.items()}
+    for run in runs.values():
+        run()  # warm-up
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            samples[name].extend(measure(run, warmup=0, repeats=1).samples)
+    result = {}
+    for name, times in samples.items():
+        m = Measurement(tuple(times))
+        result[name] = (batch_size * new_tokens / m.median, m)
+    return result
+
+
+def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, tokenizer=None,
+                        max_tokens: int | None = 4096, new_tokens: int = 16, repeats: int = 3) -> list[dict]:
+    """Size, quality and speed of `model` under each quantization scheme, measured in one process.
+
+    Args:
+        model: a GPT (llmcourse.gpt.GPT), e.g. the shipped tiny model or `GPT(GPTConfig.gpt2())`.
+        val_ids_or_text: held-out token ids (1-D), or text (then `tokenizer` encodes it), or None to skip quality.
+        schemes: scheme names (see the module docstring), e.g. ("fp32", "int8", "int8-kernel", "int4-g32").
+        max_tokens: evaluate perplexity on the first max_tokens held-out tokens (None: all of them).
+        new_tokens, repeats: greedy decoding of new_tokens tokens at batch 1 with the KV-cache, timed `repeats`
+            times after a warm-up, interleaved across schemes.
+
+    Returns:
+        One dict per scheme, in order: {"scheme": str, "weight_bytes": int, "perplexity": float per token or None,
+        "tok_s": float, median tokens/s}.
+    """
+    from llmcourse.train import evaluate
+
+    ids = val_ids_or_text
+    if isinstance(ids, str):
+        if tokenizer is None:
+            raise ValueError("val_ids_or_text is text: pass the model's tokenizer as tokenizer=... to encode it")
+        ids = tokenizer.encode(ids)
+    models = {scheme: quantize_model(model, scheme) for scheme in schemes}
+    speed = tokens_per_second(models, new_tokens=new_tokens, repeats=repeats)
+    rows = []
+    for scheme, m in models.items():
+        perplexity = None if ids is None else evaluate(m, ids, max_tokens=max_tokens).perplexity
+        rows.append({"scheme": scheme, "weight_bytes": weight_bytes(m), "perplexity": perplexity,
+                     "tok_s": speed[scheme][0]})
+    return rows
