@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,10 +30,8 @@ import torch.nn.functional as F
 
 from llmcourse.gpt import GPT
 from llmcourse.loader import reference
-from llmcourse.timing import Measurement, measure
 
 SCHEMES = ("fp32", "int8", "int8-kernel", "int4-g32")  # what the report compares by default
-INT4_SYMMETRIC = True  # symmetric int4: no zero points to store; see notebook 09 for the asymmetric comparison
 _SCHEME = re.compile(r"^(fp32|int8|int8-kernel|int4-g(\d+))$")
 
 
@@ -61,7 +58,7 @@ class QuantizedTensor(nn.Module):
             scale = scale[:, None]  # (rows, 1): one group spanning the row
             self.group_size = cols
         elif bits == 4:
-            codes, scale, _ = reference("quantization.quantize_groupwise")(w, 4, group_size, INT4_SYMMETRIC)
+            codes, scale, _ = reference("quantization.quantize_groupwise")(w, 4, group_size, True)
             codes = reference("quantization.pack_int4")(codes)  # (rows, cols // 2) uint8
             scale = scale.astype(np.float16)  # 2 bytes per group: what int4 formats store
             self.group_size = group_size
@@ -202,38 +199,24 @@ def weight_bytes(model: nn.Module) -> int:
 
 # -- measuring ----------------------------------------------------------------------------------------------------
 
-def decode_time(model: nn.Module, new_tokens: int, *, batch_size: int = 1, use_cache: bool = True,
-                seed: int = 0) -> Callable[[], torch.Tensor]:
-    """A function that greedily generates `new_tokens` tokens from a 1-token prompt per row (so it runs exactly
-    `new_tokens` forward passes), for `llmcourse.timing.measure`."""
+def decode_tok_s(models: dict[str, nn.Module], *, new_tokens: int = 16, batch_size: int = 1,
+                 repeats: int = 3) -> dict[str, tuple[float, float]]:
+    """Greedy decoding speed of several models, measured in this process: `new_tokens` tokens from a 1-token
+    prompt per row (so exactly `new_tokens` forward passes, with the KV-cache), one warm-up each, then `repeats`
+    timings per model taken in turns, so that a change of the machine's load hits all of them alike.
+
+    Returns name -> (tokens/s from the median time, spread: half the range of the times over their median).
+    """
+    from llmcourse.bench import _interleaved
     from llmcourse.generate import generate
 
-    device = next(model.parameters()).device
-    prompt = torch.randint(0, model.config.vocab_size, (batch_size, 1),
-                           generator=torch.Generator().manual_seed(seed)).to(device)
-    return lambda: generate(model, prompt, new_tokens, temperature=0.0, use_cache=use_cache)
-
-
-def tokens_per_second(models: dict[str, nn.Module], *, new_tokens: int = 16, batch_size: int = 1,
-                      repeats: int = 3, use_cache: bool = True) -> dict[str, tuple[float, Measurement]]:
-    """Decoding speed of several models, measured in this process: one warm-up each, then `repeats` rounds that
-    time every model in turn (so that a change of the machine's load hits all of them alike).
-
-    Returns name -> (tokens/s from the median time, the Measurement of seconds per call).
-    """
-    runs = {name: decode_time(m, new_tokens, batch_size=batch_size, use_cache=use_cache)
+    prompt = torch.randint(0, min(m.config.vocab_size for m in models.values()), (batch_size, 1),
+                           generator=torch.Generator().manual_seed(0))
+    runs = {name: (lambda m=m: generate(m, prompt.to(next(m.parameters()).device), new_tokens, temperature=0.0))
             for name, m in models.items()}
     for run in runs.values():
         run()  # warm-up
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            samples[name].extend(measure(run, warmup=0, repeats=1).samples)
-    result = {}
-    for name, times in samples.items():
-        m = Measurement(tuple(times))
-        result[name] = (batch_size * new_tokens / m.median, m)
-    return result
+    return {name: (batch_size * new_tokens / m.median, m.spread) for name, m in _interleaved(runs, repeats).items()}
 
 
 def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, tokenizer=None,
@@ -260,7 +243,7 @@ def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, to
             raise ValueError("val_ids_or_text is text: pass the model's tokenizer as tokenizer=... to encode it")
         ids = tokenizer.encode(ids)
     models = {scheme: quantize_model(model, scheme) for scheme in schemes}
-    speed = tokens_per_second(models, new_tokens=new_tokens, repeats=repeats)
+    speed = decode_tok_s(models, new_tokens=new_tokens, repeats=repeats)
     rows = []
     for scheme, m in models.items():
         perplexity = None if ids is None else evaluate(m, ids, max_tokens=max_tokens).perplexity
