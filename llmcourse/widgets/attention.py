@@ -164,8 +164,8 @@ def explorer_data(maps: np.ndarray, text: str, head: int, query: int, head_names
         head, query: the head and the query position chosen with the sliders.
 
     Returns:
-        dict with "weights" (T, T), "row" (T,) = weights[query], "labels", "title" and "summary" (a sentence saying
-        which key gets the most weight).
+        dict with "weights" (T, T), "row" (T,) = weights[query], "title", "summary" (a sentence saying which key
+        gets the most weight), and the "query" and "text" it shows.
     """
     n_head, T, _ = maps.shape
     if not (0 <= head < n_head and 0 <= query < T):
@@ -175,7 +175,6 @@ def explorer_data(maps: np.ndarray, text: str, head: int, query: int, head_names
     return {
         "weights": maps[head],
         "row": row,
-        "labels": [show_char(ch) for ch in text],
         "title": f"head {head}: {head_names[head]}",
         "summary": f"query {query} ({show_char(text[query])!r}) puts {row[top]:.0%} of its attention on key {top} "
                    f"({show_char(text[top])!r})",
