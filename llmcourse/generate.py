@@ -19,6 +19,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import torch
 
@@ -28,17 +29,17 @@ from llmcourse.loader import reference
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise a one-line ValueError/TypeError for a temperature, top_k or top_p that `next_token` cannot use."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or math.isnan(temperature):
+    if isinstance(temperature, bool) or not isinstance(temperature, Real) or math.isnan(temperature):
         raise TypeError(f"temperature must be a number >= 0, got {temperature!r}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
     if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int):
+        if isinstance(top_k, bool) or not isinstance(top_k, Integral):
             raise TypeError(f"top_k must be an int >= 1 or None, got {top_k!r}")
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1 (or None for no top-k filter), got {top_k}")
     if top_p is not None:
-        if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
+        if isinstance(top_p, bool) or not isinstance(top_p, Real):
             raise TypeError(f"top_p must be a number in (0, 1] or None, got {top_p!r}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must lie in (0, 1] (or None for no nucleus filter), got {top_p}")
@@ -80,7 +81,7 @@ def _check_prompt(prompt_ids, max_new_tokens) -> torch.Tensor:
         raise ValueError(f"prompt_ids must have shape (T,) or (B, T), got {tuple(prompt_ids.shape)}")
     if prompt_ids.numel() == 0:
         raise ValueError(f"the prompt is empty (shape {tuple(prompt_ids.shape)}): give at least one token")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral):
         raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -163,7 +164,7 @@ def beam_search(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, beam_
     prompt_ids = _check_prompt(prompt_ids, max_new_tokens)
     if prompt_ids.dim() != 1:
         raise ValueError(f"beam_search takes one prompt of shape (T,), got shape {tuple(prompt_ids.shape)}")
-    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
+    if isinstance(beam_width, bool) or not isinstance(beam_width, Integral) or beam_width < 1:
         raise ValueError(f"beam_width must be an int >= 1, got {beam_width!r}")
     vocab_size, block_size = model.config.vocab_size, model.config.block_size
     if eos_id is not None and not 0 <= eos_id < vocab_size:

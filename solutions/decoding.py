@@ -10,6 +10,7 @@ the computation itself.
 from __future__ import annotations
 
 import math
+from numbers import Integral, Real
 
 import torch
 
@@ -27,7 +28,7 @@ def _check_logits(logits, name: str = "logits") -> torch.Tensor:
 
 
 def _check_number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if math.isnan(value):
         raise ValueError(f"{name} must be a number, got NaN")
@@ -35,11 +36,11 @@ def _check_number(value, name: str) -> float:
 
 
 def _check_count(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
-    return value
+    return int(value)
 
 
 # -- the exercises -----------------------------------------------------------------------------------------------

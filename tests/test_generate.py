@@ -341,3 +341,10 @@ def test_sequence_log_probs_adds_the_log_probs_of_the_new_tokens(model):
         sequence_log_probs(model, seq, 0)
     with pytest.raises(ValueError, match="context"):
         sequence_log_probs(model, prompts(1, BLOCK + 1)[0], 2)
+
+
+def test_numpy_numbers_are_accepted(model):
+    prompt = prompts(1, 3)
+    out = generate(model, prompt, np.int64(4), temperature=np.float64(0.8), top_k=np.int64(5), top_p=np.float32(0.9),
+                   seed=0)
+    assert torch.equal(out, generate(model, prompt, 4, temperature=0.8, top_k=5, top_p=float(np.float32(0.9)), seed=0))
