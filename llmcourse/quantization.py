@@ -199,24 +199,26 @@ def weight_bytes(model: nn.Module) -> int:
 
 # -- measuring ----------------------------------------------------------------------------------------------------
 
-def decode_tok_s(models: dict[str, nn.Module], *, new_tokens: int = 16, batch_size: int = 1,
-                 repeats: int = 3) -> dict[str, tuple[float, float]]:
-    """Greedy decoding speed of several models, measured in this process: `new_tokens` tokens from a 1-token
-    prompt per row (so exactly `new_tokens` forward passes, with the KV-cache), one warm-up each, then `repeats`
-    timings per model taken in turns, so that a change of the machine's load hits all of them alike.
+def decoding_speed(setups: dict[str, tuple[nn.Module, int, bool]], *, new_tokens: int = 16,
+                   repeats: int = 3) -> dict[str, tuple[float, float]]:
+    """Greedy decoding speed of several setups, name -> (model, batch size, use the KV-cache), measured in this
+    process: each row generates `new_tokens` tokens from a 1-token prompt (so exactly `new_tokens` forward passes);
+    one warm-up each, then `repeats` timings per setup taken in turns, so that a change of the machine's load hits
+    all of them alike.
 
-    Returns name -> (tokens/s from the median time, spread: half the range of the times over their median).
+    Returns name -> (tokens/s of the whole batch from the median time, spread: half the range over the median).
     """
     from llmcourse.bench import _interleaved
     from llmcourse.generate import generate
 
-    prompt = torch.randint(0, min(m.config.vocab_size for m in models.values()), (batch_size, 1),
-                           generator=torch.Generator().manual_seed(0))
-    runs = {name: (lambda m=m: generate(m, prompt.to(next(m.parameters()).device), new_tokens, temperature=0.0))
-            for name, m in models.items()}
+    runs = {}
+    for name, (model, batch_size, use_cache) in setups.items():
+        prompt = torch.randint(0, model.config.vocab_size, (batch_size, 1), generator=torch.Generator().manual_seed(0))
+        prompt = prompt.to(next(model.parameters()).device)
+        runs[name] = lambda m=model, p=prompt, c=use_cache: generate(m, p, new_tokens, temperature=0.0, use_cache=c)
     for run in runs.values():
         run()  # warm-up
-    return {name: (batch_size * new_tokens / m.median, m.spread) for name, m in _interleaved(runs, repeats).items()}
+    return {name: (setups[name][1] * new_tokens / m.median, m.spread) for name, m in _interleaved(runs, repeats).items()}
 
 
 def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, tokenizer=None,
@@ -243,7 +245,7 @@ def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, to
             raise ValueError("val_ids_or_text is text: pass the model's tokenizer as tokenizer=... to encode it")
         ids = tokenizer.encode(ids)
     models = {scheme: quantize_model(model, scheme) for scheme in schemes}
-    speed = decode_tok_s(models, new_tokens=new_tokens, repeats=repeats)
+    speed = decoding_speed({s: (m, 1, True) for s, m in models.items()}, new_tokens=new_tokens, repeats=repeats)
     rows = []
     for scheme, m in models.items():
         perplexity = None if ids is None else evaluate(m, ids, max_tokens=max_tokens).perplexity
