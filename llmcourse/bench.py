@@ -136,20 +136,46 @@ def step_costs(model: GPT, contexts: Sequence[int], *, repeats: int = 2) -> dict
 
 
 def predicted_speedup(costs: dict, prompt_tokens: int, new_tokens: Sequence[int]) -> list[float]:
-    """Speedup of generating n tokens predicted from per-step costs (a straight line fitted to the measured costs
-    against the context): without the cache, step t costs a forward over prompt + t tokens; with it, a prefill then
-    one-token steps."""
+    """Speedup of generating n tokens predicted from per-step costs: without the cache, step t costs a forward over
+    prompt + t tokens; with it, a prefill then one-token steps. Costs between measured contexts are interpolated
+    linearly, below the shortest taken as flat (reading the weights dominates), past the longest extended along
+    the last segment."""
     import numpy as np
 
-    fits = {key: np.polyfit(costs["contexts"], costs[key], 1) for key in ("no_cache_s", "cache_s")}
-    at = lambda key, t: float(np.polyval(fits[key], t))  # noqa: E731
+    c = np.asarray(costs["contexts"], dtype=float)
+
+    def at(key: str, t: int) -> float:
+        y = np.asarray(costs[key], dtype=float)
+        if t <= c[-1] or len(c) == 1:
+            return float(np.interp(t, c, y))
+        return float(y[-1] + (y[-1] - y[-2]) / (c[-1] - c[-2]) * (t - c[-1]))
+
     speedups = []
     for n in new_tokens:
         contexts = range(prompt_tokens, prompt_tokens + n)
-        slow = sum(at("no_cache_s", c) for c in contexts)
-        fast = at("no_cache_s", prompt_tokens) + sum(at("cache_s", c + 1) for c in contexts[1:])
+        slow = sum(at("no_cache_s", t) for t in contexts)
+        fast = at("no_cache_s", prompt_tokens) + sum(at("cache_s", t + 1) for t in contexts[1:])
         speedups.append(slow / fast)
     return speedups
+
+
+def measured_cache_bytes(config: GPTConfig, batch_size: int, tokens: int) -> int:
+    """Growth of a fresh Python process's resident memory when it allocates a KV-cache and writes every position
+    (pages count only once written; a fresh process has no freed memory lying around to reuse)."""
+    import subprocess
+    import sys
+    from dataclasses import asdict
+
+    script = ("import psutil, torch\n"
+              "from llmcourse.gpt import GPTConfig, KVCache\n"
+              "process = psutil.Process()\n"
+              "before = process.memory_info().rss\n"
+              f"cache = KVCache(GPTConfig(**{asdict(config)!r}), {batch_size}, {tokens})\n"
+              "for t in cache.keys + cache.values:\n"
+              "    t.fill_(1.0)\n"
+              "print(process.memory_info().rss - before)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
 
 
 def kv_cache_memory(config: GPTConfig, tokens: Sequence[int], batch_size: int = 1) -> dict:

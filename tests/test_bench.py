@@ -56,6 +56,16 @@ def test_predicted_speedup_from_step_costs():
     costs = {"contexts": [10, 110], "no_cache_s": [1.0, 11.0], "cache_s": [1.0, 1.0]}  # 0.1 s per context token
     # n = 2 after a prompt of 10: without the cache steps at contexts 10 and 11 (1.0 + 1.1 s); with it 1.0 + 1.0 s.
     assert bench.predicted_speedup(costs, 10, [2]) == [pytest.approx(2.1 / 2.0)]
+    # Past the last measured context the cost follows the last segment: a step at context 120 costs 12 s.
+    assert bench.predicted_speedup(costs, 120, [1]) == [pytest.approx(12.0 / 12.0)]
+    # Below the first it stays flat: 1.0 s at context 5.
+    assert bench.predicted_speedup(costs, 5, [2]) == [pytest.approx(2.0 / 2.0)]
+
+
+def test_measured_cache_bytes_matches_the_formula():
+    config = GPTConfig(vocab_size=10, block_size=4096, n_layer=4, n_head=4, n_embd=256)
+    formula = KVCache.bytes_needed(config, 1, 4096)  # 32 MiB: large enough to dwarf the process's noise
+    assert abs(bench.measured_cache_bytes(config, 1, 4096) - formula) < 0.1 * formula
 
 
 def test_roofline_bends_from_memory_to_compute_bound():
