@@ -107,7 +107,7 @@ def linear_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.
 def gelu_forward(x: np.ndarray) -> np.ndarray:
     """GELU as in GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), element-wise; same shape and dtype."""
     x = _float_array(x, "x")
-    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + GELU_A * x**3)))
+    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + GELU_A * x * x * x)))  # x * x * x: much faster than x**3
 
 
 def gelu_backward(dout: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -116,7 +116,7 @@ def linear_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.
 def gelu_forward(x: np.ndarray) -> np.ndarray:
     """GELU as in GPT-2: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), element-wise; same shape and dtype."""
     x = _float_array(x, "x")
-    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + GELU_A * x**3)))
+    return 0.5 * x * (1.0 + np.tanh(GELU_C * (x + GELU_A * x * x * x)))  # x * x * x: much faster than x**3
 
 
 def gelu_backward(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -138,7 +138,7 @@ def gelu_backward(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
     x = _float_array(x, "x")
     dout = _check_dout(dout, x.shape)
     # BEGIN SOLUTION
-    u = GELU_C * (x + GELU_A * x**3)
+    u = GELU_C * (x + GELU_A * x * x * x)
     t = np.tanh(u)
     # y = 0.5 x (1 + t)  =>  dy/dx = 0.5 (1 + t) + 0.5 x * dt/du * du/dx
     #                        dt/du = 1 - t^2,   du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
