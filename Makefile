@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed-stamp
 JOBS   ?= 2
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
+NB ?= 06_decoding
+
 .PHONY: setup lab test grade release course bench present clean
 
 setup: $(STAMP)
@@ -39,3 +41,7 @@ course: setup
 # Measure inference speed against this machine's limits: a table, build/bench.json and PNG plots in build/.
 bench: setup
 	$(PY) -m llmcourse bench --json build/bench.json --plots build
+
+# Classroom: one notebook full screen, outputs and live widgets only (Voila), e.g. `make present NB=02_self_attention`.
+present: setup
+	$(VENV)/bin/voila notebooks/$(NB).ipynb --Voila.ip=127.0.0.1

@@ -150,3 +150,28 @@ def _run_and_move_slider(page, url: str) -> tuple[str, str]:
     after = image.get_attribute("src")
     page.screenshot(path=SCREENSHOTS / "attention_explorer_head1.png")
     return before, after
+
+
+def test_presenter_serves_a_notebook_with_live_widgets(tmp_path):
+    """`make present` runs Voila: it must execute a notebook and serve its widgets, offline, on loopback."""
+    port = _free_port()
+    notebook = tmp_path / NOTEBOOK
+    shutil.copy(COURSE_ROOT / "notebooks" / NOTEBOOK, notebook)
+    proc = subprocess.Popen([sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
+                             "--Voila.ip=127.0.0.1"], env=dict(os.environ, LLMCOURSE_FAST="1"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, page = time.time() + 300, None
+        while page is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=240) as response:
+                    page = response.read().decode()
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"Voila did not serve {NOTEBOOK} (exit code {proc.poll()})")
+                time.sleep(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "application/vnd.jupyter.widget-view+json" in page, "Voila's page holds no live widget"
+    assert "Traceback" not in page, "a cell failed when Voila executed the notebook"
