@@ -1,7 +1,5 @@
 """The speed explorer: its data follows the sliders and it redraws from stored measurements, without measuring."""
 
-import time
-
 import pytest
 
 from llmcourse.widgets.speed import speed_data, speed_explorer
@@ -35,13 +33,10 @@ def test_explorer_callback_updates_fast():
     explorer = speed_explorer(KV, BATCHING)
     assert explorer.data["kv_index"] == 2 and explorer.data["batch_index"] == 0
     first = explorer.image.value
-    start = time.perf_counter()
-    explorer.batch.value = 16
-    elapsed = time.perf_counter() - start
+    explorer.batch.value = 16  # redraws from the stored numbers (no test asserts a time: see COURSE.md section 5)
     assert explorer.data["batch_index"] == 2 and explorer.image.value != first
     assert "Batch 16" in explorer.text.value
     explorer.length.value = 32
     assert explorer.data["speedup"] == 2.0
-    assert elapsed < 5
     alone = speed_explorer(batching=BATCHING)
-    assert alone.length is None and "tok/s" in alone.text.value  # a redraw of stored numbers: far below a measurement (generous for a loaded CI machine)
+    assert alone.length is None and "tok/s" in alone.text.value
