@@ -2,8 +2,8 @@
 
 Workers classify a failure while the exception is still at hand (not implemented, does not import, timed out,
 failed) and attach the verdict to the report; the controller writes every report it receives, including the ones
-pytest-xdist makes up for a test whose worker crashed. The rubric (test id -> exercise) is written by a separate
-`--collect-only` run, so a crashed test can still be scored by its id.
+pytest-xdist makes up for a test whose worker crashed. Each worker also writes the rubric (test id -> exercise) as
+soon as it has collected, before any learner code runs, so a test whose report was lost is still scored by its id.
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 def pytest_collection_finish(session: pytest.Session) -> None:
     path = session.config.getoption("--llmcourse-rubric")
     if path:  # session.items: what is left after `-m` deselected the other exercises
+        worker = getattr(session.config, "workerinput", {}).get("workerid")
+        path = f"{path}.{worker}" if worker else path  # every worker collects the same tests
         rubric = {item.nodeid: exercise_id_of(item) for item in session.items}
         with open(path, "w", encoding="utf-8") as fh:
             json.dump({nodeid: ex for nodeid, ex in rubric.items() if ex}, fh)
