@@ -11,6 +11,9 @@ dict loads with a transpose of the Conv1D weights. Beyond plain training, `forwa
 from __future__ import annotations
 
 import math
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -249,9 +252,6 @@ class GPT(nn.Module):
 # -- GPT-2 checkpoints in the Hugging Face layout ----------------------------------------------------------------
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # (in, out) in HF
-_BLOCK_PARAMS = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
-                 "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-                 "mlp.c_proj.weight", "mlp.c_proj.bias")
 _HF_BUFFER = r"h\.\d+\.attn\.(bias|masked_bias)"  # the causal-mask buffers of older HF checkpoints, not weights
 
 
@@ -270,9 +270,6 @@ def _hf_shapes(V: int, P: int, C: int, n_layer: int) -> dict[str, tuple[int, ...
 def _read_checkpoint(source) -> tuple[dict[str, torch.Tensor], str, bool]:
     """The state dict in `source` (a dict, or a .safetensors/.bin/.pt/.pth file), how to name it in errors, and
     whether its tensors are the caller's (a dict) rather than freshly read."""
-    import os
-    from collections.abc import Mapping
-
     if isinstance(source, Mapping):
         state, what = dict(source), "the state dict"
     else:
@@ -286,7 +283,8 @@ def _read_checkpoint(source) -> tuple[dict[str, torch.Tensor], str, bool]:
             raise ValueError(f"{what} has an unknown format {suffix!r}: use .safetensors, .bin, .pt or .pth")
         try:
             if suffix == ".safetensors":
-                from safetensors.torch import load_file
+                from safetensors.torch import load_file  # imported only when a .safetensors file is read
+
                 state = load_file(path, device="cpu")
             else:
                 state = torch.load(path, map_location="cpu", weights_only=True)
@@ -336,8 +334,6 @@ def load_gpt2(source, n_head: int | None = None) -> GPT:
     n_embd // 64, as in every GPT-2 size. The model is float32, on the CPU: move it with `.to(get_device())`.
     Raises KeyError naming a missing key, ValueError naming a wrong shape, an unexpected key or an unreadable file.
     """
-    import re
-
     state, what, callers = _read_checkpoint(source)
     weights, head = {}, None
     for key, value in state.items():
