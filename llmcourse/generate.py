@@ -12,8 +12,9 @@ Conventions:
 - Stop conditions: `max_new_tokens`, and `eos_id`. A row that emitted `eos_id` keeps emitting `eos_id`, so the
   output stays rectangular; generation ends early when every row has finished (the rest is filled with `eos_id`).
 - Context longer than `block_size`: without the cache each step sees the last `block_size` tokens. The cache cannot
-  slide (learned absolute positions would all shift by one), so once it holds `block_size` tokens the cached path
-  falls back to recomputing the cropped window each step: the same tokens as `use_cache=False`, without the speedup.
+  slide (learned absolute positions would all shift by one), so once it holds `block_size` tokens (or when the
+  prompt alone fills the context) the cached path falls back to recomputing the cropped window each step: the same
+  tokens as `use_cache=False`, without the speedup.
 """
 
 from __future__ import annotations
@@ -125,12 +126,11 @@ def generate(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, *, tempe
     generator = _make_generator(seed, device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     cache = None
-    if use_cache and max_new_tokens > 0:
-        context = tokens[:, -block_size:]
+    if use_cache and max_new_tokens > 0 and T < block_size:  # a prompt that fills the context skips the cache
         # The last new token is never fed back, hence T + max_new_tokens - 1 positions at most.
-        cache = KVCache(model.config, B, min(context.shape[1] + max_new_tokens - 1, block_size), device=device,
+        cache = KVCache(model.config, B, min(T + max_new_tokens - 1, block_size), device=device,
                         dtype=next(model.parameters()).dtype)
-        logits = model(context, cache=cache, last_only=True)[:, -1]  # (B, V) prefill
+        logits = model(tokens, cache=cache, last_only=True)[:, -1]  # (B, V) prefill
     for step in range(max_new_tokens):
         length = T + step  # tokens in out so far
         if cache is None or cache.length == block_size:  # no cache, or a full one: recompute the cropped window
