@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def _index(row: np.ndarray) -> tuple[int, ...]:
+    """An index as plain ints, so a message reads (0, 3) rather than (np.int64(0), np.int64(3))."""
+    return tuple(int(i) for i in row)
+
+
 def _as_array(value, what: str) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor
         value = value.detach().cpu().numpy()
@@ -29,13 +34,14 @@ def assert_allclose(actual, expected, *, rtol: float, atol: float = 0.0, what: s
         raise AssertionError(f"{what} has dtype {a.dtype}, expected numbers")
     a64, e64 = a.astype(np.float64), e.astype(np.float64)
     if not np.all(np.isfinite(a64) | ~np.isfinite(e64)):
-        bad = np.argwhere(~np.isfinite(a64) & np.isfinite(e64))[0]
-        raise AssertionError(f"{what} has a non-finite value {a64[tuple(bad)]} at index {tuple(bad)}")
-    err = np.abs(a64 - e64)
-    allowed = atol + rtol * np.abs(e64)
-    bad = ~(err <= allowed) & ~(a64 == e64)  # a64 == e64 keeps matching infinities
+        bad = _index(np.argwhere(~np.isfinite(a64) & np.isfinite(e64))[0])
+        raise AssertionError(f"{what} has a non-finite value {a64[bad]} at index {bad}")
+    with np.errstate(invalid="ignore"):  # inf - inf where both hold -inf (masked entries) is fine: equal below
+        err = np.abs(a64 - e64)
+        allowed = atol + rtol * np.abs(e64)
+        bad = ~(err <= allowed) & ~(a64 == e64)  # a64 == e64 keeps matching infinities
     if bad.any():
-        idx = tuple(np.argwhere(bad)[0])
+        idx = _index(np.argwhere(bad)[0])
         raise AssertionError(
             f"{what} differs from the expected values at {bad.sum()} of {bad.size} entries; first at index {idx}: "
             f"got {a64[idx]:.6g}, expected {e64[idx]:.6g} (tolerance rtol={rtol:g}, atol={atol:g})"
@@ -52,6 +58,6 @@ def assert_equal_ids(actual, expected, *, what: str = "the result") -> None:
         raise AssertionError(f"{what} has dtype {a.dtype}, expected integers")
     diff = np.argwhere(a != e)
     if diff.size:
-        idx = tuple(diff[0])
+        idx = _index(diff[0])
         raise AssertionError(f"{what} differs at {len(diff)} positions; first at index {idx}: got {a[idx]}, "
                              f"expected {e[idx]}")
