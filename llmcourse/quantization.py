@@ -204,7 +204,8 @@ def decoding_speed(setups: dict[str, tuple[nn.Module, int, bool]], *, new_tokens
     """Greedy decoding speed of several setups, name -> (model, batch size, use the KV-cache), measured in this
     process: each row generates `new_tokens` tokens from a 1-token prompt (so exactly `new_tokens` forward passes);
     one warm-up each, then `repeats` timings per setup taken in turns, so that a change of the machine's load hits
-    all of them alike.
+    all of them alike. On a small machine shared with other programs, `torch.set_num_threads(1)` first: threads
+    that wait for each other slow the int8 kernel down most.
 
     Returns name -> (tokens/s of the whole batch from the median time, spread: half the range over the median).
     """
@@ -213,12 +214,14 @@ def decoding_speed(setups: dict[str, tuple[nn.Module, int, bool]], *, new_tokens
 
     runs = {}
     for name, (model, batch_size, use_cache) in setups.items():
-        prompt = torch.randint(0, model.config.vocab_size, (batch_size, 1), generator=torch.Generator().manual_seed(0))
+        seeded = torch.Generator().manual_seed(0)  # the same prompt for every setup of a batch size
+        prompt = torch.randint(0, model.config.vocab_size, (batch_size, 1), generator=seeded)
         prompt = prompt.to(next(model.parameters()).device)
         runs[name] = lambda m=model, p=prompt, c=use_cache: generate(m, p, new_tokens, temperature=0.0, use_cache=c)
     for run in runs.values():
         run()  # warm-up
-    return {name: (setups[name][1] * new_tokens / m.median, m.spread) for name, m in _interleaved(runs, repeats).items()}
+    times = _interleaved(runs, repeats)
+    return {name: (setups[name][1] * new_tokens / m.median, m.spread) for name, m in times.items()}
 
 
 def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, tokenizer=None,
