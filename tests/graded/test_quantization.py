@@ -41,7 +41,8 @@ def test_per_channel_error_is_at_most_half_a_step(impl):
     for bits in (8, 4, 2):
         q, scale = impl.quantization.quantize_per_channel(w, bits)
         qmax = 2 ** (bits - 1) - 1
-        assert np.all(np.abs(np.asarray(q)).max(axis=1) == qmax), f"with bits={bits} the largest |code| of each row should be {qmax}"
+        assert np.all(np.abs(np.asarray(q)).max(axis=1) == qmax), \
+            f"with bits={bits} the largest |code| of each row should be {qmax}"
         w_hat = impl.quantization.dequantize_per_channel(q, scale)
         err = np.abs(np.asarray(w_hat) - w)
         # Rounding to the nearest code: error <= scale / 2; 1e-12 allows float64 rounding of the product.
