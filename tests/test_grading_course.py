@@ -1,9 +1,15 @@
 """The course's own graded tests: full marks for solutions/, zero and "not implemented" for exercises/."""
 
+import hashlib
+import json
+import re
+import shutil
+
 import pytest
 
 from llmcourse import catalog
-from llmcourse.grading.runner import format_table, grade
+from llmcourse.grading.runner import format_table, grade, gradescope_results
+from llmcourse.impl import COURSE_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -21,3 +27,33 @@ def test_exercises_get_zero_and_not_implemented():
     assert report.exit_code == 1
     assert report.total == 0, format_table(report)
     assert all(ex.status == "not implemented" for ex in report.exercises), format_table(report)
+
+
+def test_broken_submission_costs_only_its_own_exercises(tmp_path):
+    """The issue's acceptance case, on the course's real graded tests: one exercise loops forever, one module has a
+    syntax error, one function calls os._exit(1); everything else is the reference and keeps full marks."""
+    submission = tmp_path / "submission"
+    shutil.copytree(COURSE_ROOT / "solutions", submission, ignore=shutil.ignore_patterns("__pycache__"))
+    warmup = submission / "warmup.py"
+    warmup.write_text(re.sub(r"# BEGIN SOLUTION.*# END SOLUTION", "while True:\n        pass",
+                             warmup.read_text(), flags=re.S))
+    (submission / "quantization.py").write_text((submission / "quantization.py").read_text() + "\ndef oops(:\n")
+    decoding = submission / "decoding.py"
+    source = decoding.read_text()
+    start = source.index("def top_k_filter")
+    region = source.index("# BEGIN SOLUTION", start)
+    decoding.write_text(source[:region] + "import os\n    os._exit(1)\n    " + source[region:])
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in submission.iterdir()}
+
+    report = grade(submission, timeout=30)
+
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in submission.iterdir()} == before
+    broken = {ex.id: ex.status for ex in report.exercises if ex.points < ex.max_points}
+    expected = {"warmup_mean_squared_error": "timed out", "top_k": "crashed"}
+    expected.update({ex.id: "does not import" for ex in catalog.EXERCISES if ex.module == "quantization"})
+    assert broken == expected, format_table(report)
+    assert report.exit_code == 1 and report.total == report.max_total - sum(
+        catalog.get(key).points for key in expected)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(gradescope_results(report)))
+    assert json.loads(results.read_text())["score"] == report.total
