@@ -12,7 +12,6 @@ itself is `attention.causal_attention`: the reference, or the one passed in (the
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from llmcourse.loader import reference
+from llmcourse.widgets.blit import blit_png, draw_background
 
 ALPHABET = "".join(chr(c) for c in range(32, 127))  # printable ASCII: the characters the toy model knows
 N_HEAD, HEAD_SIZE = 4, 16
@@ -207,15 +207,10 @@ class ExplorerFigure:
         bars.set_ylabel("attention weight")
         self.titles = (heat.title, bars.title)
         self.dynamic = [self.image, self.frame, *self.bars, *self.titles]
-        for artist in self.dynamic:
-            artist.set_animated(True)  # left out of the background, drawn by render()
-        self.canvas.draw()
-        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self.background = draw_background(self.canvas, self.dynamic)  # redrawn by render()
 
     def render(self, data: dict) -> bytes:
         """PNG of the figure showing `explorer_data`'s output."""
-        from PIL import Image
-
         q = data["query"]
         self.image.set_data(data["weights"])
         self.frame.set_y(q - 0.5)
@@ -224,12 +219,7 @@ class ExplorerFigure:
             bar.set_color("tab:blue" if j <= q else "lightgray")
         self.titles[0].set_text(data["title"])
         self.titles[1].set_text(data["summary"])
-        self.canvas.restore_region(self.background)
-        for artist in self.dynamic:
-            self.fig.draw_artist(artist)
-        buffer = io.BytesIO()
-        Image.fromarray(np.asarray(self.canvas.buffer_rgba())).save(buffer, format="png", compress_level=1)
-        return buffer.getvalue()
+        return blit_png(self.canvas, self.background, self.dynamic)
 
 
 class AttentionExplorer:

@@ -10,12 +10,12 @@ Every combination is quantized once, when the explorer is built (symmetric group
 
 from __future__ import annotations
 
-import io
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from llmcourse.loader import reference
+from llmcourse.widgets.blit import blit_png, draw_background
 
 BITS = (2, 3, 4, 5, 6, 8)
 GROUP_SIZES = (8, 16, 32, 64, 128)  # plus "row": one scale per output channel
@@ -100,27 +100,17 @@ class QuantizationFigure:
         right.legend(fontsize=7, ncol=2)
         self.title = self.fig.suptitle(" ", fontsize=10)
         self.animated = [self.steps, self.star, self.title, *(line for lines in self.edges.values() for line in lines)]
-        for artist in self.animated:
-            artist.set_animated(True)  # left out of the background, drawn by render()
-        self.canvas.draw()
-        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self.background = draw_background(self.canvas, self.animated)  # redrawn by render()
 
     def render(self, data: dict) -> bytes:
         """PNG of the figure showing `quantization_data`'s output."""
-        from PIL import Image
-
         self.steps.set_ydata(data["quantized"])
         self.star.set_data([data["bytes_per_weight"]], [data["relative_rms_error"]])
         self.title.set_text(data["summary"])
         for g, lines in self.edges.items():
             for line in lines:
                 line.set_visible(g == data["group_size"])
-        self.canvas.restore_region(self.background)
-        for artist in self.animated:
-            self.fig.draw_artist(artist)
-        buffer = io.BytesIO()
-        Image.fromarray(np.asarray(self.canvas.buffer_rgba())).save(buffer, format="png", compress_level=1)
-        return buffer.getvalue()
+        return blit_png(self.canvas, self.background, self.animated)
 
 
 class QuantizationExplorer:

@@ -12,7 +12,6 @@ the course's `decoding` exercises (through `llmcourse.generate.filtered_logits`)
 from __future__ import annotations
 
 import html
-import io
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 from llmcourse.generate import check_sampling_args, filtered_logits, generate
 from llmcourse.gpt import GPT
 from llmcourse.tokenizer import Tokenizer
+from llmcourse.widgets.blit import blit_png, draw_background
 
 N_SHOW = 20  # bars: the most likely tokens at temperature 1
 N_DRAWS = 24  # tokens drawn from the reshaped distribution, shown as text
@@ -131,27 +131,17 @@ class SamplingFigure:
                   ["temperature 1, no filter", "after the sliders", "removed: probability 0"],
                   loc="upper right", fontsize=9)
         self.title = ax.set_title(" ", fontsize=10)
-        for artist in (*self.bars, self.title):
-            artist.set_animated(True)  # left out of the background, drawn by render()
-        self.canvas.draw()
-        self.background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self.background = draw_background(self.canvas, (*self.bars, self.title))  # redrawn by render()
 
     def render(self, data: dict) -> bytes:
         """PNG of the figure showing `sampling_data`'s output."""
-        from PIL import Image
-
         for bar, height in zip(self.bars, data["after"]):
             bar.set_height(height)
             bar.set_color("tab:blue" if height > 0 else "tab:red")
             if height == 0:
                 bar.set_height(0.01)  # a red stub marks a token the filters removed
         self.title.set_text(data["summary"])
-        self.canvas.restore_region(self.background)
-        for artist in (*self.bars, self.title):
-            self.fig.draw_artist(artist)
-        buffer = io.BytesIO()
-        Image.fromarray(np.asarray(self.canvas.buffer_rgba())).save(buffer, format="png", compress_level=1)
-        return buffer.getvalue()
+        return blit_png(self.canvas, self.background, (*self.bars, self.title))
 
 
 class SamplingExplorer:
