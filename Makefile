@@ -22,8 +22,10 @@ lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(ROOT_FLAG)
 
 # Every test: the project's own, the graded tests against the reference solutions, the notebooks, the grader.
+# $(JOBS) test processes already fill the cores: one math thread each (kernels of notebooks inherit it) avoids
+# oversubscription, which slows PyTorch down many times over.
 test: setup
-	$(PY) -m pytest -n $(JOBS) --impl solutions tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --impl solutions tests
 
 grade: setup
 	$(VENV)/bin/llmcourse grade

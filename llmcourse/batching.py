@@ -21,7 +21,7 @@ from typing import Sequence
 
 import torch
 
-from llmcourse.generate import check_sampling_args, next_token
+from llmcourse.generate import check_sampling_args, hold_eos, next_token
 from llmcourse.gpt import GPT, KVCache
 from llmcourse.loader import reference
 
@@ -96,9 +96,7 @@ def generate_batch(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens:
                 logits = model(new[:, step - 1:step], cache=cache, positions=next_pos + step - 1,
                                attention_mask=mask, last_only=True)[:, -1]  # (B, V)
             token = _pick(logits, generators, temperature=temperature, top_k=top_k, top_p=top_p)  # (B,)
-            if eos_id is not None:
-                token = token.masked_fill(finished, eos_id)
-                finished |= token == eos_id
+            token = hold_eos(token, finished, eos_id)
             new[:, step] = token
             if eos_id is not None and bool(finished.all()):
                 new[:, step + 1:] = eos_id

@@ -68,6 +68,15 @@ def next_token(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | N
     return torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B,)
 
 
+def hold_eos(token: torch.Tensor, finished: torch.Tensor, eos_id: int | None) -> torch.Tensor:
+    """Rows already `finished` emit `eos_id` again; rows emitting `eos_id` now are marked in `finished` (in place)."""
+    if eos_id is None:
+        return token
+    token = token.masked_fill(finished, eos_id)
+    finished |= token == eos_id
+    return token
+
+
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -139,9 +148,7 @@ def generate(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, *, tempe
         elif step > 0:
             logits = model(out[:, length - 1:length], cache=cache, last_only=True)[:, -1]  # (B, V) one new token
         token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)  # (B,)
-        if eos_id is not None:
-            token = token.masked_fill(finished, eos_id)
-            finished |= token == eos_id
+        token = hold_eos(token, finished, eos_id)
         out[:, length] = token
         if eos_id is not None and bool(finished.all()):
             out[:, length + 1:] = eos_id
