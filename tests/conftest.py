@@ -5,6 +5,13 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run, so the suite is deterministic (CI and a learner see the same
+# result); `pytest --hypothesis-profile=explore` searches new examples when developing.
+settings.register_profile("deterministic", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None)
+settings.load_profile("deterministic")
 
 from llmcourse.grading.marks import register_markers
 from llmcourse.impl import IMPL_ENV, Implementation, resolve_impl

@@ -65,7 +65,22 @@ def test_gelu_matches_torch(dtype, shape, scale, seed):
     x, dout = (rng.normal(scale=scale, size=shape).astype(dtype) for _ in range(2))
     y, grads = torch_pass(lambda x: F.gelu(x, approximate="tanh"), {"x": x}, dout)
     close(bp.gelu_forward(x), y, dtype)
-    close(bp.gelu_backward(dout, x), grads["x"], dtype)
+    if dtype == np.float64:
+        close(bp.gelu_backward(dout, x), grads["x"], dtype)
+        return
+    # float32: where tanh saturates (|x| >~ 4), 1 - tanh^2 and 1 + tanh lose everything but ~eps of absolute
+    # precision, and the derivative multiplies that by 0.5 x C (1 + 3 A x^2) dout: NumPy and PyTorch then round to
+    # different values (one may give 0 where the truth is 2e-6). So compare with the float64 truth, allowing that
+    # rounding explicitly on top of PyTorch's float32 tolerances.
+    _, exact = torch_pass(lambda x: F.gelu(x, approximate="tanh"), {"x": x.astype(np.float64)},
+                          dout.astype(np.float64))
+    x64, d64 = x.astype(np.float64), np.abs(dout.astype(np.float64))
+    cancellation = 4 * np.finfo(np.float32).eps * d64 * (1 + np.abs(x64) * 0.8 * (1 + 0.134 * x64 ** 2))
+    got = bp.gelu_backward(dout, x)
+    assert got.dtype == np.float32, f"dtype {got.dtype}, expected float32"
+    error = np.abs(got.astype(np.float64) - exact["x"])
+    bound = 1.3e-6 * np.abs(exact["x"]) + 1e-5 + cancellation
+    assert np.all(error <= bound), f"float32 GELU backward off by {error.max():.2e} (bound {bound.min():.2e})"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
