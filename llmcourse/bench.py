@@ -22,6 +22,7 @@ import torch
 from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static
 from llmcourse.generate import generate
 from llmcourse.gpt import GPT, GPTConfig, KVCache
+from llmcourse.kernels import prepack_available, prepack_linears
 from llmcourse.runtime import get_device
 from llmcourse.timing import Measurement, decode_bound_tok_s, matmul_gflops, measure, memory_bandwidth_gbs
 
@@ -250,34 +251,68 @@ def continuous_vs_static(model: GPT, requests: Sequence[Request], max_batch: int
 
 # -- 08/10: the roofline of batch-1 decoding ------------------------------------------------------------------------
 
-def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, repeats: int = 3,
-                    name: str = "") -> dict:
+def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, repeats: int = 3, name: str = "",
+                    prepacked: bool = True) -> dict:
     """Cached greedy decoding at batch 1 (a 1-token prompt, so `new_tokens` forward passes of one token) against
-    the memory-bandwidth bound for the bytes a step reads (weights and, on average, half the final cache)."""
-    prompt = torch.zeros(1, 1, dtype=torch.int64, device=get_device())
-    run = lambda: generate(model, prompt, new_tokens, temperature=0.0)  # noqa: E731
-    tok_s, spread = _stats(measure(run, warmup=1, repeats=repeats), new_tokens)
+    the memory-bandwidth bound for the bytes a step reads (weights and, on average, half the final cache).
+
+    Timed in turns with PyTorch's default kernels ("default") and, where `prepacked` and oneDNN is available, with
+    the weights prepacked for oneDNN ("prepacked", `llmcourse.kernels`): the same function computed by a kernel
+    that streams the weights faster. The headline figures (batch1_tok_s, fraction, kernel) are the faster path's.
+    """
+    device = get_device()
+    prompt = torch.zeros(1, 1, dtype=torch.int64, device=device)
+    models = {"default": model}
+    if prepacked and prepack_available(device):
+        models["prepacked"] = prepack_linears(model)
+    outputs: dict[str, torch.Tensor] = {}
+
+    def run(kernel: str) -> Callable[[], None]:
+        def once() -> None:
+            outputs[kernel] = generate(models[kernel], prompt, new_tokens, temperature=0.0)
+        return once
+
+    runs = {kernel: run(kernel) for kernel in models}
+    for once in runs.values():
+        once()  # warm-up
+    times = _interleaved(runs, repeats)
     step_bytes = weight_bytes_per_step(model) + KVCache.bytes_needed(model.config, 1, new_tokens // 2)
     bound = decode_bound_tok_s(step_bytes, bandwidth_gbs)
-    return {"model": name, "batch1_tok_s": tok_s, "spread": spread, "bytes_per_token": step_bytes,
-            "bound_tok_s": bound, "fraction": tok_s / bound}
+    result = {"model": name, "bytes_per_token": step_bytes, "bandwidth_gbs": bandwidth_gbs, "bound_tok_s": bound,
+              "kernels": list(models),
+              "identical_tokens": all(torch.equal(out, outputs["default"]) for out in outputs.values())}
+    for kernel, measured in times.items():
+        tok_s, spread = _stats(measured, new_tokens)
+        result[f"{kernel}_tok_s"], result[f"{kernel}_spread"], result[f"{kernel}_fraction"] = tok_s, spread, tok_s / bound
+    best = max(models, key=lambda kernel: result[f"{kernel}_tok_s"])
+    result.update(kernel=best, batch1_tok_s=result[f"{best}_tok_s"], spread=result[f"{best}_spread"],
+                  fraction=result[f"{best}_fraction"])
+    return result
 
 
 # -- `llmcourse bench` ---------------------------------------------------------------------------------------------
 
-def _quantization(quick: bool, log: Callable[[str], None]) -> tuple[str, list[dict]] | None:
-    """The quantization report (notebook 09) on the shipped model with held-out text, when both are available."""
+def _quantization(model: GPT, name: str, quick: bool, log: Callable[[str], None]) -> tuple[str, list[dict]] | None:
+    """The quantization report (notebook 09): quality (held-out perplexity) of the shipped model, weight bytes and
+    batch-1 decoding speed of `model` (the GPT-2 shape: a tiny model's speed is all per-call overhead)."""
     try:
         from llmcourse.pretrained import load_tiny_gpt
         from llmcourse.quantization import SCHEMES, quantization_report
         from llmcourse.train import held_out_text
-        model, tokenizer = load_tiny_gpt()
+        tiny, tokenizer = load_tiny_gpt()
     except (ImportError, FileNotFoundError, OSError) as err:
         log(f"quantization: skipped ({type(err).__name__}: {err})")
         return None
-    rows = quantization_report(model, held_out_text(), SCHEMES, tokenizer=tokenizer,
-                               max_tokens=1024 if quick else 4096, repeats=2 if quick else 3)
-    return "shipped tiny GPT", rows
+    quality = quantization_report(tiny, held_out_text(), SCHEMES, tokenizer=tokenizer,
+                                  max_tokens=1024 if quick else 4096, measure_speed=False)
+    speed = quantization_report(model, None, SCHEMES, new_tokens=8 if quick else 16, repeats=2 if quick else 3)
+    rows = []
+    for q, s in zip(quality, speed):
+        rows.append({"scheme": s["scheme"], "weight_bytes": s["weight_bytes"],
+                     "weight_ratio": s["weight_bytes"] / speed[0]["weight_bytes"], "perplexity": q["perplexity"],
+                     "perplexity_change": q["perplexity"] / quality[0]["perplexity"] - 1, "tok_s": s["tok_s"],
+                     "speedup": s["tok_s"] / speed[0]["tok_s"]})
+    return f"perplexity: shipped tiny GPT; bytes and batch-1 speed: {name}", rows
 
 
 def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: bool = True,
@@ -312,7 +347,7 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     results["roofline"] = batch1_roofline(model, bandwidth, repeats=repeats, name=name)
     if quantization:
         log("quantization ...")
-        found = _quantization(quick, log)
+        found = _quantization(model, name, quick, log)
         if found is not None:
             results["quantization_model"], results["quantization"] = found
     return results
@@ -344,15 +379,21 @@ def format_table(results: dict) -> str:
                   f"{sv['continuous_mean_latency_s']:.2f} s, {sv['continuous_steps']} steps",
                   f"  continuous / static throughput: {sv['continuous_over_static']:.2f}x, mean latency "
                   f"{sv['latency_ratio']:.2f}x"]
-    lines += ["", f"Roofline of batch-1 cached decoding ({rf['model']}): {rf['batch1_tok_s']:.1f} tok/s of a bound of "
-                  f"{rf['bound_tok_s']:.1f} tok/s ({rf['bytes_per_token'] / 1e6:.0f} MB read per token) = "
-                  f"{100 * rf['fraction']:.0f}%"]
+    lines += ["", f"Roofline of batch-1 cached decoding ({rf['model']}): bound {rf['bound_tok_s']:.1f} tok/s "
+                  f"({rf['bytes_per_token'] / 1e6:.0f} MB read per token at {rf['bandwidth_gbs']:.1f} GB/s; "
+                  f"identical tokens: {rf['identical_tokens']})"]
+    labels = {"default": "PyTorch's default kernels", "prepacked": "weights prepacked for oneDNN"}
+    for kernel in rf["kernels"]:
+        lines.append(f"  {labels[kernel]:<30}  {rf[f'{kernel}_tok_s']:6.1f} tok/s = {100 * rf[f'{kernel}_fraction']:3.0f}% "
+                     "of the bound")
     if "quantization" in results:
         lines += ["", f"Quantization ({results['quantization_model']})",
-                  f"  {'scheme':<12}  {'MB':>7}  {'perplexity':>10}  {'tok/s':>7}"]
+                  f"  {'scheme':<12}  {'MB':>7}  {'x fp32':>6}  {'perplexity':>10}  {'change':>7}  {'tok/s':>7}  "
+                  f"{'x fp32':>6}"]
         for row in results["quantization"]:
-            ppl = "-" if row["perplexity"] is None else f"{row['perplexity']:.2f}"
-            lines.append(f"  {row['scheme']:<12}  {row['weight_bytes'] / 1e6:>7.2f}  {ppl:>10}  {row['tok_s']:>7.1f}")
+            lines.append(f"  {row['scheme']:<12}  {row['weight_bytes'] / 1e6:>7.1f}  {row['weight_ratio']:>6.3f}  "
+                         f"{row['perplexity']:>10.2f}  {100 * row['perplexity_change']:>+6.2f}%  {row['tok_s']:>7.1f}  "
+                         f"{row['speedup']:>5.2f}x")
     return "\n".join(lines)
 
 

@@ -184,7 +184,8 @@ def _dynamic_linear_bytes(module: nn.Module) -> int:
 
 
 def weight_bytes(model: nn.Module) -> int:
-    """Bytes the model's weights occupy: parameters and buffers (shared ones once) and packed int8 kernels."""
+    """Bytes the model's weights occupy: parameters and buffers (shared ones once), packed int8 kernels' weights and
+    weights prepacked for oneDNN (`llmcourse.kernels`)."""
     seen, total = set(), 0
     for tensor in list(model.parameters()) + list(model.buffers()):
         key = tensor.untyped_storage().data_ptr()
@@ -194,6 +195,7 @@ def weight_bytes(model: nn.Module) -> int:
     for module in model.modules():
         if hasattr(module, "_packed_params") and hasattr(module._packed_params, "_weight_bias"):
             total += _dynamic_linear_bytes(module)
+        total += getattr(module, "packed_bytes", 0)
     return total
 
 
@@ -225,7 +227,8 @@ def decoding_speed(setups: dict[str, tuple[nn.Module, int, bool]], *, new_tokens
 
 
 def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, tokenizer=None,
-                        max_tokens: int | None = 4096, new_tokens: int = 16, repeats: int = 3) -> list[dict]:
+                        max_tokens: int | None = 4096, new_tokens: int = 16, repeats: int = 3,
+                        measure_speed: bool = True) -> list[dict]:
     """Size, quality and speed of `model` under each quantization scheme, measured in one process.
 
     Args:
@@ -234,11 +237,11 @@ def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, to
         schemes: scheme names (see the module docstring), e.g. ("fp32", "int8", "int8-kernel", "int4-g32").
         max_tokens: evaluate perplexity on the first max_tokens held-out tokens (None: all of them).
         new_tokens, repeats: greedy decoding of new_tokens tokens at batch 1 with the KV-cache, timed `repeats`
-            times after a warm-up, interleaved across schemes.
+            times after a warm-up, interleaved across schemes; skipped (tok_s None) without `measure_speed`.
 
     Returns:
         One dict per scheme, in order: {"scheme": str, "weight_bytes": int, "perplexity": float per token or None,
-        "tok_s": float, median tokens/s}.
+        "tok_s": float, median tokens/s, or None}.
     """
     from llmcourse.train import evaluate
 
@@ -248,7 +251,8 @@ def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, to
             raise ValueError("val_ids_or_text is text: pass the model's tokenizer as tokenizer=... to encode it")
         ids = tokenizer.encode(ids)
     models = {scheme: quantize_model(model, scheme) for scheme in schemes}
-    speed = decoding_speed({s: (m, 1, True) for s, m in models.items()}, new_tokens=new_tokens, repeats=repeats)
+    speed = (decoding_speed({s: (m, 1, True) for s, m in models.items()}, new_tokens=new_tokens, repeats=repeats)
+             if measure_speed else {s: (None, None) for s in models})
     rows = []
     for scheme, m in models.items():
         perplexity = None if ids is None else evaluate(m, ids, max_tokens=max_tokens).perplexity

@@ -6,6 +6,7 @@ import pytest
 
 from llmcourse import bench, cli
 from llmcourse.gpt import GPTConfig, KVCache
+from llmcourse.kernels import prepack_available
 
 TINY = GPTConfig(vocab_size=64, block_size=300, n_layer=2, n_head=2, n_embd=16)
 LIMITS = {"memory_bandwidth_gbs": 10.0, "matmul_gflops": 100.0, "threads": 1, "device": "cpu", "torch": "x",
@@ -34,6 +35,9 @@ def test_json_schema(results):
     rf = results["roofline"]
     assert set(rf) >= {"model", "batch1_tok_s", "bound_tok_s", "fraction"}
     assert rf["fraction"] == pytest.approx(rf["batch1_tok_s"] / rf["bound_tok_s"])
+    assert rf["batch1_tok_s"] == max(rf[f"{kernel}_tok_s"] for kernel in rf["kernels"])
+    assert rf["identical_tokens"] is True  # prepacked weights: the same function, the same greedy tokens
+    assert ("prepacked" in rf["kernels"]) == prepack_available()
     assert results["serving"]["continuous_steps"] < results["serving"]["static_steps"]
 
 
@@ -85,3 +89,18 @@ def test_cli_bench_writes_json_and_plots(tmp_path, monkeypatch):
     assert cli.main(["bench", "--quick", "--json", str(out), "--plots", str(tmp_path), "--threads", "1"]) == 0
     assert json.loads(out.read_text())["quick"] is True
     assert (tmp_path / "bench_batching.png").exists()
+
+
+def test_quantization_rows_take_quality_from_the_shipped_model_and_speed_from_the_bench_model(results, tmp_path):
+    model = bench.gpt2_shape_model(GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=64))
+    name, rows = bench._quantization(model, "a small random GPT", quick=True, log=lambda line: None)
+    assert "shipped tiny GPT" in name and "a small random GPT" in name
+    assert [r["scheme"] for r in rows] == ["fp32", "int8", "int8-kernel", "int4-g32"]
+    fp32, int8 = rows[0], rows[1]
+    assert fp32["weight_ratio"] == fp32["speedup"] == 1.0 and fp32["perplexity_change"] == 0.0
+    assert int8["weight_bytes"] < fp32["weight_bytes"] <= 4 * 64 * 64 * 14  # the small model's bytes, not the shipped
+    # The shipped model's held-out perplexity: int8 weights change it by well under a percent (notebook 09).
+    assert abs(int8["perplexity_change"]) < 0.01
+    with_rows = {**results, "quantization_model": name, "quantization": rows}
+    assert "int4-g32" in bench.format_table(with_rows)
+    assert bench.save_plots(with_rows, tmp_path)[-1].name == "bench_quantization.png"

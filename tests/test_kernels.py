@@ -1,0 +1,62 @@
+"""Weights prepacked for oneDNN (llmcourse.kernels): the same function as the plain model, on a faster kernel."""
+
+import pytest
+import torch
+
+from llmcourse import kernels
+from llmcourse.generate import generate
+from llmcourse.gpt import GPT, GPTConfig
+from llmcourse.quantization import weight_bytes
+
+pytestmark = pytest.mark.skipif(not kernels.prepack_available(), reason="this PyTorch has no oneDNN on the CPU")
+
+CONFIG = GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32)
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    plain = GPT(CONFIG).eval()
+    return plain, kernels.prepack_linears(plain)
+
+
+def test_every_linear_is_prepacked_and_the_original_is_untouched(models):
+    plain, packed = models
+    assert not any(isinstance(m, torch.nn.Linear) for m in packed.modules())
+    assert sum(isinstance(m, kernels.PrepackedLinear) for m in packed.modules()) == 4 * CONFIG.n_layer + 1  # + head
+    assert sum(isinstance(m, torch.nn.Linear) for m in plain.modules()) == 4 * CONFIG.n_layer + 1
+
+
+@torch.no_grad()
+def test_same_logits_as_the_plain_model(models):
+    plain, packed = models
+    ids = torch.randint(0, CONFIG.vocab_size, (3, 20), generator=torch.Generator().manual_seed(1))
+    # float32 with the additions of each dot product in another order: PyTorch's own float32 tolerances.
+    torch.testing.assert_close(packed(ids), plain(ids), rtol=1.3e-6, atol=1e-5)
+
+
+def test_same_tokens_with_and_without_the_cache(models):
+    plain, packed = models
+    prompt = torch.tensor([[5, 17, 3]])
+    reference = generate(plain, prompt, 20, temperature=0.0)
+    assert torch.equal(generate(packed, prompt, 20, temperature=0.0), reference)
+    assert torch.equal(generate(packed, prompt, 20, temperature=0.0, use_cache=False), reference)
+
+
+def test_packed_weights_are_counted(models):
+    plain, packed = models
+    head = CONFIG.vocab_size * CONFIG.n_embd * 4  # the tied head gets its own packed copy of the token table
+    assert weight_bytes(packed) == weight_bytes(plain) + head
+
+
+def test_wrong_width_is_a_clear_error(models):
+    _, packed = models
+    layer = packed.transformer.h[0].mlp.c_fc
+    with pytest.raises(ValueError, match="expected inputs with 32 features"):
+        layer(torch.zeros(2, 31))
+
+
+def test_refuses_where_onednn_is_missing(models, monkeypatch):
+    monkeypatch.setattr(kernels, "prepack_available", lambda device=None: False)
+    with pytest.raises(RuntimeError, match="use the model as it is"):
+        kernels.prepack_linears(models[0])
