@@ -18,11 +18,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+import torch.nn as nn
 
 from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static
 from llmcourse.generate import generate
 from llmcourse.gpt import GPT, GPTConfig, KVCache
 from llmcourse.kernels import prepack_available, prepack_linears
+from llmcourse.model_stats import formula_parameters
+from llmcourse.quantization import bytes_read_per_step
 from llmcourse.runtime import get_device
 from llmcourse.timing import Measurement, decode_bound_tok_s, matmul_gflops, measure, memory_bandwidth_gbs
 
@@ -67,22 +70,14 @@ def machine() -> dict:
             "processor": platform.processor() or platform.machine()}
 
 
-def weight_bytes_per_step(model: GPT) -> int:
-    """Bytes of weights one decoding step reads: every parameter once (the tied head is the token table), except
-    the position table, of which one row per token is read."""
-    element = next(model.parameters()).element_size()
-    wpe = model.transformer.wpe.weight
-    return (model.num_parameters() - wpe.numel() + wpe.shape[1]) * element
-
-
 def matmul_weights(model: GPT) -> int:
     """Weights a token multiplies (2 FLOPs each): every Linear and the output head, not the embedding lookups."""
-    return model.num_parameters() - model.transformer.wpe.weight.numel()
+    return formula_parameters(model.config) - model.config.block_size * model.config.n_embd
 
 
 def roofline_tok_s(model: GPT, batch_size: int, bandwidth_gbs: float, gflops: float, context: int = 0) -> float:
     """The limit of decoding at `batch_size`: min(memory bound, compute bound), in tokens/s."""
-    step_bytes = weight_bytes_per_step(model) + KVCache.bytes_needed(model.config, batch_size, context)
+    step_bytes = bytes_read_per_step(model) + KVCache.bytes_needed(model.config, batch_size, context)
     memory = batch_size * decode_bound_tok_s(step_bytes, bandwidth_gbs)
     compute = gflops * 1e9 / (2 * matmul_weights(model))
     return min(memory, compute)
@@ -252,19 +247,17 @@ def continuous_vs_static(model: GPT, requests: Sequence[Request], max_batch: int
 # -- 08/10: the roofline of batch-1 decoding ------------------------------------------------------------------------
 
 def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, repeats: int = 3, name: str = "",
-                    prepacked: bool = True) -> dict:
+                    prepacked: nn.Module | None = None) -> dict:
     """Cached greedy decoding at batch 1 (a 1-token prompt, so `new_tokens` forward passes of one token) against
     the memory-bandwidth bound for the bytes a step reads (weights and, on average, half the final cache).
 
-    Timed in turns with PyTorch's default kernels ("default") and, where `prepacked` and oneDNN is available, with
-    the weights prepacked for oneDNN ("prepacked", `llmcourse.kernels`): the same function computed by a kernel
-    that streams the weights faster. The headline figures (batch1_tok_s, fraction, kernel) are the faster path's.
+    Timed in turns with PyTorch's default kernels ("default") and, given `prepacked` (`model` with its weights
+    prepacked for oneDNN by `llmcourse.kernels.prepack_linears`), with that: the same function computed by a
+    kernel that streams the weights faster. The headline figures (batch1_tok_s, fraction, kernel) are the faster
+    path's.
     """
-    device = get_device()
-    prompt = torch.zeros(1, 1, dtype=torch.int64, device=device)
-    models = {"default": model}
-    if prepacked and prepack_available(device):
-        models["prepacked"] = prepack_linears(model)
+    prompt = torch.zeros(1, 1, dtype=torch.int64, device=get_device())
+    models = {"default": model} if prepacked is None else {"default": model, "prepacked": prepacked}
     outputs: dict[str, torch.Tensor] = {}
 
     def run(kernel: str) -> Callable[[], None]:
@@ -276,14 +269,14 @@ def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, r
     for once in runs.values():
         once()  # warm-up
     times = _interleaved(runs, repeats)
-    step_bytes = weight_bytes_per_step(model) + KVCache.bytes_needed(model.config, 1, new_tokens // 2)
+    step_bytes = bytes_read_per_step(model) + KVCache.bytes_needed(model.config, 1, new_tokens // 2)
     bound = decode_bound_tok_s(step_bytes, bandwidth_gbs)
     result = {"model": name, "bytes_per_token": step_bytes, "bandwidth_gbs": bandwidth_gbs, "bound_tok_s": bound,
               "kernels": list(models),
               "identical_tokens": all(torch.equal(out, outputs["default"]) for out in outputs.values())}
     for kernel, measured in times.items():
         tok_s, spread = _stats(measured, new_tokens)
-        result[f"{kernel}_tok_s"], result[f"{kernel}_spread"], result[f"{kernel}_fraction"] = tok_s, spread, tok_s / bound
+        result.update({f"{kernel}_tok_s": tok_s, f"{kernel}_spread": spread, f"{kernel}_fraction": tok_s / bound})
     best = max(models, key=lambda kernel: result[f"{kernel}_tok_s"])
     result.update(kernel=best, batch1_tok_s=result[f"{best}_tok_s"], spread=result[f"{best}_spread"],
                   fraction=result[f"{best}_fraction"])
@@ -334,6 +327,13 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     log(f"batching: batch sizes {batch_sizes} ...")
     results["batching"] = batch_throughput(model, batch_sizes, new_tokens=16 if quick else 32, repeats=repeats,
                                            name=name, machine_limits=limits)
+    packed = prepack_linears(model) if prepack_available() else None  # the same function on a faster kernel
+    if packed is not None:
+        log("batching with weights prepacked for oneDNN ...")
+        fast = batch_throughput(packed, batch_sizes, new_tokens=16 if quick else 32, repeats=repeats)
+        results["batching"]["prepacked_tok_s"] = fast["tok_s"]
+        results["batching"]["prepacked_speedup_over_batch1"] = fast["speedup_over_batch1"]
+        results["batching"]["identical_tokens"] &= fast["identical_tokens"]
     requests = mixed_requests(model, 12 if quick else 32, prompt_range=(4, min(32, block // 4)),
                               output_range=(4, min(32 if quick else 64, block // 2)))
     log(f"continuous vs static batching: {len(requests)} requests ...")
@@ -344,7 +344,7 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     log("roofline: batch-1 decoding ...")
     # The limit is the best bandwidth seen: measured again here, since other programs may have slowed the first try.
     bandwidth = max(limits["memory_bandwidth_gbs"], memory_bandwidth_gbs())
-    results["roofline"] = batch1_roofline(model, bandwidth, repeats=repeats, name=name)
+    results["roofline"] = batch1_roofline(model, bandwidth, repeats=repeats, name=name, prepacked=packed)
     if quantization:
         log("quantization ...")
         found = _quantization(model, name, quick, log)
@@ -366,10 +366,14 @@ def format_table(results: dict) -> str:
         lines.append(f"  {n:>10}  {a:>14.1f}  {b:>11.1f}  {s:>6.1f}x")
     lines += ["", f"Batching ({bt['model']}, {bt['new_tokens']} new tokens per row; identical tokens: "
                   f"{bt['identical_tokens']})",
-              f"  {'batch':>5}  {'tok/s':>8}  {'x batch 1':>9}  {'roofline tok/s':>14}"]
-    bounds = bt.get("bound_tok_s") or [float("nan")] * len(bt["batch_sizes"])
-    for b, t, x, bound in zip(bt["batch_sizes"], bt["tok_s"], bt["speedup_over_batch1"] or bounds, bounds):
-        lines.append(f"  {b:>5}  {t:>8.1f}  {x:>8.1f}x  {bound:>14.1f}")
+              f"  {'batch':>5}  {'tok/s':>8}  {'x batch 1':>9}  {'prepacked tok/s':>15}  {'x batch 1':>9}  "
+              f"{'roofline tok/s':>14}"]
+    missing = [float("nan")] * len(bt["batch_sizes"])
+    for row in zip(bt["batch_sizes"], bt["tok_s"], bt["speedup_over_batch1"] or missing,
+                   bt.get("prepacked_tok_s", missing), bt.get("prepacked_speedup_over_batch1", missing),
+                   bt.get("bound_tok_s") or missing):
+        b, t, x, pt, px, bound = row
+        lines.append(f"  {b:>5}  {t:>8.1f}  {x:>8.1f}x  {pt:>15.1f}  {px:>8.1f}x  {bound:>14.1f}")
     if sv:
         lines += ["", f"Serving {sv['requests']} requests of mixed lengths, at most {sv['max_batch']} at once "
                       f"(identical outputs: {sv['identical_tokens']})",
@@ -384,8 +388,8 @@ def format_table(results: dict) -> str:
                   f"identical tokens: {rf['identical_tokens']})"]
     labels = {"default": "PyTorch's default kernels", "prepacked": "weights prepacked for oneDNN"}
     for kernel in rf["kernels"]:
-        lines.append(f"  {labels[kernel]:<30}  {rf[f'{kernel}_tok_s']:6.1f} tok/s = {100 * rf[f'{kernel}_fraction']:3.0f}% "
-                     "of the bound")
+        lines.append(f"  {labels[kernel]:<30}  {rf[f'{kernel}_tok_s']:6.1f} tok/s = "
+                     f"{100 * rf[f'{kernel}_fraction']:3.0f}% of the bound")
     if "quantization" in results:
         lines += ["", f"Quantization ({results['quantization_model']})",
                   f"  {'scheme':<12}  {'MB':>7}  {'x fp32':>6}  {'perplexity':>10}  {'change':>7}  {'tok/s':>7}  "
@@ -397,13 +401,16 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def log_ticks(axis, values: Sequence[int]) -> None:
-    """Label a log axis at exactly `values`, without minor labels."""
-    from matplotlib.ticker import FixedLocator, NullLocator
+def label_log_axes(ax, x_values: Sequence[int]) -> None:
+    """Label log-log axes with plain numbers: x at exactly `x_values`, y at 1, 2 and 5 times powers of ten."""
+    from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, NullLocator
 
-    axis.set_major_locator(FixedLocator(values))
-    axis.set_major_formatter(lambda v, _: f"{v:g}")
-    axis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_locator(FixedLocator(x_values))
+    ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def plot_kv_cache(kv: dict, ax=None):
@@ -415,7 +422,7 @@ def plot_kv_cache(kv: dict, ax=None):
     ax.plot(kv["new_tokens"], kv["cache_tok_s"], "o-", label="with KV-cache")
     ax.plot(kv["new_tokens"], kv["no_cache_tok_s"], "s-", label="without (recompute everything)")
     ax.set(xscale="log", yscale="log", xlabel="new tokens generated", ylabel="tokens / s", title=kv["model"])
-    log_ticks(ax.xaxis, kv["new_tokens"])
+    label_log_axes(ax, kv["new_tokens"])
     for n, fast, s in zip(kv["new_tokens"], kv["cache_tok_s"], kv["speedup"]):
         ax.annotate(f"{s:.1f}x", (n, fast), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     beyond = [n for n, past in zip(kv["new_tokens"], kv.get("beyond_context", [])) if past]
@@ -431,11 +438,13 @@ def plot_batching(bt: dict, ax=None):
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(bt["batch_sizes"], bt["tok_s"], "o-", label="measured")
+    ax.plot(bt["batch_sizes"], bt["tok_s"], "o-", label="measured, PyTorch's default kernels")
+    if bt.get("prepacked_tok_s"):
+        ax.plot(bt["batch_sizes"], bt["prepacked_tok_s"], "s-", label="measured, weights prepacked for oneDNN")
     if bt.get("bound_tok_s"):
         ax.plot(bt["batch_sizes"], bt["bound_tok_s"], "k--", label="roofline: min(B x bandwidth / bytes, FLOP/s / 2N)")
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="tokens / s", title=bt["model"])
-    log_ticks(ax.xaxis, bt["batch_sizes"])
+    label_log_axes(ax, bt["batch_sizes"])
     ax.legend(loc="upper left", fontsize=8)
     return ax
 

@@ -73,9 +73,12 @@ def count_by_component(model_or_config: GPT | GPTConfig) -> dict[str, int]:
 
 def formula_parameters(config: GPTConfig) -> int:
     """The count by hand: each block holds 12 C^2 + 13 C parameters (qkv 3C^2 + 3C, attention projection
-    C^2 + C, MLP 8C^2 + 5C, two LayerNorms 4C); embeddings (V + block_size) C; final LayerNorm 2C; tied head 0."""
+    C^2 + C, MLP 8C^2 + 5C, two LayerNorms 4C); embeddings (V + block_size) C; final LayerNorm 2C; tied head 0.
+    Without biases (`config.bias` False) a block keeps 12 C^2 + 2 C (the LayerNorms' scales) and the final
+    LayerNorm C."""
     C = config.n_embd
-    return config.n_layer * (12 * C * C + 13 * C) + (config.vocab_size + config.block_size) * C + 2 * C
+    vectors = (13, 2) if config.bias else (2, 1)  # per block, final LayerNorm: parameters per channel
+    return config.n_layer * (12 * C * C + vectors[0] * C) + (config.vocab_size + config.block_size) * C + vectors[1] * C
 
 
 def _megabytes(parameters: int, bytes_per_parameter: float) -> float:

@@ -115,9 +115,10 @@ def int8_kernel_linears(model: nn.Module) -> nn.Module:
 
     `torch.ao.quantization` is deprecated in favour of torchao and warns so on every call. We silence that warning
     here, the only place the course calls it, because torchao's CPU int8 paths (`Int8WeightOnlyConfig` ->
-    `torch.ops.aten._weight_int8pack_mm`, `Int8DynamicActivationInt8WeightConfig` -> `torch._int_mm`) are
-    vectorised for AVX-512 (or bfloat16 activations) only and were several times slower than fp32 on an AVX2 CPU,
-    while this kernel was 2-3x faster. When the deprecated API is removed, replace this function.
+    `torch.ops.aten._weight_int8pack_mm`, `Int8DynamicActivationInt8WeightConfig` -> `torch._int_mm`) were slower
+    than fp32 at batch 1 on the CPUs we measured: several times slower on an AVX2 AMD EPYC, and 0.33x (dynamic
+    int8) and 0.35x (weight-only) fp32 on the GPT-2 shape on an AVX-512 VNNI one, while this kernel was 2-3x faster
+    than fp32 on the first and 5-6x on the second. When the deprecated API is removed, replace this function.
     """
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
@@ -199,6 +200,16 @@ def weight_bytes(model: nn.Module) -> int:
     return total
 
 
+def bytes_read_per_step(model: nn.Module) -> int:
+    """Bytes of weights one decoding step reads (at batch 1, per token): `weight_bytes(model)` but the embedding
+    tables, of which a step reads one row per token (negligible), unless the output head multiplies by the same
+    table (tied weights, read whole). Works for the plain GPT and for quantized or prepacked copies of it, whose
+    heads may keep a copy of the token table of their own."""
+    head = getattr(model.lm_head, "weight", None)
+    tables = [e for e in (model.transformer.wte, model.transformer.wpe) if e.weight is not head]
+    return weight_bytes(model) - sum(weight_bytes(e) for e in tables)
+
+
 # -- measuring ----------------------------------------------------------------------------------------------------
 
 def decoding_speed(setups: dict[str, tuple[nn.Module, int, bool]], *, new_tokens: int = 16,
@@ -240,8 +251,9 @@ def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, to
             times after a warm-up, interleaved across schemes; skipped (tok_s None) without `measure_speed`.
 
     Returns:
-        One dict per scheme, in order: {"scheme": str, "weight_bytes": int, "perplexity": float per token or None,
-        "tok_s": float, median tokens/s, or None}.
+        One dict per scheme, in order: {"scheme": str, "weight_bytes": int (stored), "bytes_per_step": int (read
+        by one decoding step, `bytes_read_per_step`), "perplexity": float per token or None, "tok_s": float, median
+        tokens/s, or None}.
     """
     from llmcourse.train import evaluate
 
@@ -256,6 +268,6 @@ def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, to
     rows = []
     for scheme, m in models.items():
         perplexity = None if ids is None else evaluate(m, ids, max_tokens=max_tokens).perplexity
-        rows.append({"scheme": scheme, "weight_bytes": weight_bytes(m), "perplexity": perplexity,
-                     "tok_s": speed[scheme][0]})
+        rows.append({"scheme": scheme, "weight_bytes": weight_bytes(m), "bytes_per_step": bytes_read_per_step(m),
+                     "perplexity": perplexity, "tok_s": speed[scheme][0]})
     return rows

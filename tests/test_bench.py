@@ -38,6 +38,7 @@ def test_json_schema(results):
     assert rf["batch1_tok_s"] == max(rf[f"{kernel}_tok_s"] for kernel in rf["kernels"])
     assert rf["identical_tokens"] is True  # prepacked weights: the same function, the same greedy tokens
     assert ("prepacked" in rf["kernels"]) == prepack_available()
+    assert ("prepacked_tok_s" in bt) == prepack_available()  # the batching sweep on the faster kernel too
     assert results["serving"]["continuous_steps"] < results["serving"]["static_steps"]
 
 
@@ -104,3 +105,20 @@ def test_quantization_rows_take_quality_from_the_shipped_model_and_speed_from_th
     with_rows = {**results, "quantization_model": name, "quantization": rows}
     assert "int4-g32" in bench.format_table(with_rows)
     assert bench.save_plots(with_rows, tmp_path)[-1].name == "bench_quantization.png"
+
+
+def test_machine_limits_are_measured_with_the_fastest_pattern_and_kernel(monkeypatch):
+    from llmcourse import timing
+
+    calls = []
+    real = timing.measure
+
+    def spy(fn, **kwargs):
+        calls.append(fn)
+        return real(fn, **kwargs)
+
+    monkeypatch.setattr(timing, "measure", spy)
+    assert timing.memory_bandwidth_gbs(megabytes=8, repeats=1) > 0
+    assert len(calls) == 2  # a read-only pass and a copy: the better one is the limit
+    assert timing.matmul_gflops(n=64, repeats=1) > 0
+    assert len(calls) == 2 + 1 + prepack_available()  # the default matmul, and oneDNN's where there is one

@@ -358,9 +358,10 @@ def test_gpt2_parameter_counts_are_the_published_ones():
 
 @settings(max_examples=15, deadline=None)
 @given(n_layer=st.integers(1, 4), n_head=st.integers(1, 4), head_dim=st.integers(1, 8),
-       vocab=st.integers(1, 50), block=st.integers(1, 20))
-def test_formula_matches_the_module(n_layer, n_head, head_dim, vocab, block):
-    config = GPTConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_head * head_dim)
+       vocab=st.integers(1, 50), block=st.integers(1, 20), bias=st.booleans())
+def test_formula_matches_the_module(n_layer, n_head, head_dim, vocab, block, bias):
+    config = GPTConfig(vocab_size=vocab, block_size=block, n_layer=n_layer, n_head=n_head, n_embd=n_head * head_dim,
+                       bias=bias)
     assert sum(r.total for r in count_by_layer(config)) == formula_parameters(config) \
         == gpt_skeleton(config).num_parameters()
 

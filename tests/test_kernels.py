@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from llmcourse import kernels
+from llmcourse import bench, kernels
 from llmcourse.generate import generate
 from llmcourse.gpt import GPT, GPTConfig
-from llmcourse.quantization import weight_bytes
+from llmcourse.quantization import bytes_read_per_step, weight_bytes
 
 pytestmark = pytest.mark.skipif(not kernels.prepack_available(), reason="this PyTorch has no oneDNN on the CPU")
 
@@ -60,3 +60,9 @@ def test_refuses_where_onednn_is_missing(models, monkeypatch):
     monkeypatch.setattr(kernels, "prepack_available", lambda device=None: False)
     with pytest.raises(RuntimeError, match="use the model as it is"):
         kernels.prepack_linears(models[0])
+
+
+def test_the_roofline_counts_the_same_bytes_for_a_prepacked_model(models):
+    plain, packed = models
+    assert bytes_read_per_step(packed) == bytes_read_per_step(plain)
+    assert bench.roofline_tok_s(packed, 4, 10.0, 100.0) == bench.roofline_tok_s(plain, 4, 10.0, 100.0)

@@ -158,6 +158,18 @@ def test_weight_bytes_counts_the_tied_head_once_and_shrinks():
     assert ratios["int4-g16"] < ratios["int8"] < ratios["int8-kernel"]  # the kernel keeps its own head copy
 
 
+def test_bytes_read_per_step_skip_the_embedding_tables_unless_the_head_reads_them():
+    model = tiny_gpt()
+    wte, wpe = (4 * e.weight.numel() for e in (model.transformer.wte, model.transformer.wpe))
+    assert Q.bytes_read_per_step(model) == Q.weight_bytes(model) - wpe  # the tied head reads the token table
+    int8 = Q.quantize_model(model, "int8")  # still tied: one int8 table, read whole by the head
+    assert Q.bytes_read_per_step(int8) == Q.weight_bytes(int8) - Q.weight_bytes(int8.transformer.wpe)
+    kernel = Q.quantize_model(model, "int8-kernel")  # the kernel's head has its own copy: both tables skipped
+    tables = Q.weight_bytes(kernel.transformer.wte) + Q.weight_bytes(kernel.transformer.wpe)
+    assert Q.bytes_read_per_step(kernel) == Q.weight_bytes(kernel) - tables
+    assert 0.25 < Q.bytes_read_per_step(kernel) / Q.bytes_read_per_step(model) < 0.35
+
+
 def test_bad_schemes_are_clear_errors():
     model = tiny_gpt()
     with pytest.raises(ValueError, match="unknown quantization scheme 'int3'"):
@@ -173,10 +185,13 @@ def test_quantization_report_rows():
     ids = torch.randint(0, TINY.vocab_size, (200,), generator=torch.Generator().manual_seed(2))
     rows = Q.quantization_report(model, ids, ("fp32", "int8", "int4-g16"), new_tokens=3, repeats=1)
     assert [r["scheme"] for r in rows] == ["fp32", "int8", "int4-g16"]
-    assert all(set(r) == {"scheme", "weight_bytes", "perplexity", "tok_s"} for r in rows)
+    assert all(set(r) == {"scheme", "weight_bytes", "bytes_per_step", "perplexity", "tok_s"} for r in rows)
     assert all(r["tok_s"] > 0 and r["perplexity"] > 1 for r in rows)
     assert rows[1]["weight_bytes"] < rows[0]["weight_bytes"]
+    assert all(r["bytes_per_step"] == Q.bytes_read_per_step(Q.quantize_model(model, r["scheme"])) for r in rows)
     assert Q.quantization_report(model, None, ("fp32",), new_tokens=2, repeats=1)[0]["perplexity"] is None
+    unmeasured = Q.quantization_report(model, ids, ("fp32",), measure_speed=False)[0]
+    assert unmeasured["tok_s"] is None and unmeasured["perplexity"] == rows[0]["perplexity"]
     with pytest.raises(ValueError, match="tokenizer"):
         Q.quantization_report(model, "some text", ("fp32",))
 

@@ -14,7 +14,7 @@ import io
 
 from matplotlib.figure import Figure
 
-from llmcourse.bench import log_ticks
+from llmcourse.bench import label_log_axes
 
 
 def speed_data(kv: dict | None, batching: dict | None, new_tokens: int | None, batch_size: int | None) -> dict:
@@ -68,7 +68,7 @@ def speed_figure(kv: dict | None, batching: dict | None, data: dict) -> Figure:
         ax.plot([n[i]] * 2, [kv["cache_tok_s"][i], kv["no_cache_tok_s"][i]], "o", ms=14, mfc="none", mec="red")
         ax.set(xscale="log", yscale="log", xlabel="new tokens", ylabel="tokens / s",
                title=f"{data['speedup']:.1f}x at {n[i]} tokens")
-        log_ticks(ax.xaxis, n)
+        label_log_axes(ax, n)
         ax.legend(fontsize=8)
     if batching is not None:
         ax, b, j = axes.pop(0), batching["batch_sizes"], data["batch_index"]
@@ -78,7 +78,7 @@ def speed_figure(kv: dict | None, batching: dict | None, data: dict) -> Figure:
         ax.plot([b[j]], [batching["tok_s"][j]], "o", ms=14, mfc="none", mec="red")
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="tokens / s",
                title=f"batch {b[j]}: {data['tok_s']:.0f} tok/s")
-        log_ticks(ax.xaxis, b)
+        label_log_axes(ax, b)
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
