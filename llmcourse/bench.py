@@ -423,6 +423,7 @@ def plot_kv_cache(kv: dict, ax=None):
     ax.plot(kv["new_tokens"], kv["no_cache_tok_s"], "s-", label="without (recompute everything)")
     ax.set(xscale="log", yscale="log", xlabel="new tokens generated", ylabel="tokens / s", title=kv["model"])
     label_log_axes(ax, kv["new_tokens"])
+    ax.margins(y=0.15)  # room for the speedup labels
     for n, fast, s in zip(kv["new_tokens"], kv["cache_tok_s"], kv["speedup"]):
         ax.annotate(f"{s:.1f}x", (n, fast), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     beyond = [n for n, past in zip(kv["new_tokens"], kv.get("beyond_context", [])) if past]
@@ -470,12 +471,15 @@ def save_plots(results: dict, folder: str | Path) -> list[Path]:
         rows = results["quantization"]
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.5))
         names = [r["scheme"] for r in rows]
-        for ax, key, label in zip(axes, ("weight_bytes", "perplexity", "tok_s"),
-                                  ("weights (MB)", "perplexity", "tokens / s (batch 1)")):
-            values = [float("nan") if r[key] is None else r[key] / (1e6 if key == "weight_bytes" else 1)
-                      for r in rows]
+        panels = (("weight_ratio", 1, "weight bytes, x fp32"), ("perplexity_change", 100, "perplexity change, %"),
+                  ("speedup", 1, "tokens/s at batch 1, x fp32"))
+        for ax, (key, scale, title) in zip(axes, panels):
+            values = [scale * r[key] for r in rows]
             ax.bar(names, values)
-            ax.set(title=label)
+            ax.bar_label(ax.containers[0], fmt="%.2f", fontsize=8)
+            ax.axhline(scale * rows[0][key], color="black", lw=0.8)  # fp32, the baseline
+            ax.margins(y=0.15)
+            ax.set(title=title)
             ax.tick_params(axis="x", rotation=30)
         fig.suptitle(results["quantization_model"])
         fig.tight_layout()
