@@ -59,8 +59,8 @@ def memory_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
     """Sustained memory bandwidth in GB/s: the best rate of reading a buffer much larger than the CPU caches (a sum,
     as decoding reads its weights) or of copying it (a copy reads and writes every byte: 2 x size bytes moved).
 
-    The best of the repeats and of the two patterns is the machine's limit: a figure compared with it can only
-    fall short of it.
+    The best of the repeats and of the two patterns is taken as the machine's limit, so that the fractions of it
+    reported elsewhere are not flattered by a pessimistic limit.
     """
     n = megabytes * 1024 * 1024 // 4
     src = torch.ones(n, dtype=torch.float32)
