@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static
 from llmcourse.generate import generate
-from llmcourse.gpt import GPT, GPTConfig, KVCache
+from llmcourse.gpt import GPT, GPTConfig, KVCache, random_gpt
 from llmcourse.kernels import prepack_available, prepack_linears
 from llmcourse.model_stats import formula_parameters
 from llmcourse.quantization import bytes_read_per_step
@@ -34,8 +34,7 @@ GPT2_NAME = "gpt2-124M shape, random weights"
 
 def gpt2_shape_model(config: GPTConfig | None = None, seed: int = 0) -> GPT:
     """A GPT with the GPT-2 124M shape (or `config`) and random weights: weights' values do not change speed."""
-    torch.manual_seed(seed)
-    return GPT(config or GPTConfig.gpt2()).to(get_device()).eval()
+    return random_gpt(config or GPTConfig.gpt2(), seed).to(get_device())
 
 
 def _rng(seed: int) -> torch.Generator:

@@ -249,6 +249,13 @@ class GPT(nn.Module):
         return allowed
 
 
+def random_gpt(config: GPTConfig, seed: int = 0) -> GPT:
+    """A GPT freshly initialised from `seed`, in eval mode, on the CPU: for tests and speed measurements, where the
+    weights' values do not matter."""
+    torch.manual_seed(seed)
+    return GPT(config).eval()
+
+
 # -- GPT-2 checkpoints in the Hugging Face layout ----------------------------------------------------------------
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # (in, out) in HF

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static, simulate_schedule
 from llmcourse.generate import generate
-from llmcourse.gpt import GPT, GPTConfig
+from llmcourse.gpt import GPTConfig, random_gpt
 from llmcourse.grading import assert_equal_ids
 from llmcourse.loader import reference
 
@@ -24,8 +24,7 @@ TINY = GPTConfig(vocab_size=60, block_size=48, n_layer=2, n_head=2, n_embd=16)
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return GPT(TINY).eval()
+    return random_gpt(TINY)
 
 
 def _requests(count: int, seed: int, arrival_step: float = 0.0) -> list[Request]:

@@ -9,7 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from llmcourse.generate import beam_search, check_sampling_args, generate, next_token
-from llmcourse.gpt import GPT, GPTConfig
+from llmcourse.gpt import GPT, GPTConfig, random_gpt
 from llmcourse.loader import reference
 
 apply_temperature = reference("decoding.apply_temperature")
@@ -32,8 +32,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def model() -> GPT:
     """A tiny random GPT whose logits are far apart (embeddings with std 1), so argmax never hinges on rounding."""
-    torch.manual_seed(0)
-    gpt = GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=16)).eval()
+    gpt = random_gpt(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=16))
     with torch.no_grad():
         gpt.transformer.wte.weight.normal_(0.0, 1.0)
     return gpt

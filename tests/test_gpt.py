@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcourse.gpt import GPT, GPTConfig, KVCache, gpt_skeleton, load_gpt2, to_gpt2_state_dict
+from llmcourse.gpt import GPT, GPTConfig, KVCache, gpt_skeleton, load_gpt2, random_gpt, to_gpt2_state_dict
 from llmcourse.grading import assert_allclose, assert_equal_ids
 from llmcourse.loader import reference
 from llmcourse.model_stats import (GPT2_SIZES, count_by_component, count_by_layer, formula_parameters,
@@ -18,8 +18,7 @@ RTOL32, ATOL32 = 1.3e-6, 1e-5
 
 
 def _model(config: GPTConfig = TINY, seed: int = 0, dtype=torch.float32) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(config).to(dtype).eval()
+    return random_gpt(config, seed).to(dtype)
 
 
 def _ids(config: GPTConfig, B: int, T: int, seed: int = 0) -> torch.Tensor:

@@ -5,7 +5,7 @@ import torch
 
 from llmcourse import bench, kernels
 from llmcourse.generate import generate
-from llmcourse.gpt import GPT, GPTConfig
+from llmcourse.gpt import GPTConfig, random_gpt
 from llmcourse.quantization import bytes_read_per_step, weight_bytes
 
 pytestmark = pytest.mark.skipif(not kernels.prepack_available(), reason="this PyTorch has no oneDNN on the CPU")
@@ -15,8 +15,7 @@ CONFIG = GPTConfig(vocab_size=97, block_size=32, n_layer=2, n_head=2, n_embd=32)
 
 @pytest.fixture(scope="module")
 def models():
-    torch.manual_seed(0)
-    plain = GPT(CONFIG).eval()
+    plain = random_gpt(CONFIG)
     return plain, kernels.prepack_linears(plain)
 
 

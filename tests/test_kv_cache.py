@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmcourse.generate import generate
-from llmcourse.gpt import GPT, GPTConfig, KVCache
+from llmcourse.gpt import GPTConfig, KVCache, random_gpt
 from llmcourse.grading import assert_allclose, assert_equal_ids
 from llmcourse.loader import reference
 
@@ -21,8 +21,7 @@ TINY = GPTConfig(vocab_size=50, block_size=40, n_layer=2, n_head=2, n_embd=16)
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    return GPT(TINY).eval()
+    return random_gpt(TINY)
 
 
 @settings(max_examples=25, deadline=None)

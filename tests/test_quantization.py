@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcourse.gpt import GPT, GPTConfig
+from llmcourse.gpt import GPT, GPTConfig, random_gpt
 from llmcourse.loader import reference
 from llmcourse import quantization as Q
 
@@ -22,8 +22,7 @@ TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
 
 def tiny_gpt(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(TINY).eval()
+    return random_gpt(TINY, seed)
 
 
 # -- NumPy pieces ----------------------------------------------------------------------------------------------
