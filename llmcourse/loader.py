@@ -5,8 +5,8 @@
     # softmax: using the reference solution (yours is not implemented yet)
 
 `load` returns the learner's function from exercises/ when its body is written (no `raise NotImplementedError`
-left) and its exercise's graded tests pass, and otherwise the reference from solutions/, saying in one line which it
-used. A function the course provides (not an exercise) comes from solutions/ without a word. Package code that needs
+left) and its exercise's graded tests pass with the learner's own code throughout (the other exercises it calls
+included), and otherwise the reference from solutions/, saying in one line which it used. A function the course provides (not an exercise) comes from solutions/ without a word. Package code that needs
 a building block calls `reference(...)`, so there is one implementation of each idea.
 """
 
@@ -59,10 +59,10 @@ def is_stub(path: Path, function: str) -> bool:
 def _passes_tests(exercise: catalog.Exercise, folder: Path) -> tuple[bool, str]:
     from llmcourse.grading.runner import grade
 
-    digest = hashlib.sha1((folder / f"{exercise.module}.py").read_bytes()).hexdigest()
-    key = (exercise.id, digest)
+    digest = hashlib.sha1(b"".join(path.read_bytes() for path in sorted(folder.glob("*.py")))).hexdigest()
+    key = (exercise.id, digest)  # every file: the function may call the learner's code in other modules
     if key not in _verdicts:
-        report = grade(folder, only=[exercise.id])
+        report = grade(folder, only=[exercise.id], own_dependencies=True)
         if report.error is not None:
             _verdicts[key] = (False, f"the grader could not run: {report.error.splitlines()[0]}")
         else:

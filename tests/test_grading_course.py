@@ -57,3 +57,33 @@ def test_broken_submission_costs_only_its_own_exercises(tmp_path):
     results = tmp_path / "results.json"
     results.write_text(json.dumps(gradescope_results(report)))
     assert json.loads(results.read_text())["score"] == report.total
+
+
+def test_a_broken_building_block_costs_only_its_own_exercise(tmp_path, monkeypatch, capsys):
+    """softmax raises: only softmax loses points, because causal attention, multi-head attention and cached
+    attention, which call it, are graded with the reference softmax. With the learner's own code throughout
+    (what the exercise loader asks before a notebook uses a function) they fail, and the notebook gets the
+    reference causal attention."""
+    from llmcourse.loader import load, reference
+
+    submission = tmp_path / "submission"
+    shutil.copytree(COURSE_ROOT / "solutions", submission, ignore=shutil.ignore_patterns("__pycache__"))
+    attention = submission / "attention.py"
+    source = attention.read_text()
+    start = source.index("# BEGIN SOLUTION", source.index("def softmax"))
+    end = source.index("# END SOLUTION", start)
+    attention.write_text(source[:start] + 'raise RuntimeError("my softmax is broken")\n    ' + source[end:])
+    only = [ex.id for ex in catalog.EXERCISES if ex.module in ("attention", "kv_cache", "gpt_numpy")]
+
+    report = grade(submission, only=only)
+    assert {ex.id: ex.status for ex in report.exercises if ex.points < ex.max_points} == {"softmax": "failed"}, \
+        format_table(report)
+    assert "my softmax is broken" in report.exercises[0].message
+
+    together = grade(submission, only=only, own_dependencies=True)
+    lost = {ex.id for ex in together.exercises if ex.points < ex.max_points}
+    assert lost == {"softmax", "causal_attention", "multihead_attention", "cached_attention"}, format_table(together)
+
+    monkeypatch.setenv("LLMCOURSE_EXERCISES", str(submission))
+    assert load("attention.causal_attention") is reference("attention.causal_attention")
+    assert "yours does not pass its graded tests yet" in capsys.readouterr().out

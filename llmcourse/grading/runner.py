@@ -199,8 +199,11 @@ def _score(rubric: dict, outcomes: dict, time_limit_hit: bool) -> list[ExerciseR
 
 def grade(impl: str | os.PathLike = "exercises", *, only: list[str] | None = None,
           timeout: float = DEFAULT_TIMEOUT, workers: int = 2, memory_mb: int = DEFAULT_MEMORY_MB,
-          tests: Path | None = None) -> GradeReport:
+          tests: Path | None = None, own_dependencies: bool = False) -> GradeReport:
     """Grade an implementation ("exercises", "solutions" or a folder laid out like exercises/).
+
+    Each exercise is graded on its own code: the other exercises it calls are the reference's, unless
+    `own_dependencies` (the exercise loader's question: does it work with the learner's code throughout?).
 
     Never raises for a learner's mistake; a problem of the grader itself is returned as `report.error`.
     """
@@ -222,6 +225,7 @@ def grade(impl: str | os.PathLike = "exercises", *, only: list[str] | None = Non
                 "--llmcourse-rubric", str(workdir / "rubric.json"), "--llmcourse-memory-mb", str(memory_mb),
                 "-n", str(workers), "--max-worker-restart", "1000", "--timeout", str(timeout),
                 "--timeout-method", "signal", *_marker_expression(only),
+                *(["--own-dependencies"] if own_dependencies else []),
             ), workdir, timeout=RUN_LIMIT + 10 * timeout)
             rubric = _read_rubric(workdir, output, code)
             if code not in (0, 1, None):
