@@ -3,7 +3,7 @@
 Decoding at batch 1 is a chain of matrix-vector products, so its speed is how fast a kernel streams the weights
 from memory. PyTorch's default CPU matmul calls Intel's MKL, which on some CPUs (AMD's, for one) takes a generic
 code path: on the AMD EPYC this course was measured on it streamed weights at ~17 GB/s, under half of what the
-memory delivers (~41 GB/s). oneDNN, the other CPU library inside PyTorch, reads a weight reordered once into its
+memory delivers (41-48 GB/s). oneDNN, the other CPU library inside PyTorch, reads a weight reordered once into its
 own blocked layout at 35-45 GB/s, and its batched matmuls were ~2.5x faster too. That reorder is what
 `torch.compile`'s "freezing" pass does for CPU inference; here it is done by hand, for every nn.Linear of a model.
 

@@ -6,8 +6,9 @@
 
 `load` returns the learner's function from exercises/ when its body is written (no `raise NotImplementedError`
 left) and its exercise's graded tests pass with the learner's own code throughout (the other exercises it calls
-included), and otherwise the reference from solutions/, saying in one line which it used. A function the course provides (not an exercise) comes from solutions/ without a word. Package code that needs
-a building block calls `reference(...)`, so there is one implementation of each idea.
+included), and otherwise the reference from solutions/, saying in one line which it used. A function the course
+provides (not an exercise) comes from solutions/ without a word. Package code that needs a building block calls
+`reference(...)`, so there is one implementation of each idea.
 """
 
 from __future__ import annotations
