@@ -25,7 +25,7 @@ from llmcourse.generate import generate
 from llmcourse.gpt import GPT, GPTConfig, KVCache, random_gpt
 from llmcourse.kernels import prepack_available, prepack_linears
 from llmcourse.model_stats import formula_parameters
-from llmcourse.quantization import bytes_read_per_step
+from llmcourse.quantization import bytes_read_per_step, decoding_speed
 from llmcourse.runtime import get_device
 from llmcourse.timing import Measurement, decode_bound_tok_s, matmul_gflops, measure, memory_bandwidth_gbs
 
@@ -255,26 +255,17 @@ def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, r
     kernel that streams the weights faster. The headline figures (batch1_tok_s, fraction, kernel) are the faster
     path's.
     """
-    prompt = torch.zeros(1, 1, dtype=torch.int64, device=get_device())
     models = {"default": model} if prepacked is None else {"default": model, "prepacked": prepacked}
-    outputs: dict[str, torch.Tensor] = {}
-
-    def run(kernel: str) -> Callable[[], None]:
-        def once() -> None:
-            outputs[kernel] = generate(models[kernel], prompt, new_tokens, temperature=0.0)
-        return once
-
-    runs = {kernel: run(kernel) for kernel in models}
-    for once in runs.values():
-        once()  # warm-up
-    times = _interleaved(runs, repeats)
+    speed = decoding_speed({kernel: (m, 1, True) for kernel, m in models.items()}, new_tokens=new_tokens,
+                           repeats=repeats)
+    prompt = torch.zeros(1, 1, dtype=torch.int64, device=get_device())
+    outputs = {kernel: generate(m, prompt, new_tokens, temperature=0.0) for kernel, m in models.items()}
     step_bytes = bytes_read_per_step(model) + KVCache.bytes_needed(model.config, 1, new_tokens // 2)
     bound = decode_bound_tok_s(step_bytes, bandwidth_gbs)
     result = {"model": name, "bytes_per_token": step_bytes, "bandwidth_gbs": bandwidth_gbs, "bound_tok_s": bound,
               "kernels": list(models),
               "identical_tokens": all(torch.equal(out, outputs["default"]) for out in outputs.values())}
-    for kernel, measured in times.items():
-        tok_s, spread = _stats(measured, new_tokens)
+    for kernel, (tok_s, spread) in speed.items():
         result.update({f"{kernel}_tok_s": tok_s, f"{kernel}_spread": spread, f"{kernel}_fraction": tok_s / bound})
     best = max(models, key=lambda kernel: result[f"{kernel}_tok_s"])
     result.update(kernel=best, batch1_tok_s=result[f"{best}_tok_s"], spread=result[f"{best}_spread"],
@@ -324,12 +315,13 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     results["kv_cache_memory"] = kv_cache_memory(model.config, [n + 8 for n in new_tokens])
     batch_sizes = [1, 4, 16] if quick else [1, 2, 4, 8, 16, 32]
     log(f"batching: batch sizes {batch_sizes} ...")
-    results["batching"] = batch_throughput(model, batch_sizes, new_tokens=16 if quick else 32, repeats=repeats,
-                                           name=name, machine_limits=limits)
+    row_tokens = 16 if quick else 32
+    results["batching"] = batch_throughput(model, batch_sizes, new_tokens=row_tokens, repeats=repeats, name=name,
+                                           machine_limits=limits)
     packed = prepack_linears(model) if prepack_available() else None  # the same function on a faster kernel
     if packed is not None:
         log("batching with weights prepacked for oneDNN ...")
-        fast = batch_throughput(packed, batch_sizes, new_tokens=16 if quick else 32, repeats=repeats)
+        fast = batch_throughput(packed, batch_sizes, new_tokens=row_tokens, repeats=repeats)
         results["batching"]["prepacked_tok_s"] = fast["tok_s"]
         results["batching"]["prepacked_speedup_over_batch1"] = fast["speedup_over_batch1"]
         results["batching"]["identical_tokens"] &= fast["identical_tokens"]
