@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from llmcourse.impl import COURSE_ROOT
 
 
 def _write_json(path: str, data: dict) -> None:
+    """Write a JSON file whole or not at all: a temporary file in the same folder, renamed into place."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(data, indent=2) + "\n")
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -49,13 +61,30 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     from llmcourse.grading.runner import format_table, grade, gradescope_results
-    report = grade(args.submission or args.impl, only=args.only, timeout=args.timeout, workers=args.workers)
+    report = grade(args.impl, submission=args.submission, only=args.only, timeout=args.timeout,
+                   workers=args.workers, sandbox="bubblewrap" if args.require_sandbox else "auto")
     print(format_table(report))
     if args.json:
         _write_json(args.json, report.to_json())
     if args.gradescope:
         _write_json(args.gradescope, gradescope_results(report))
     return report.exit_code
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 3600):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0 and at most 3600")
+    return value
+
+
+def _processes(text: str) -> int:
+    if not (text.isdigit() and 1 <= int(text) <= 64):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 64")
+    return int(text)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -115,13 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run the course's graded tests against an implementation and print a table "
                         "of points per exercise. Exit 0 when everything passed, 1 when some exercise lost points, "
                         "2 when the grader itself could not run.")
-    gr.add_argument("--impl", default="exercises", help="exercises (default) or solutions")
-    gr.add_argument("--submission", metavar="DIR", help="grade this folder (laid out like exercises/) instead")
+    which = gr.add_mutually_exclusive_group()
+    which.add_argument("--impl", default="exercises", choices=("exercises", "solutions"),
+                       help="the course's own exercises/ (default) or solutions/")
+    which.add_argument("--submission", metavar="DIR",
+                       help="grade this folder (laid out like exercises/) instead; always a path")
     gr.add_argument("--only", nargs="+", metavar="EXERCISE_ID", help="grade only these exercises")
     gr.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     gr.add_argument("--gradescope", metavar="FILE", help="also write Gradescope's results.json")
-    gr.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS", help="time limit per test (30)")
-    gr.add_argument("--workers", type=int, default=2, help="test processes run at once (2)")
+    gr.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="time limit per test (30)")
+    gr.add_argument("--workers", type=_processes, default=2, help="test processes run at once (2)")
+    gr.add_argument("--require-sandbox", action="store_true",
+                    help="fail (exit 2) instead of grading unsandboxed where bubblewrap does not work: for a class")
     gr.set_defaults(func=cmd_grade)
 
     tr = sub.add_parser("train", help="train a tokenizer and a small GPT on the corpus; save a checkpoint",

@@ -63,7 +63,7 @@ def _passes_tests(exercise: catalog.Exercise, folder: Path) -> tuple[bool, str]:
     digest = hashlib.sha1(b"".join(path.read_bytes() for path in sorted(folder.glob("*.py")))).hexdigest()
     key = (exercise.id, digest)  # every file: the function may call the learner's code in other modules
     if key not in _verdicts:
-        report = grade(folder, only=[exercise.id], own_dependencies=True)
+        report = grade(submission=folder, only=[exercise.id], own_dependencies=True)
         if report.error is not None:
             _verdicts[key] = (False, f"the grader could not run: {report.error.splitlines()[0]}")
         else:

@@ -13,9 +13,11 @@ settings.register_profile("deterministic", derandomize=True, deadline=None)
 settings.register_profile("explore", deadline=None)
 settings.load_profile("deterministic")
 
-from llmcourse.grading.isolation import other_exercises_in_reach
+from llmcourse.grading.isolation import answered_by_reference
 from llmcourse.grading.marks import exercise_id_of, register_markers
-from llmcourse.impl import IMPL_ENV, Implementation, resolve_impl
+from llmcourse.grading.sandbox import SANDBOXES, SandboxedImplementation
+from llmcourse.impl import IMPL_ENV, resolve_impl
+from llmcourse.loader import reference
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,6 +31,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="graded tests call the implementation's own versions of the other exercises a function uses (default: "
              "the reference's, so that each exercise is graded on its own code)",
     )
+    parser.addoption("--sandbox", choices=SANDBOXES, default="auto",
+                     help="where the implementation's code runs: bubblewrap, none (a plain subprocess), or auto "
+                          "(bubblewrap when it works here)")
+    parser.addoption("--time-limit", type=float, default=30.0,
+                     help="seconds the implementation's code may run in one test (30)")
+    parser.addoption("--memory-mb", type=int, default=4096, help="address space of the process running it (4096)")
+    parser.addoption("--grader-state", default=None,
+                     help="a folder where test processes share what they learnt (modules that do not import)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -36,18 +46,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def impl(pytestconfig: pytest.Config) -> Implementation:
-    """The implementation under test; modules are imported inside each test, so one broken file fails only its
-    own tests: `impl.attention.softmax`."""
-    return Implementation(resolve_impl(pytestconfig.getoption("--impl")))
+def impl(pytestconfig: pytest.Config):
+    """The implementation under test, run in a sandbox process (llmcourse.grading.sandbox): `impl.attention.softmax`
+    calls the learner's function there with this test's arguments and brings the result back as data. Modules are
+    imported inside each test, so one broken file fails only its own tests."""
+    option = pytestconfig.getoption
+    implementation = SandboxedImplementation(
+        resolve_impl(option("--impl")), sandbox=option("--sandbox"), timeout=option("--time-limit"),
+        memory_mb=option("--memory-mb"), state_dir=option("--grader-state"),
+        answer=lambda module, function: reference(f"{module}.{function}"))
+    yield implementation
+    implementation.close()
 
 
 @pytest.fixture(autouse=True)
-def _grade_each_exercise_on_its_own(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """In a graded test of exercise X, the other exercises X's code calls are the reference's: a wrong softmax
-    costs softmax's points, not causal attention's too (llmcourse.grading.isolation)."""
+def _grade_each_exercise_on_its_own(request: pytest.FixtureRequest) -> None:
+    """Each graded test gets the full time limit, and in a graded test of exercise X the earlier exercises X's code
+    calls are answered by the reference: a wrong softmax costs softmax's points, not causal attention's too
+    (llmcourse.grading.isolation)."""
     exercise_id = exercise_id_of(request.node)
-    if exercise_id is None or request.config.getoption("--own-dependencies"):
+    if exercise_id is None:
         return
-    for module, name, function in other_exercises_in_reach(request.getfixturevalue("impl"), exercise_id):
-        monkeypatch.setattr(module, name, function)
+    request.getfixturevalue("impl").begin_test(answered_by_reference(exercise_id),
+                                               substitute=not request.config.getoption("--own-dependencies"))

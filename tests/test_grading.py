@@ -129,7 +129,7 @@ def submission(tmp_path: Path) -> Path:
 
 def test_hostile_submission_is_graded_to_the_end(course_tests, submission):
     before = _tree_digest(submission)
-    report = grade(submission, tests=course_tests, timeout=3, memory_mb=1024)
+    report = grade(submission=submission, tests=course_tests, timeout=3, memory_mb=1024)
     assert _tree_digest(submission) == before, "grading changed or added files in the submission"
     assert report.error is None, report.error
     by_id = {ex.id: ex for ex in report.exercises}
@@ -176,7 +176,7 @@ def test_gradescope_and_json_files_are_written_by_the_cli(course_tests, submissi
 
 
 def test_grader_error_is_reported_not_raised(tmp_path):
-    report = grade(tmp_path / "does-not-exist")
+    report = grade(submission=tmp_path / "does-not-exist")
     assert report.exit_code == 2
     assert "does not exist" in report.error
     results = gradescope_results(report)

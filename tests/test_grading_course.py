@@ -45,7 +45,7 @@ def test_broken_submission_costs_only_its_own_exercises(tmp_path):
     decoding.write_text(source[:region] + "import os\n    os._exit(1)\n    " + source[region:])
     before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in submission.iterdir()}
 
-    report = grade(submission, timeout=30)
+    report = grade(submission=submission, timeout=30)
 
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in submission.iterdir()} == before
     broken = {ex.id: ex.status for ex in report.exercises if ex.points < ex.max_points}
@@ -75,12 +75,12 @@ def test_a_broken_building_block_costs_only_its_own_exercise(tmp_path, monkeypat
     attention.write_text(source[:start] + 'raise RuntimeError("my softmax is broken")\n    ' + source[end:])
     only = [ex.id for ex in catalog.EXERCISES if ex.module in ("attention", "kv_cache", "gpt_numpy")]
 
-    report = grade(submission, only=only)
+    report = grade(submission=submission, only=only)
     assert {ex.id: ex.status for ex in report.exercises if ex.points < ex.max_points} == {"softmax": "failed"}, \
         format_table(report)
     assert "my softmax is broken" in report.exercises[0].message
 
-    together = grade(submission, only=only, own_dependencies=True)
+    together = grade(submission=submission, only=only, own_dependencies=True)
     lost = {ex.id for ex in together.exercises if ex.points < ex.max_points}
     assert lost == {"softmax", "causal_attention", "multihead_attention", "cached_attention"}, format_table(together)
 

@@ -9,12 +9,11 @@ soon as it has collected, before any learner code runs, so a test whose report w
 from __future__ import annotations
 
 import json
-import resource
-import traceback
 
 import pytest
 
 from llmcourse.grading.marks import exercise_id_of
+from llmcourse.grading.sandbox import SandboxCrash, SandboxTimeout
 from llmcourse.impl import ImplementationImportError
 
 VERDICT = "llmcourse_verdict"
@@ -24,15 +23,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmcourse grader")
     group.addoption("--llmcourse-results", default=None, help="append one JSON line per test report to this file")
     group.addoption("--llmcourse-rubric", default=None, help="write {test id: exercise id} of the collected tests")
-    group.addoption("--llmcourse-memory-mb", type=int, default=0,
-                    help="cap each test process's address space, so runaway allocation fails one test")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    megabytes = config.getoption("--llmcourse-memory-mb")
-    if megabytes and hasattr(config, "workerinput"):  # only the workers run learners' code
-        limit = megabytes * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     path = config.getoption("--llmcourse-results")
     if path and not hasattr(config, "workerinput"):
         config.pluginmanager.register(_ResultWriter(path), "llmcourse-result-writer")
@@ -51,8 +44,10 @@ def classify(excinfo: pytest.ExceptionInfo) -> tuple[str, str]:
     if isinstance(err, NotImplementedError):
         return "not_implemented", first_line(str(err)) or "raises NotImplementedError"
     message = first_line(str(err))
-    if message.startswith("Timeout (>") and "pytest-timeout" in message:
+    if isinstance(err, SandboxTimeout) or message.startswith("Timeout (>") and "pytest-timeout" in message:
         return "timeout", message
+    if isinstance(err, SandboxCrash):
+        return "crashed", message
     if isinstance(err, MemoryError):
         return "failed", "ran out of memory (MemoryError): is an array much larger than it should be?"
     if isinstance(err, AssertionError):
@@ -60,17 +55,6 @@ def classify(excinfo: pytest.ExceptionInfo) -> tuple[str, str]:
     if isinstance(err, pytest.fail.Exception):
         return "failed", message
     return "failed", f"raised {type(err).__name__}" + (f": {message}" if message else "")
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item):
-    try:
-        return (yield)
-    except MemoryError as err:
-        # The learner's frames still hold what they allocated; drop their locals so that pytest has the memory
-        # to write its report (otherwise the worker stalls at the address-space cap until the time-out).
-        traceback.clear_frames(err.__traceback__)
-        raise
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,18 +1,19 @@
 """The grader: runs the course's graded tests against an implementation and scores each exercise.
 
-The tests always come from the course (tests/graded/), never from the submission. The submission is copied to a
-temporary folder first, so its files stay byte-identical whatever its code does. Learners' code runs under pytest
-in worker processes (pytest-xdist), so a crash (`os._exit`, a segfault) costs one test and the worker is replaced;
-pytest-timeout's signal method fails a test that hangs; an address-space cap turns runaway allocation into a
-MemoryError in that test. The rubric (test id -> exercise) is written when the tests are collected, before any
-learner code runs, so even a test whose report was lost is scored, as crashed.
+The tests always come from the course (tests/graded/), never from the submission, and run in a trusted pytest
+process that computes and records every verdict. The learner's code runs elsewhere: in a sandbox process
+(llmcourse.grading.sandbox, bubblewrap on Linux) that sees a validated copy of the submission and not the course,
+the results or the network, and answers the tests' calls with data only. A crash, a hang or runaway allocation
+there costs the test that met it. The rubric (test id -> exercise) is written when the tests are collected, so a
+test whose report was lost is still scored. The results files are written by this process, atomically, after every
+test process has ended.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,14 +23,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmcourse import catalog
-from llmcourse.impl import COURSE_ROOT, resolve_impl
+from llmcourse.grading.sandbox import SandboxUnavailable, bubblewrap_problem, resolve_sandbox
+from llmcourse.impl import COURSE_ROOT, NAMED_IMPLEMENTATIONS, resolve_impl
 
 GRADED_TESTS = COURSE_ROOT / "tests" / "graded"
 DEFAULT_TIMEOUT = 30.0  # seconds per test; every reference test takes well under one
-DEFAULT_MEMORY_MB = 4096  # per worker: numpy and torch need well under 1 GiB for any graded test
-# The whole run's limit is RUN_LIMIT + 10 x the per-test time-out: it only matters when a test hangs where
-# pytest-timeout's signal cannot reach (inside C code); tests still unfinished then are reported as timed out.
+DEFAULT_MEMORY_MB = 4096  # the sandbox's address space: numpy and torch need well under 1 GiB for any graded test
+# The whole run's limit is RUN_LIMIT + 10 x the per-test time-out: it only matters when the trusted side hangs;
+# tests still unfinished then are reported as timed out.
 RUN_LIMIT = 300.0
+MAX_FILE_BYTES = 2**20  # a submitted file larger than this is not graded
+NOT_SANDBOXED = "not sandboxed: fine for self-study, not for grading a class"
 
 # What a failing test says, most telling first: the exercise shows the first of these among its tests.
 _SEVERITY = ("import_error", "crashed", "timeout", "not_implemented", "failed")
@@ -63,6 +67,8 @@ class GradeReport:
     exercises: list[ExerciseResult]
     execution_time: float
     error: str | None = None  # set when the grader could not run
+    sandbox: str = "none"  # where the learner's code ran: bubblewrap | none
+    notices: list[str] = field(default_factory=list)  # what the instructor should know: skipped files, no sandbox
 
     @property
     def total(self) -> float:
@@ -84,6 +90,8 @@ class GradeReport:
             "total": self.total,
             "max_total": self.max_total,
             "error": self.error,
+            "sandbox": self.sandbox,
+            "notices": self.notices,
             "exercises": [{k: v for k, v in asdict(ex).items() if k != "tests"} for ex in self.exercises],
         }
 
@@ -120,16 +128,22 @@ def _environment() -> dict[str, str]:
 
 
 def _run(command: list[str], cwd: Path, timeout: float) -> tuple[int | None, str]:
-    """Run a command in its own process group; on time-out kill the whole group and return None as its code."""
-    with subprocess.Popen(command, cwd=cwd, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL, text=True, start_new_session=True) as proc:
+    """Run a command in its own process group, its output in a file (no pipe a leftover process could hold open);
+    kill the whole group when it ends or at the time limit, when its code is None. Every wait has a bound."""
+    with tempfile.TemporaryFile(dir=cwd) as log:
+        proc = subprocess.Popen(command, cwd=cwd, env=_environment(), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            output, _ = proc.communicate(timeout=timeout)
-            return proc.returncode, output
+            code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
-            return None, output
+            code = None
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the run, at the end or at the limit
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait(timeout=30)
+        log.seek(0)
+        return code, log.read().decode("utf-8", errors="replace")
 
 
 def _read_rubric(workdir: Path, output: str, code: int | None) -> dict:
@@ -149,9 +163,12 @@ def _test_outcomes(results_file: Path) -> dict[str, dict]:
     outcomes: dict[str, dict] = {}
     if not results_file.exists():
         return outcomes
-    for line in results_file.read_text().splitlines():
-        record = json.loads(line)
-        nodeid = record["nodeid"]
+    for line in results_file.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            nodeid = record["nodeid"]
+        except (ValueError, TypeError, KeyError):  # only the trusted controller writes here; never trust it blindly
+            continue
         current = outcomes.setdefault(nodeid, {"passed": True, "kind": "", "message": "", "ran": False})
         if record["when"] == "call":
             current["ran"] = True
@@ -197,34 +214,108 @@ def _score(rubric: dict, outcomes: dict, time_limit_hit: bool) -> list[ExerciseR
     return results
 
 
-def grade(impl: str | os.PathLike = "exercises", *, only: list[str] | None = None,
-          timeout: float = DEFAULT_TIMEOUT, workers: int = 2, memory_mb: int = DEFAULT_MEMORY_MB,
-          tests: Path | None = None, own_dependencies: bool = False) -> GradeReport:
-    """Grade an implementation ("exercises", "solutions" or a folder laid out like exercises/).
+def check_options(timeout: float, workers: int, memory_mb: int) -> None:
+    """Raise ValueError, in the user's terms, for limits that would not protect the run."""
+    if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and 0 < timeout <= 3600):
+        raise ValueError(f"the time limit per test must be a number of seconds > 0 and at most 3600, not {timeout!r}")
+    if not (isinstance(workers, int) and 1 <= workers <= 64):
+        raise ValueError(f"the number of test processes must be a whole number from 1 to 64, not {workers!r}")
+    if not (isinstance(memory_mb, int) and memory_mb >= 512):
+        raise ValueError(f"the sandbox's memory must be at least 512 MB, not {memory_mb!r}")
 
-    Each exercise is graded on its own code: the other exercises it calls are the reference's, unless
+
+def copy_submission(source: Path, target: Path) -> list[str]:
+    """Copy the submission's top-level .py files into `target` (readable by the sandbox's user); return what was
+    not copied and why. Nothing is followed: a symbolic link, a device, a pipe or an oversized file is reported,
+    never read."""
+    problems = []
+    target.mkdir(mode=0o755)
+    with os.scandir(source) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            name = entry.name
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append(f"{name.encode('utf-8', 'surrogateescape')!r}: a file name that is not UTF-8: "
+                                "not graded")
+                continue
+            if name.startswith(".") or name == "__pycache__":
+                continue
+            if entry.is_symlink():
+                problems.append(f"{name} is a symbolic link: not followed, not graded")
+            elif entry.is_dir(follow_symlinks=False):
+                problems.append(f"{name}/ is a folder: only the .py files at the top of the submission are graded")
+            elif not entry.is_file(follow_symlinks=False):
+                problems.append(f"{name} is not a regular file (a device, a pipe or a socket): not graded")
+            elif name.endswith(".py"):
+                size = entry.stat(follow_symlinks=False).st_size
+                if size > MAX_FILE_BYTES:
+                    problems.append(f"{name} is {size / 2**20:.1f} MB, more than the {MAX_FILE_BYTES // 2**20} MB "
+                                    "a file may have: not graded")
+                    continue
+                descriptor = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+                with os.fdopen(descriptor, "rb") as fh:
+                    data = fh.read(MAX_FILE_BYTES + 1)
+                if len(data) > MAX_FILE_BYTES:
+                    problems.append(f"{name} grew past {MAX_FILE_BYTES // 2**20} MB while it was read: not graded")
+                    continue
+                copy = target / name
+                copy.write_bytes(data)
+                copy.chmod(0o644)
+    return problems
+
+
+def grade(impl: str = "exercises", *, submission: str | os.PathLike | None = None, only: list[str] | None = None,
+          timeout: float = DEFAULT_TIMEOUT, workers: int = 2, memory_mb: int = DEFAULT_MEMORY_MB,
+          tests: Path | None = None, own_dependencies: bool = False, sandbox: str = "auto") -> GradeReport:
+    """Grade the course's own "exercises" or "solutions" (`impl`), or a submission folder laid out like exercises/
+    (`submission`, always a path: a folder called "exercises" in the current directory is that folder).
+
+    Each exercise is graded on its own code: the earlier exercises it calls are answered by the reference, unless
     `own_dependencies` (the exercise loader's question: does it work with the learner's code throughout?).
+    `sandbox`: "auto" (bubblewrap when it works here, else none, said in the report), "bubblewrap" (required), "none".
 
     Never raises for a learner's mistake; a problem of the grader itself is returned as `report.error`.
     """
     start = time.perf_counter()
-    label = str(impl)
+    label = str(submission) if submission is not None else str(impl)
     tests = GRADED_TESTS if tests is None else tests
+    notices: list[str] = []
+    mode = "none"
     try:
-        source = resolve_impl(impl)
+        check_options(timeout, workers, memory_mb)
+        if submission is not None:
+            source = Path(submission).expanduser()
+            if not source.is_dir():
+                raise GraderError(f"the submission folder {str(source)!r} does not exist")
+        elif impl in NAMED_IMPLEMENTATIONS:
+            source = resolve_impl(impl)
+        else:
+            raise GraderError(f"--impl names the course's own folders ({', '.join(NAMED_IMPLEMENTATIONS)}); grade "
+                              f"any other folder with --submission, not {impl!r}")
         if not tests.is_dir():
             raise GraderError(f"the course's graded tests are missing: {tests} does not exist")
+        try:
+            mode = resolve_sandbox(sandbox)
+        except SandboxUnavailable as err:
+            raise GraderError(f"a sandbox is required and {err}") from None
+        if mode == "none":
+            why = bubblewrap_problem() if sandbox == "auto" else "--sandbox none"
+            notices.append(f"{NOT_SANDBOXED} ({why})")
         with tempfile.TemporaryDirectory(prefix="llmcourse-grade-") as tmp:
-            workdir = Path(tmp)
-            impl_dir = workdir / "implementation"
+            workdir = Path(tmp)  # private to this user: the sandbox sees only the copy of the submission
+            impl_dir = workdir / "submission"
             # Grade a copy: the learner's files are never touched, whatever their code does.
-            shutil.copytree(source, impl_dir, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+            notices += copy_submission(source, impl_dir)
+            (workdir / "state").mkdir()
             results_file = workdir / "results.jsonl"
             code, output = _run(_pytest_command(
                 _test_paths(tests, only), impl_dir, "--llmcourse-results", str(results_file),
-                "--llmcourse-rubric", str(workdir / "rubric.json"), "--llmcourse-memory-mb", str(memory_mb),
-                "-n", str(workers), "--max-worker-restart", "1000", "--timeout", str(timeout),
-                "--timeout-method", "signal", *_marker_expression(only),
+                "--llmcourse-rubric", str(workdir / "rubric.json"), "--sandbox", mode, "--time-limit", str(timeout),
+                "--memory-mb", str(memory_mb), "--grader-state", str(workdir / "state"),
+                "-n", str(workers), "--max-worker-restart", "1000",
+                # pytest-timeout only backs up the sandbox's own deadline, for a hang on the trusted side
+                "--timeout", str(3 * timeout + 60), "--timeout-method", "signal", *_marker_expression(only),
                 *(["--own-dependencies"] if own_dependencies else []),
             ), workdir, timeout=RUN_LIMIT + 10 * timeout)
             rubric = _read_rubric(workdir, output, code)
@@ -232,16 +323,17 @@ def grade(impl: str | os.PathLike = "exercises", *, only: list[str] | None = Non
                 tail = "\n".join(output.strip().splitlines()[-15:])
                 raise GraderError(f"pytest could not run the graded tests (exit {code}):\n{tail}")
             exercises = _score(rubric, _test_outcomes(results_file), time_limit_hit=code is None)
-        return GradeReport(label, exercises, time.perf_counter() - start)
-    except (GraderError, FileNotFoundError, KeyError, OSError) as err:
+        return GradeReport(label, exercises, time.perf_counter() - start, sandbox=mode, notices=notices)
+    except (GraderError, ValueError, FileNotFoundError, KeyError, OSError) as err:
         message = err.args[0] if isinstance(err, KeyError) else str(err)
-        return GradeReport(label, [], time.perf_counter() - start, error=message)
+        return GradeReport(label, [], time.perf_counter() - start, error=message, sandbox=mode, notices=notices)
 
 
 def format_table(report: GradeReport) -> str:
     """The grade table a learner reads."""
     if report.error is not None:
         return f"The grader could not run: {report.error}"
+    notices = "".join(f"note: {notice}\n" for notice in report.notices)
     width = max([len(ex.id) for ex in report.exercises] + [8])
     title_width = max([len(ex.title) for ex in report.exercises] + [5])
     lines = [f"{'exercise':<{width}}  {'title':<{title_width}}  {'points':>11}  status",
@@ -251,7 +343,7 @@ def format_table(report: GradeReport) -> str:
                      f"{ex.status_line}")
     lines.append(f"{'total':<{width}}  {'':<{title_width}}  {report.total:>5g} / {report.max_total:<3g}  "
                  f"({report.execution_time:.1f} s)")
-    return "\n".join(lines)
+    return notices + "\n".join(lines)
 
 
 def gradescope_results(report: GradeReport) -> dict:
@@ -268,5 +360,6 @@ def gradescope_results(report: GradeReport) -> dict:
         tests.append({"name": f"{ex.id}: {ex.title}", "number": str(number), "score": ex.points,
                       "max_score": ex.max_points, "status": "passed" if ex.status == "passed" else "failed",
                       "output": f"{ex.status_line}\n\n{details}", "visibility": "visible"})
+    notices = "".join(f"\n{notice}" for notice in report.notices)
     return {"score": report.total, "execution_time": round(report.execution_time, 1),
-            "output": f"{report.total:g} / {report.max_total:g} points", "tests": tests}
+            "output": f"{report.total:g} / {report.max_total:g} points{notices}", "tests": tests}
