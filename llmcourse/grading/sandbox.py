@@ -7,7 +7,7 @@ The trusted process (pytest running the course's graded tests) computes and reco
 modules are imported only in the worker process (worker.py), which with bubblewrap sees the submission (read-only),
 Python and its installed packages, and nothing else of the machine: not the course's solutions/ or tests/, not the
 results, not the network, not the instructor's files or environment. It runs in its own PID namespace (every process
-it starts ends with it) as an unprivileged user, with limits on memory, CPU time, processes and file size. Every wait
+it starts ends with it) as an unprivileged user of its own, with limits on memory, CPU time, processes and file size. Every wait
 for it has a deadline: a function that does not return within the test's time limit has its sandbox killed, and the
 next call starts a fresh one. A module that fails or hangs at import is reported once and not imported again.
 
@@ -36,8 +36,9 @@ from llmcourse.impl import COURSE_ROOT, ImplementationImportError
 WORKER_FILES = (Path(__file__).with_name("worker.py"), Path(__file__).with_name("wire.py"))
 SANDBOXES = ("auto", "bubblewrap", "none")
 STARTUP_LIMIT = 120.0  # seconds for a worker to start (Python, NumPy and PyTorch imported) on a slow machine
-NOBODY = 65534
-PROCESS_LIMIT = 256  # processes and threads of all sandboxes together (they all run as NOBODY)
+# Each worker runs as a user of its own (no name needed), so the process limit, which counts per user, is its own.
+FIRST_SANDBOX_UID = 60_000_000
+PROCESS_LIMIT = 128  # processes and threads of one worker
 CPU_SECONDS = 900  # a worker's total CPU time, a backstop behind the per-test time limit
 TMP_BYTES = 64 * 2**20  # the sandbox's private /tmp
 
@@ -114,7 +115,7 @@ def _visible_paths() -> list[Path]:
     return sorted(p for p in paths if not any(q in p.parents for q in paths))
 
 
-def _bwrap_command(submission: Path, command: list[str]) -> list[str]:
+def _bwrap_command(submission: Path, command: list[str], stubs: Path | None = None) -> list[str]:
     root = os.geteuid() == 0
     args = [bwrap_path(), "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session", "--clearenv"]
@@ -142,6 +143,8 @@ def _bwrap_command(submission: Path, command: list[str]) -> list[str]:
             args += ["--tmpfs", str(hidden)]
     for file in WORKER_FILES:
         args += ["--ro-bind", str(file), f"/grader/{file.name}"]
+    if stubs is not None:
+        args += ["--ro-bind", str(stubs), "/stubs"]
     args += ["--ro-bind", str(submission), "/submission", "--proc", "/proc", "--dev", "/dev",
              "--size", str(TMP_BYTES), "--perms", "1777", "--tmpfs", "/tmp", "--chdir", "/submission"]
     for key, value in _worker_environment().items():
@@ -161,17 +164,18 @@ def _worker_environment() -> dict[str, str]:
 class _Worker:
     """One worker process and the socket to it."""
 
-    def __init__(self, folder: Path, sandbox: str, memory_mb: int):
+    def __init__(self, folder: Path, stubs: Path, sandbox: str, memory_mb: int):
         ours, theirs = socket.socketpair()
         options = ["--memory-mb", str(memory_mb), "--cpu-seconds", str(CPU_SECONDS)]
         if sandbox == "bubblewrap":
             if os.geteuid() == 0:
-                options += ["--drop-to", str(NOBODY), "--nproc", str(PROCESS_LIMIT)]
+                uid = FIRST_SANDBOX_UID + os.getpid() % 1_000_000  # one worker at a time per trusted process
+                options += ["--drop-to", str(uid), "--nproc", str(PROCESS_LIMIT)]
             command = _bwrap_command(folder, [sys.executable, "-I", "/grader/worker.py", str(theirs.fileno()),
-                                              *options])
+                                              "/stubs", *options], stubs=stubs)
             cwd, env = None, None
         else:
-            command = [sys.executable, "-I", str(WORKER_FILES[0]), str(theirs.fileno()), *options]
+            command = [sys.executable, "-I", str(WORKER_FILES[0]), str(theirs.fileno()), str(stubs), *options]
             cwd, env = folder, _worker_environment()
         self.sock = ours
         self.output = tempfile.TemporaryFile()  # what it prints; the worker caps the size of any file it writes
@@ -265,6 +269,9 @@ class SandboxedImplementation:
         self._budget = timeout
         self._answered: set[tuple[str, str]] = set()
         self._substitute = False
+        self._progress: list[str] = []  # modules whose code the worker is running at import, innermost last
+        self._stubs = tempfile.TemporaryDirectory(prefix="llmcourse-stubs-")
+        _write_stubs(Path(self._stubs.name))
 
     def __repr__(self) -> str:
         return f"SandboxedImplementation({str(self.folder)!r}, sandbox={self.sandbox!r})"
@@ -280,6 +287,7 @@ class SandboxedImplementation:
         self._substitute = substitute
 
     def close(self) -> None:
+        """End the worker (the next call starts a fresh one)."""
         if self._worker is not None:
             self._worker.kill()
             self._worker = None
@@ -303,33 +311,63 @@ class SandboxedImplementation:
         return self.state_dir / f"import-error-{key}-{name}.txt"
 
     def _import(self, name: str) -> None:
+        """Import `name` in the worker. When the code that fails, hangs or crashes is another module's that `name`
+        imports from, that module is recorded as not importing and `name` is tried again with a stand-in for it
+        (when grading each exercise on its own code): one broken file costs only its own exercises."""
+        while True:
+            known = self._known_import_error(name)
+            if known is not None:
+                raise ImplementationImportError(known)
+            if not (self.folder / f"{name}.py").is_file():
+                self._fail_import(name, f"{name}.py is missing from the submission")
+            stand_ins = self._stand_ins() if self._substitute else {}
+            self._progress = []
+            budget, self._budget = self._budget, self.timeout  # an import has its own time limit
+            try:
+                reply = self._request({"op": "import", "module": name, "stand_ins": stand_ins},
+                                      what=f"importing {name}.py")
+                culprit, message = reply.get("culprit"), reply.get("error", {}).get("message")
+            except SandboxTimeout:
+                culprit = self._progress[-1] if self._progress else name
+                message = (f"{culprit}.py does not import: it did not finish importing within {self.timeout:g} s "
+                           "(an endless loop at the top level?)")
+            except SandboxCrash as err:
+                culprit = self._progress[-1] if self._progress else name
+                message = f"{culprit}.py does not import: the process importing it died ({err})"
+            finally:
+                self._budget = budget
+            if message is None:
+                break
+            culprit = culprit if isinstance(culprit, str) and (self.folder / f"{culprit}.py").is_file() else name
+            if culprit == name or not self._substitute:
+                self._fail_import(name, str(message)[:2000])
+            self._record_import_error(culprit, str(message)[:2000])
+            self.close()  # start afresh: the failed import may have left half-imported modules behind
+        self._imported.add(name)
+
+    def _known_import_error(self, name: str) -> str | None:
         known = self._import_errors.get(name)
         shared = self._import_error_file(name)
         if known is None and shared is not None and shared.exists():  # found by another test process
-            known = shared.read_text(encoding="utf-8")
-        if known is not None:
-            self._import_errors[name] = known
-            raise ImplementationImportError(known)
-        if not (self.folder / f"{name}.py").is_file():
-            self._fail_import(name, f"{name}.py is missing from the submission")
-        try:
-            reply = self._request({"op": "import", "module": name}, what=f"importing {name}.py")
-        except SandboxTimeout:
-            self._fail_import(name, f"{name}.py does not import: it did not finish importing within "
-                                    f"{self.timeout:g} s (an endless loop at the top level?)")
-        except SandboxCrash as err:
-            self._fail_import(name, f"{name}.py does not import: the process importing it died ({err})")
-        if reply.get("op") == "raise":
-            self._fail_import(name, str(reply.get("error", {}).get("message", f"{name}.py does not import"))[:2000])
-        self._imported.add(name)
+            known = self._import_errors[name] = shared.read_text(encoding="utf-8")
+        return known
 
-    def _fail_import(self, name: str, message: str):
+    def _stand_ins(self) -> dict[str, list[str]]:
+        """{module: its exercise functions} for the modules known not to import that have a stub."""
+        from llmcourse import catalog
+        broken = [m for m in self._import_errors if (Path(self._stubs.name) / f"{m}.py").is_file()]
+        return {m: [f for ex in catalog.EXERCISES if ex.module == m for f in ex.functions] for m in broken}
+
+    def _record_import_error(self, name: str, message: str) -> None:
         self._import_errors[name] = message
         shared = self._import_error_file(name)
         if shared is not None:
             temporary = shared.with_suffix(f".{os.getpid()}.tmp")
             temporary.write_text(message, encoding="utf-8")
             os.replace(temporary, shared)
+
+    def _fail_import(self, name: str, message: str):
+        self._record_import_error(name, message)
         raise ImplementationImportError(message)
 
     def call(self, module: str, name: str, args: tuple, kwargs: dict) -> Any:
@@ -352,7 +390,7 @@ class SandboxedImplementation:
     # -- the channel ---------------------------------------------------------------------------------------------
     def _start(self) -> _Worker:
         if self._worker is None:
-            self._worker = _Worker(self.folder, self.sandbox, self.memory_mb)
+            self._worker = _Worker(self.folder, Path(self._stubs.name), self.sandbox, self.memory_mb)
             self._imported.clear()
         return self._worker
 
@@ -367,6 +405,9 @@ class SandboxedImplementation:
                 reply = wire.loads(wire.receive(worker.sock, deadline), hook=self._decode_function)
                 if not isinstance(reply, dict):
                     raise wire.WireError("a malformed reply")
+                if reply.get("op") == "progress":
+                    self._note_progress(reply)
+                    continue
                 if reply.get("op") != "callback":
                     return reply
                 wire.send(worker.sock, wire.dumps(self._answer_callback(reply), hook=self._encode_function))
@@ -387,6 +428,16 @@ class SandboxedImplementation:
             raise
         finally:
             self._budget -= time.monotonic() - start
+
+    def _note_progress(self, notice: dict) -> None:
+        module = str(notice.get("module"))
+        if notice.get("done") is True:
+            if module in self._progress:
+                self._progress.reverse()
+                self._progress.remove(module)
+                self._progress.reverse()
+        else:
+            self._progress.append(module)
 
     def _answer_callback(self, request: dict) -> dict:
         key = (str(request.get("module")), str(request.get("function")))
@@ -419,6 +470,18 @@ class SandboxedImplementation:
         if node.get("t") != "function":
             raise wire.WireError(f"unknown value {node.get('t')!r}")
         return _FunctionProxy(self, str(node.get("m")), str(node.get("f")))
+
+
+def _write_stubs(folder: Path) -> None:
+    """The course's stubs (the reference with every solution cut out), from which stand-ins are made."""
+    from llmcourse import release
+    try:
+        stubs = release.generate()
+    except (OSError, release.ReleaseError):  # no solutions/ here: no stand-ins
+        return
+    for name, text in stubs.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    folder.chmod(0o755)
 
 
 def _gerund(what: str) -> str:

@@ -2,7 +2,7 @@
 
 Started by llmcourse.grading.sandbox, inside bubblewrap when the machine has it, as
 
-    python -I worker.py FD [--drop-to UID] [--nproc N] [--memory-mb N] [--cpu-seconds N]
+    python -I worker.py FD STUBS [--drop-to UID] [--nproc N] [--memory-mb N] [--cpu-seconds N]
 
 It talks over the socket FD in messages of wire.py (data only), and holds nothing a verdict depends on: the graded
 tests, the reference solutions and the results run and live in the trusted process. When the learner's code calls a
@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import builtins
 import importlib
+import importlib.machinery
+import importlib.util
 import inspect
 import os
 import resource
@@ -73,13 +75,60 @@ def rebuild_error(record: dict) -> BaseException:
     return cls(str(record.get("message", ""))[:MESSAGE_LIMIT])
 
 
+class _Loader(importlib.machinery.SourceFileLoader):
+    """Loads a module of the submission (or a stand-in), telling the grader when its code starts and ends, so that
+    a hang or a crash while importing is blamed on the module whose own code was running."""
+
+    def __init__(self, fullname: str, path: str, worker: "Worker", exercises: list[str] | None):
+        super().__init__(fullname, path)
+        self.worker, self.exercises = worker, exercises
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        name = module.__name__[len(PACKAGE) + 1:]
+        self.worker.send({"op": "progress", "module": name, "done": False})
+        try:
+            super().exec_module(module)
+        except BaseException:
+            self.worker.failed.append(name)
+            raise
+        for function in self.exercises or ():  # a stand-in: its exercises are answered by the grader
+            setattr(module, function, self.worker.trusted_function(name, function))
+        self.worker.send({"op": "progress", "module": name, "done": True})
+
+
+class _Finder:
+    """The submission's modules: the learner's file, or for a module that does not import and that another one
+    imports from, a stand-in (the course's stub, with its exercises answered by the grader), so that one broken file
+    costs only its own exercises."""
+
+    def __init__(self, worker: "Worker"):
+        self.worker = worker
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if not fullname.startswith(PACKAGE + ".") or fullname.count(".") != 1:
+            return None
+        name = fullname[len(PACKAGE) + 1:]
+        if name in self.worker.stand_ins:
+            source, exercises = os.path.join(self.worker.stubs, f"{name}.py"), self.worker.stand_ins[name]
+        else:
+            source, exercises = os.path.join(self.worker.folder, f"{name}.py"), None
+        if not os.path.isfile(source):
+            return None
+        return importlib.util.spec_from_file_location(fullname, source,
+                                                      loader=_Loader(fullname, source, self.worker, exercises))
+
+
 class Worker:
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: socket.socket, stubs: str):
         self.sock = sock
         self.folder = os.getcwd()
+        self.stubs = stubs
+        self.stand_ins: dict[str, list[str]] = {}  # module -> its exercise functions, for stand-ins
+        self.failed: list[str] = []  # modules whose own code raised during the current import, innermost first
         package = types.ModuleType(PACKAGE)
-        package.__path__ = [self.folder]
+        package.__path__ = []  # found by _Finder only
         sys.modules[PACKAGE] = package
+        sys.meta_path.insert(0, _Finder(self))
 
     # -- messages --------------------------------------------------------------------------------------------------
     def send(self, message: dict) -> None:
@@ -132,7 +181,7 @@ class Worker:
             request = self.receive()
             try:
                 if request.get("op") == "import":
-                    reply = self.import_module(str(request.get("module")))
+                    reply = self.import_module(str(request.get("module")), request.get("stand_ins", {}))
                 elif request.get("op") == "call":
                     reply = self.call(request)
                 else:
@@ -143,15 +192,23 @@ class Worker:
                 reply = {"op": "raise", "error": error_record(err)}
             self.send(reply)
 
-    def import_module(self, name: str) -> dict:
+    def import_module(self, name: str, stand_ins: dict) -> dict:
+        """Import the learner's `name`; modules in `stand_ins` (which do not import) are replaced by stand-ins."""
+        if not isinstance(stand_ins, dict) or name in stand_ins:
+            raise wire.WireError("a malformed import request")
+        self.stand_ins.update({str(k): [str(f) for f in v] for k, v in stand_ins.items() if isinstance(v, list)})
+        self.failed = []
         try:
             self.module(name)
         except BaseException as err:  # a learner's module may raise anything at import, SystemExit included
-            sys.modules.pop(f"{PACKAGE}.{name}", None)
+            for qualified in [q for q in sys.modules if q.startswith(PACKAGE + ".")]:
+                if qualified[len(PACKAGE) + 1:] not in self.stand_ins:
+                    sys.modules.pop(qualified, None)  # half-imported modules would hide the error next time
+            culprit = self.failed[0] if self.failed else name
             where = f" (line {err.lineno})" if isinstance(err, SyntaxError) and err.lineno else ""
             record = error_record(err, import_error=True)
-            record["message"] = f"{name}.py does not import{where}: {type(err).__name__}: {record['message']}"
-            return {"op": "raise", "error": record}
+            record["message"] = f"{culprit}.py does not import{where}: {type(err).__name__}: {record['message']}"
+            return {"op": "raise", "error": record, "culprit": culprit}
         return {"op": "imported"}
 
     def call(self, request: dict) -> dict:
@@ -212,6 +269,7 @@ class Worker:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("fd", type=int)
+    parser.add_argument("stubs", help="the folder of the course's stubs, for stand-ins")
     parser.add_argument("--drop-to", type=int)
     parser.add_argument("--nproc", type=int, default=0)
     parser.add_argument("--memory-mb", type=int, default=0)
@@ -231,7 +289,7 @@ def main() -> None:
         _limit(resource.RLIMIT_AS, options.memory_mb * 2**20)
     sys.dont_write_bytecode = True
     try:
-        Worker(sock).serve()
+        Worker(sock, options.stubs).serve()
     except (wire.ChannelClosed, ConnectionError):
         pass  # the grader has gone: nothing left to do
 
