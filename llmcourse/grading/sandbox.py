@@ -35,6 +35,7 @@ from llmcourse.impl import COURSE_ROOT, ImplementationImportError
 
 WORKER_FILES = (Path(__file__).with_name("worker.py"), Path(__file__).with_name("wire.py"))
 SANDBOXES = ("auto", "bubblewrap", "none")
+IMPORT_LIMIT = 10.0  # seconds a learner's module may take to import (NumPy and PyTorch are loaded already)
 STARTUP_LIMIT = 120.0  # seconds for a worker to start (Python, NumPy and PyTorch imported) on a slow machine
 # Each worker runs as a user of its own (no name needed), so the process limit, which counts per user, is its own.
 FIRST_SANDBOX_UID = 60_000_000
@@ -322,14 +323,15 @@ class SandboxedImplementation:
                 self._fail_import(name, f"{name}.py is missing from the submission")
             stand_ins = self._stand_ins() if self._substitute else {}
             self._progress = []
-            budget, self._budget = self._budget, self.timeout  # an import has its own time limit
+            limit = min(self.timeout, IMPORT_LIMIT)
+            budget, self._budget = self._budget, limit  # an import has its own time limit
             try:
                 reply = self._request({"op": "import", "module": name, "stand_ins": stand_ins},
                                       what=f"importing {name}.py")
                 culprit, message = reply.get("culprit"), reply.get("error", {}).get("message")
             except SandboxTimeout:
                 culprit = self._progress[-1] if self._progress else name
-                message = (f"{culprit}.py does not import: it did not finish importing within {self.timeout:g} s "
+                message = (f"{culprit}.py does not import: it did not finish importing within {limit:g} s "
                            "(an endless loop at the top level?)")
             except SandboxCrash as err:
                 culprit = self._progress[-1] if self._progress else name
