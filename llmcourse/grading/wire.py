@@ -422,7 +422,7 @@ def loads(data: bytes, hook: Callable[[dict], Any] | None = None) -> Any:
                             parse_constant=_no_constant)
     except (ValueError, RecursionError) as err:
         raise WireError(f"a malformed message header: {err}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("b"), list):
+    if not isinstance(header, dict) or not isinstance(header.get("b"), list) or "v" not in header:
         raise WireError("a malformed message header")
     body = view[_HEADER_LENGTH.size + length:]
     buffers = []
