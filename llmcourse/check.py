@@ -45,6 +45,9 @@ def run_check(out=sys.stdout) -> int:
         print(f"{'device':<12} {get_device()}", file=out)
     problems = exercise_import_problems()
     print(f"{'exercises':<12} {'import' if not problems else 'DO NOT IMPORT'}", file=out)
+    from llmcourse.grading.sandbox import bubblewrap_problem
+    sandbox = bubblewrap_problem()  # not an error: a learner grades herself without it
+    print(f"{'sandbox':<12} {'bubblewrap' if sandbox is None else 'none: ' + sandbox}", file=out)
     for problem in problems:
         print(f"  {problem}", file=out)
     if missing:
