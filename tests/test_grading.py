@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -191,3 +192,50 @@ def test_cli_exit_code_2_when_the_grader_cannot_run(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "could not run" in proc.stdout
     assert json.loads(out.read_text())["score"] == 0
+
+
+@pytest.mark.parametrize("option, value", [("--timeout", "0"), ("--timeout", "nan"), ("--timeout", "-3"),
+                                           ("--timeout", "inf"), ("--workers", "0"), ("--workers", "1.5"),
+                                           ("--impl", "some/folder")])
+def test_grade_options_that_would_not_protect_the_run_are_refused(option, value, capsys):
+    from llmcourse.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["grade", option, value])
+    assert stop.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_grade_refuses_bad_limits_without_running_anything():
+    for kwargs in ({"timeout": 0}, {"timeout": float("nan")}, {"workers": 0}, {"memory_mb": 10}):
+        report = grade("solutions", **kwargs)
+        assert report.exit_code == 2 and report.exercises == [], kwargs
+
+
+def test_a_submission_is_always_a_path(tmp_path, monkeypatch):
+    """`--submission exercises` grades ./exercises, not the course's own stubs."""
+    shutil.copytree(COURSE_ROOT / "solutions", tmp_path / "exercises")
+    monkeypatch.chdir(tmp_path)
+    report = grade(submission="exercises", only=["warmup_mean_squared_error"])
+    assert report.error is None and report.total == report.max_total, format_table(report)
+
+
+def test_the_submission_is_validated_before_it_is_copied(tmp_path):
+    from llmcourse.grading.runner import MAX_FILE_BYTES, copy_submission
+
+    source = tmp_path / "submission"
+    source.mkdir()
+    (source / "warmup.py").write_text("x = 1\n")
+    (source / "notes.txt").write_text("not code: left out quietly\n")
+    (source / "attention.py").symlink_to(COURSE_ROOT / "solutions" / "attention.py")
+    (source / "big.py").write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    (source / "data").mkdir()
+    os.mkfifo(source / "pipe.py")
+    (source / os.fsdecode(b"caf\xe9.py")).write_text("y = 2\n")  # a Latin-1 name, not UTF-8
+    problems = copy_submission(source, tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["warmup.py"]
+    text = "\n".join(problems)
+    for expected in ("attention.py is a symbolic link", "big.py is 1.0 MB", "data/ is a folder",
+                     "pipe.py is not a regular file", "not UTF-8"):
+        assert expected in text, text
+    assert oct((tmp_path / "copy" / "warmup.py").stat().st_mode & 0o777) == "0o644"
