@@ -6,7 +6,9 @@
 
 `load` returns the learner's function from exercises/ when its body is written (no `raise NotImplementedError`
 left) and its exercise's graded tests pass with the learner's own code throughout (the other exercises it calls
-included), and otherwise the reference from solutions/, saying in one line which it used. A function the course
+included), and otherwise the reference from solutions/, saying in one line which it used and why, naming the
+exercise it calls when that is the cause ("yours passes its own tests, but it calls your `softmax`, which is not
+implemented yet"). A function the course
 provides (not an exercise) comes from solutions/ without a word. Package code that needs a building block calls
 `reference(...)`, so there is one implementation of each idea.
 """
@@ -57,19 +59,46 @@ def is_stub(path: Path, function: str) -> bool:
     return True  # deleted or renamed: nothing of the learner's to use
 
 
-def _passes_tests(exercise: catalog.Exercise, folder: Path) -> tuple[bool, str]:
+def _verdict(exercise: catalog.Exercise, folder: Path, *, own_dependencies: bool) -> tuple[bool, str]:
+    """(passes, status line) of the exercise's graded tests on the folder, cached by the folder's content."""
     from llmcourse.grading.runner import grade
 
     digest = hashlib.sha1(b"".join(path.read_bytes() for path in sorted(folder.glob("*.py")))).hexdigest()
-    key = (exercise.id, digest)  # every file: the function may call the learner's code in other modules
+    key = (exercise.id, digest, own_dependencies)  # every file: the function may call code in other modules
     if key not in _verdicts:
-        report = grade(submission=folder, only=[exercise.id], own_dependencies=True)
+        report = grade(submission=folder, only=[exercise.id], own_dependencies=own_dependencies)
         if report.error is not None:
             _verdicts[key] = (False, f"the grader could not run: {report.error.splitlines()[0]}")
         else:
             result = report.exercises[0]
             _verdicts[key] = (result.status == "passed", result.status_line)
     return _verdicts[key]
+
+
+def _called_exercises(exercise: catalog.Exercise, folder: Path) -> list[tuple[catalog.Exercise, str]]:
+    """(earlier exercise, function) for each function of an earlier exercise that the learner's functions of
+    `exercise` call by name."""
+    tree = ast.parse((folder / f"{exercise.module}.py").read_text(encoding="utf-8"))
+    names = {inner.id for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name in
+             exercise.functions for inner in ast.walk(node) if isinstance(inner, ast.Name)}
+    earlier = catalog.EXERCISES[:catalog.EXERCISES.index(exercise)]
+    return [(ex, function) for ex in earlier for function in ex.functions if function in names]
+
+
+def _problem(exercise: catalog.Exercise, folder: Path) -> str | None:
+    """None when the learner's exercise works with their own code throughout; else what is wrong, naming the
+    exercise it calls when the exercise itself passes its tests on its own."""
+    passes, verdict = _verdict(exercise, folder, own_dependencies=True)
+    if passes:
+        return None
+    if _verdict(exercise, folder, own_dependencies=False)[0]:  # fine on its own: the cause is something it calls
+        for dependency, function in _called_exercises(exercise, folder):
+            path = folder / f"{dependency.module}.py"
+            cause = "is not implemented yet" if not path.is_file() or is_stub(path, function) else \
+                _problem(dependency, folder)
+            if cause is not None:
+                return f"passes its own tests, but it calls your `{function}`, which {cause}"
+    return f"does not pass its graded tests yet: {verdict}; see `llmcourse grade --only {exercise.id}`"
 
 
 def load(qualified: str, *, verbose: bool = True) -> Callable:
@@ -83,9 +112,8 @@ def load(qualified: str, *, verbose: bool = True) -> Callable:
     if not path.is_file() or is_stub(path, name):
         use_own, why = False, "yours is not implemented yet"
     else:
-        passes, verdict = _passes_tests(exercise, folder)
-        use_own, why = passes, f"yours does not pass its graded tests yet: {verdict}; " \
-                               f"see `llmcourse grade --only {exercise.id}`"
+        problem = _problem(exercise, folder)
+        use_own, why = problem is None, f"yours {problem}"
     if use_own:
         try:
             function = Implementation(folder).function(module, name)

@@ -90,4 +90,5 @@ def test_a_broken_building_block_costs_only_its_own_exercise(tmp_path, monkeypat
 
     monkeypatch.setenv("LLMCOURSE_EXERCISES", str(submission))
     assert load("attention.causal_attention") is reference("attention.causal_attention")
-    assert "yours does not pass its graded tests yet" in capsys.readouterr().out
+    assert "yours passes its own tests, but it calls your `softmax`, which does not pass its graded tests yet: " \
+           "failed: raised RuntimeError: my softmax is broken" in capsys.readouterr().out
