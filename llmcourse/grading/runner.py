@@ -303,7 +303,8 @@ def grade(impl: str = "exercises", *, submission: str | os.PathLike | None = Non
             why = bubblewrap_problem() if sandbox == "auto" else "--sandbox none"
             notices.append(f"{NOT_SANDBOXED} ({why})")
         with tempfile.TemporaryDirectory(prefix="llmcourse-grade-") as tmp:
-            workdir = Path(tmp)  # private to this user: the sandbox sees only the copy of the submission
+            workdir = Path(tmp)  # the sandbox sees only the copy of the submission in it
+            workdir.chmod(0o711)  # enterable, not listable: the way to that copy for the worker's own user
             impl_dir = workdir / "submission"
             # Grade a copy: the learner's files are never touched, whatever their code does.
             notices += copy_submission(source, impl_dir)

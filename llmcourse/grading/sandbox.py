@@ -153,6 +153,25 @@ def _bwrap_command(submission: Path, command: list[str], stubs: Path | None = No
     return args + command
 
 
+def _open_to_all_users(*paths: Path) -> bool:
+    """Whether every folder on the way to each path can be entered by any user (mode o+x)."""
+    for path in paths:
+        for folder in [path, *Path(path).parents]:
+            if folder.is_dir() and not folder.stat().st_mode & 0o001:
+                return False
+    return True
+
+
+def _kill_processes_of(uid: int) -> None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
+
+
 def _worker_environment() -> dict[str, str]:
     env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
            "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
@@ -168,10 +187,14 @@ class _Worker:
     def __init__(self, folder: Path, stubs: Path, sandbox: str, memory_mb: int):
         ours, theirs = socket.socketpair()
         options = ["--memory-mb", str(memory_mb), "--cpu-seconds", str(CPU_SECONDS)]
+        # As root, the worker drops to a user of its own (one worker at a time per trusted process): inside
+        # bubblewrap always; without it (a container where bubblewrap cannot run, such as Gradescope's) when that
+        # user can still read Python and the submission, so it cannot write the results or read root's files.
+        self.uid = None
+        if os.geteuid() == 0 and (sandbox == "bubblewrap" or _open_to_all_users(folder, stubs, *_visible_paths())):
+            self.uid = FIRST_SANDBOX_UID + os.getpid() % 1_000_000
+            options += ["--drop-to", str(self.uid), "--nproc", str(PROCESS_LIMIT)]
         if sandbox == "bubblewrap":
-            if os.geteuid() == 0:
-                uid = FIRST_SANDBOX_UID + os.getpid() % 1_000_000  # one worker at a time per trusted process
-                options += ["--drop-to", str(uid), "--nproc", str(PROCESS_LIMIT)]
             command = _bwrap_command(folder, [sys.executable, "-I", "/grader/worker.py", str(theirs.fileno()),
                                               "/stubs", *options], stubs=stubs)
             cwd, env = None, None
@@ -199,6 +222,8 @@ class _Worker:
             os.killpg(self.process.pid, signal.SIGKILL)  # bubblewrap's PID namespace takes everything inside along
         except (ProcessLookupError, PermissionError):
             pass
+        if self.uid is not None:  # without bubblewrap, what escaped the process group still runs as this user
+            _kill_processes_of(self.uid)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
