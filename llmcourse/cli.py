@@ -5,27 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from llmcourse.impl import COURSE_ROOT
 
 
 def _write_json(path: str, data: dict) -> None:
-    """Write a JSON file whole or not at all: a temporary file in the same folder, renamed into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(data, indent=2) + "\n")
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    from llmcourse.files import atomic_write
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8"))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -69,6 +57,18 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if args.gradescope:
         _write_json(args.gradescope, gradescope_results(report))
     return report.exit_code
+
+
+def cmd_autograder(args: argparse.Namespace) -> int:
+    from llmcourse.grading.autograder import build_bundle
+    out = build_bundle(Path(args.out))
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): setup.sh, run_autograder and the course's graded tests "
+          "and solutions; keep it from students")
+    print("1. Gradescope: create a Programming Assignment; under Configure Autograder pick the Ubuntu 22.04 base "
+          "image and upload this zip")
+    print("2. in the assignment's autograder settings give it at least 2 GB of memory (grading takes about 1.1 GB)")
+    print("3. students submit the .py files of their exercises/ folder (or the folder itself), not notebooks")
+    return 0
 
 
 def _seconds(text: str) -> float:
@@ -157,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--require-sandbox", action="store_true",
                     help="fail (exit 2) instead of grading unsandboxed where bubblewrap does not work: for a class")
     gr.set_defaults(func=cmd_grade)
+
+    ag = sub.add_parser("autograder", help="build Gradescope's autograder zip (it holds the solutions)",
+                        description="Write the zip to upload to a Gradescope programming assignment: setup.sh (builds "
+                        "the grading image: Python, PyTorch for the CPU, the course with its sandbox) and "
+                        "run_autograder (grades each submission with `llmcourse grade` and writes results.json), "
+                        "with the course's package, graded tests and solutions. It is the instructor's file: the "
+                        "solutions are inside.")
+    ag.add_argument("--out", default="autograder.zip", metavar="FILE", help="the zip to write (autograder.zip)")
+    ag.set_defaults(func=cmd_autograder)
 
     tr = sub.add_parser("train", help="train a tokenizer and a small GPT on the corpus; save a checkpoint",
                         description="Train a byte-level BPE (or character) tokenizer and a GPT on the corpus "

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from llmcourse.data import load_corpus, train_val_split
+from llmcourse.files import atomic_write
 from llmcourse.gpt import GPT, GPTConfig
 from llmcourse.loader import reference
 from llmcourse.runtime import get_device, set_seed
@@ -213,24 +213,6 @@ def train(model: GPT, train_ids, val_ids, config: TrainConfig, *, step: Callable
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------------
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(tmp)` on a temporary file next to `path`, then rename it to `path` in one step (os.replace).
-
-    If `write` fails or is interrupted, the temporary file is removed and `path` is left as it was.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); a checkpoint is an ordinary file
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def checkpoint_paths(folder: str | os.PathLike, name: str) -> dict[str, Path]:
     folder = Path(folder)
