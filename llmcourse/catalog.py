@@ -18,6 +18,7 @@ class Exercise:
     module: str  # file in exercises/ and solutions/, without ".py"
     functions: tuple[str, ...]  # the functions the learner writes
     points: float = 2.0
+    writes: tuple[str, ...] = ()  # arguments its functions change in place; any other change is a mistake
 
 
 EXERCISES: tuple[Exercise, ...] = (
@@ -55,7 +56,8 @@ EXERCISES: tuple[Exercise, ...] = (
     Exercise("load_weights", "Load PyTorch weights into the NumPy GPT", "04_gpt_numpy_to_pytorch", "gpt_numpy",
              ("load_weights",)),
     # -- 05 training --------------------------------------------------------------------------------------------
-    Exercise("training_step", "One training step", "05_training", "training", ("training_step",)),
+    Exercise("training_step", "One training step", "05_training", "training", ("training_step",),
+             writes=("model", "optimizer")),
     Exercise("perplexity", "Perplexity from mean cross-entropy", "05_training", "training", ("perplexity",)),
     # -- 06 decoding --------------------------------------------------------------------------------------------
     Exercise("temperature", "Temperature scaling", "06_decoding", "decoding", ("apply_temperature",)),
@@ -63,7 +65,8 @@ EXERCISES: tuple[Exercise, ...] = (
     Exercise("top_p", "Top-p (nucleus) filter", "06_decoding", "decoding", ("top_p_filter",)),
     Exercise("beam_step", "One beam-search step", "06_decoding", "decoding", ("beam_step",)),
     # -- 07 KV-cache --------------------------------------------------------------------------------------------
-    Exercise("cache_append", "Append keys and values to the cache", "07_kv_cache", "kv_cache", ("cache_append",)),
+    Exercise("cache_append", "Append keys and values to the cache", "07_kv_cache", "kv_cache", ("cache_append",),
+             writes=("cache_k", "cache_v")),
     Exercise("cached_attention", "Attention of one query over the cache", "07_kv_cache", "kv_cache",
              ("cached_attention",)),
     # -- 08 batching --------------------------------------------------------------------------------------------

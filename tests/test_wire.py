@@ -171,3 +171,20 @@ def test_loading_runs_no_code(tmp_path):
     with pytest.raises(wire.WireError):
         wire.loads(message({"v": {"t": "bytes", "b": 0}, "b": [[0, 10]]}, pickle.dumps(Exploit())[:5]))
     assert not marker.exists()
+
+
+def test_the_trusted_side_receives_models_as_state_and_builds_nothing():
+    """A ~300-byte message describing a Linear of 2**31 x 2**31 is refused before anything is allocated, and a
+    real model arrives as its state, written into the model the receiver already has."""
+    spec = {"cls": "Linear", "args": {"in_features": 2**31, "out_features": 2**31, "bias": False}, "dtype": None,
+            "children": []}
+    huge = message({"v": {"t": "module", "spec": spec, "params": [], "buffers": [], "training": [True], "id": 0},
+                    "b": []})
+    assert isinstance(wire.loads(huge, build=False), wire.ModelState)  # no parameters: nothing allocated
+    with pytest.raises(wire.WireError, match="do not match"):
+        wire.update_in_place(torch.nn.Linear(2, 2), wire.loads(huge, build=False))
+    model = torch.nn.Linear(3, 2)
+    state = wire.loads(wire.dumps(model), build=False)
+    target = torch.nn.Linear(3, 2)
+    wire.update_in_place(target, state)
+    assert torch.equal(target.weight, model.weight) and torch.equal(target.bias, model.bias)

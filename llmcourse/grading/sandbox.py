@@ -407,12 +407,32 @@ class SandboxedImplementation:
             original = args[key] if isinstance(key, int) and 0 <= key < len(args) else kwargs.get(key)
             if original is None:
                 raise AssertionError("your code's answer names an argument that was not passed")
+            parameter = self._parameter_name(module, name, key)
+            if parameter not in self._writable(module, name):  # the test's inputs are not the learner's to change
+                raise AssertionError(f"{name} changed its argument `{parameter}` in place: leave the inputs as they "
+                                     "were and return a new value")
             wire.update_in_place(original, value)
         if reply.get("op") == "raise":
             raise _error_from(reply.get("error"))
         if reply.get("op") != "return":
             raise AssertionError("your code's answer could not be read")
         return reply.get("value")
+
+    @staticmethod
+    def _writable(module: str, name: str) -> tuple[str, ...]:
+        from llmcourse import catalog
+        exercise = catalog.exercise_of(module, name)
+        return exercise.writes if exercise is not None else ()
+
+    def _parameter_name(self, module: str, name: str, key: int | str) -> str:
+        """The name of argument `key` (a position or a keyword) in the course's signature of the function."""
+        if isinstance(key, str) or self.answer is None:
+            return str(key)
+        try:
+            parameters = list(inspect.signature(self.answer(module, name)).parameters)
+        except Exception:  # no reference to read the signature from
+            return f"number {key + 1}"
+        return parameters[key] if key < len(parameters) else f"number {key + 1}"
 
     # -- the channel ---------------------------------------------------------------------------------------------
     def _start(self) -> _Worker:
@@ -429,7 +449,7 @@ class SandboxedImplementation:
         try:
             wire.send(worker.sock, wire.dumps(message, hook=self._encode_function))
             while True:
-                reply = wire.loads(wire.receive(worker.sock, deadline), hook=self._decode_function)
+                reply = wire.loads(wire.receive(worker.sock, deadline), hook=self._decode_function, build=False)
                 if not isinstance(reply, dict):
                     raise wire.WireError("a malformed reply")
                 if reply.get("op") == "progress":
