@@ -206,7 +206,8 @@ def train(model: GPT, train_ids, val_ids, config: TrainConfig, *, step: Callable
           progress: bool = True, desc: str = "training") -> History:
     """Train `model` in place on random windows of train_ids for `config.steps` steps, with a progress bar.
 
-    `step` is the training step (default: `training_step`; the notebook passes the learner's own). Every `config.eval_every` steps and at the end, the held-out loss on val_ids is recorded.
+    `step` is the training step (default: `training_step`; the notebook passes the learner's own). Every
+    `config.eval_every` steps and at the end, the held-out loss on val_ids is recorded.
     """
     step = step or training_step
     device = next(model.parameters()).device
