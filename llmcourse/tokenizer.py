@@ -173,8 +173,8 @@ class BPETokenizer:
         stats: Counter[tuple[int, int]] = Counter()  # pair -> occurrences in the whole text
         where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of words that contain it
         for index, (word, freq) in enumerate(zip(words, freqs)):
-            for pair, n in Counter(zip(word, word[1:])).items():
-                stats[pair] += n * freq
+            for pair in zip(word, word[1:]):
+                stats[pair] += freq
                 where[pair].add(index)
         heap = [(-n, pair) for pair, n in stats.items()]
         heapq.heapify(heap)
@@ -187,18 +187,17 @@ class BPETokenizer:
                 break
             pair = heap[0][1]
             merges[pair] = new_id
-            changed = set()
+            changed = set()  # pairs whose count may have changed
             for index in where.pop(pair):
                 old, freq = words[index], freqs[index]
                 words[index] = new = apply_merges(old, {pair: new_id})
-                delta = Counter(zip(new, new[1:]))
-                delta.subtract(Counter(zip(old, old[1:])))
-                for p, n in delta.items():
-                    if n:
-                        stats[p] += n * freq
-                        changed.add(p)
-                        if n > 0:
-                            where[p].add(index)
+                for p in zip(old, old[1:]):
+                    stats[p] -= freq
+                    changed.add(p)
+                for p in zip(new, new[1:]):
+                    stats[p] += freq
+                    changed.add(p)
+                    where[p].add(index)
             for p in changed:
                 if stats[p] > 0:
                     heapq.heappush(heap, (-stats[p], p))
