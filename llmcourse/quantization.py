@@ -13,8 +13,8 @@ Schemes (`quantize_model(model, scheme)` returns a new model; the original is un
 - "int4-g<N>", e.g. "int4-g32": weight-only int4, a float16 scale for each group of N consecutive inputs of a row
   (symmetric, codes in [-7, 7]), two codes packed per byte (as the exercise `quantization.pack_int4`).
 
-Weights are quantized once, in PyTorch on their own device (`quantize_groupwise_torch`, `pack_int4_torch`: the codes
-and scales of notebook 09's NumPy exercises, bit for bit); a forward pass only dequantizes.
+Weights are quantized once, in PyTorch on the CPU (`quantize_groupwise_torch`, `pack_int4_torch`: the codes and
+scales of notebook 09's NumPy exercises, bit for bit); a forward pass only dequantizes, on the model's device.
 """
 
 from __future__ import annotations
@@ -83,13 +83,14 @@ class QuantizedTensor(nn.Module):
         self.group_size = cols if bits == 8 else group_size  # int8: per channel, one group spanning the row
         if cols % self.group_size:
             raise ValueError(f"group_size {group_size} does not divide the {cols} columns of the weight")
-        codes, scale = quantize_groupwise_torch(weight.detach().float(), bits, self.group_size)
+        # On the CPU, whose division is correctly rounded, so that the codes are the same on every device.
+        codes, scale = quantize_groupwise_torch(weight.detach().cpu().float(), bits, self.group_size)
         if bits == 4:
             codes = pack_int4_torch(codes)  # (rows, cols // 2) uint8
             scale = scale.half()  # 2 bytes per group: what int4 formats store
         self.bits, self.shape = bits, (rows, cols)
-        self.register_buffer("codes", codes.contiguous())
-        self.register_buffer("scale", scale.contiguous())  # (rows, groups)
+        self.register_buffer("codes", codes.contiguous().to(weight.device))
+        self.register_buffer("scale", scale.contiguous().to(weight.device))  # (rows, groups)
 
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """float32 weights: all rows (rows, cols), or the rows picked by an index tensor (..., cols)."""
