@@ -1,12 +1,11 @@
 """Batched generation and continuous batching with the PyTorch GPT (notebook 08).
 
-- `generate_batch`: prompts of different lengths generated together. They are left-padded (the exercise
-  `batching.padding_mask`), padding is hidden by the attention mask, and each row counts its positions from its own
-  first token (`batching.row_positions`), so every row gives the tokens `llmcourse.generate.generate` gives for that
-  prompt alone.
+- `generate_batch`: prompts of different lengths generated together. They are left-padded (`left_padded`), padding
+  is hidden by the attention mask, and each row counts its positions from its own first token, so every row gives
+  the tokens `llmcourse.generate.generate` gives for that prompt alone.
 - `serve_static` and `serve_continuous`: a request queue served in fixed batches that run until their longest
-  request is done, or with iteration-level scheduling (Orca, vLLM; the exercise `batching.scheduler_step`):
-  finished rows leave after every step and waiting requests take their place at once.
+  request is done, or with iteration-level scheduling (Orca, vLLM; `schedule_step`): finished rows leave after
+  every step and waiting requests take their place at once.
 
 Sampling is `llmcourse.generate.next_token`. With a `seed`, each prompt or request draws from its own generator
 seeded with `seed`, exactly as `generate(prompt, seed=seed)` does, so sampled tokens are identical too.
@@ -23,7 +22,6 @@ import torch
 
 from llmcourse.generate import check_sampling_args, hold_eos, next_token
 from llmcourse.gpt import GPT, KVCache
-from llmcourse.loader import reference
 
 
 def _device(model: GPT) -> torch.device:
@@ -35,16 +33,23 @@ def _as_list(prompt, what: str) -> list[int]:
         if prompt.dim() != 1:
             raise ValueError(f"{what} must be a 1-D sequence of token ids, got shape {tuple(prompt.shape)}")
         prompt = prompt.tolist()
+    if len(prompt) == 0:
+        raise ValueError(f"{what} is empty: every prompt needs at least one token")
     return [int(t) for t in prompt]
 
 
 def left_padded(prompts: Sequence[Sequence[int]], device: torch.device,
                 pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token ids (B, S), attention mask (B, S) bool and positions (B, S) of left-padded prompts."""
-    ids, mask = reference("batching.left_pad")(prompts, pad_id)
-    positions = reference("batching.row_positions")(mask)
-    as_tensor = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
-    return as_tensor(ids), as_tensor(mask), as_tensor(positions)
+    """Token ids (B, S) int64, attention mask (B, S) bool and positions (B, S) int64 of non-empty prompts
+    right-aligned in S = the longest prompt's length: `pad_id`, mask False and position 0 on the padding on the
+    left; mask True and positions 0, 1, 2, ... from each row's first real token."""
+    lengths = torch.tensor([len(p) for p in prompts], device=device)  # (B,)
+    S = int(lengths.max())
+    mask = torch.arange(S, device=device)[None, :] >= (S - lengths)[:, None]  # (B, S)
+    ids = torch.full(mask.shape, pad_id, dtype=torch.int64, device=device)
+    ids[mask] = torch.tensor([t for p in prompts for t in p], dtype=torch.int64, device=device)  # row-major order
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, S) real tokens before each column; padding -1 -> 0
+    return ids, mask, positions
 
 
 def _generators(count: int, seed: int | None, device: torch.device) -> list[torch.Generator | None]:
@@ -105,6 +110,18 @@ def generate_batch(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens:
 
 
 # -- serving a queue of requests ------------------------------------------------------------------------------------
+
+def schedule_step(slots: list, finished: list[bool], waiting: list) -> tuple[list, list[tuple[int, object]], list]:
+    """One iteration-level scheduling step: the requests of rows flagged `finished` leave (`left`, in row order),
+    then free rows, lowest first, take `waiting` requests in order; running requests keep their rows (their
+    KV-cache lives there). Returns (new slots, joined (row, request) pairs, left); the inputs are not changed."""
+    left = [request for request, done in zip(slots, finished) if done]
+    slots = [None if done else request for request, done in zip(slots, finished)]
+    joined = list(zip([row for row, request in enumerate(slots) if request is None], waiting))
+    for row, request in joined:
+        slots[row] = request
+    return slots, joined, left
+
 
 @dataclass(frozen=True)
 class Request:
@@ -236,11 +253,10 @@ class _Rows:
 def serve_continuous(model: GPT, requests: Sequence[Request], max_batch: int, *, temperature: float = 0.0,
                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None) -> ServeReport:
     """Continuous (iteration-level) batching: after every decoding step finished requests leave (and are handed
-    back at once) and arrived requests take the free rows (`batching.scheduler_step`), their prompts prefilled."""
+    back at once) and arrived requests take the free rows (`schedule_step`), their prompts prefilled."""
     check_sampling_args(temperature, top_k, top_p)
     pending = deque(_check_requests(model, requests, max_batch))
     by_id = {r.id: r for r in pending}
-    scheduler_step = reference("batching.scheduler_step")
     longest = max(len(r.prompt) + r.max_new_tokens - 1 for r in pending)
     rows = _Rows(model, max_batch, longest)
     slots: list = [None] * max_batch
@@ -260,7 +276,7 @@ def serve_continuous(model: GPT, requests: Sequence[Request], max_batch: int, *,
         now = time.perf_counter() - start
         while pending and pending[0].arrival <= now:
             waiting.append(pending.popleft().id)
-        slots, joined, left = scheduler_step(slots, finished, waiting)
+        slots, joined, left = schedule_step(slots, finished, waiting)
         finished = [False] * max_batch
         for request_id in left:
             completions[request_id].finished_at = time.perf_counter() - start
@@ -296,11 +312,11 @@ def simulate_schedule(output_lengths: Sequence[int], max_batch: int, *, continuo
                       scheduler_step=None) -> list[tuple[int, int, int, int]]:
     """Which request occupies which row at which decoding step, all requests waiting at step 0.
 
-    Continuous batching runs `scheduler_step` (default: the reference) after every step; static batching takes
+    Continuous batching runs `scheduler_step` (default: `schedule_step`) after every step; static batching takes
     `max_batch` requests at a time and starts the next batch only when the longest one is done.
     Returns (request, row, first step, last step + 1) for each request.
     """
-    step_fn = scheduler_step or reference("batching.scheduler_step")
+    step_fn = scheduler_step or schedule_step
     spans, remaining = [], {i: n for i, n in enumerate(output_lengths)}
     if not continuous:
         t = 0

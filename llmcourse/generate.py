@@ -2,8 +2,8 @@
 
     out = generate(model, prompt_ids, max_new_tokens=50, temperature=0.8, top_k=40, seed=0)
 
-Sampling reshapes the next-token logits with the exercises of notebook 06 (`solutions/decoding.py`, through
-`llmcourse.loader.reference`): temperature, then top-k, then top-p, then softmax, then one draw per row.
+Sampling reshapes the next-token logits (`filtered_logits`: temperature, then top-k, then top-p), takes the softmax
+and draws one token per row; the filters are the ideas of notebook 06's exercises, vectorised over (..., V).
 
 Conventions:
 - Random numbers come from one `torch.Generator` seeded once with `seed` (or, with `seed=None`, from PyTorch's
@@ -25,7 +25,6 @@ from numbers import Integral, Real
 import torch
 
 from llmcourse.gpt import GPT, KVCache
-from llmcourse.loader import reference
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -48,12 +47,21 @@ def check_sampling_args(temperature: float, top_k: int | None, top_p: float | No
 
 def filtered_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,
                     top_p: float | None = None) -> torch.Tensor:
-    """Logits (..., V) after temperature (> 0), top-k and top-p, in that order; removed tokens are -inf."""
-    logits = reference("decoding.apply_temperature")(logits, temperature)
-    if top_k is not None:
-        logits = reference("decoding.top_k_filter")(logits, top_k)
-    if top_p is not None:
-        logits = reference("decoding.top_p_filter")(logits, top_p)
+    """Logits (..., V) after temperature (> 0), top-k and top-p, in that order; removed tokens are -inf.
+
+    top-k keeps every logit >= the k-th largest of its row (ties at the boundary included). top-p keeps, in order of
+    decreasing probability, each token whose preceding mass is still < top_p, plus every token tied with the last
+    one kept; the mass is summed in float64.
+    """
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ranked = torch.sort(logits, dim=-1, descending=True).values  # (..., V)
+        probs = torch.softmax(ranked.double(), dim=-1)  # (..., V)
+        kept = ((torch.cumsum(probs, dim=-1) - probs) < top_p).sum(dim=-1, keepdim=True)  # (..., 1), >= 1
+        logits = logits.masked_fill(logits < ranked.gather(-1, kept - 1), float("-inf"))
     return logits
 
 
@@ -156,6 +164,16 @@ def generate(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, *, tempe
     return out[0] if single else out
 
 
+def beam_step(scores: torch.Tensor, log_probs: torch.Tensor,
+              width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The `width` best extensions of beams with scores (W,) by tokens with log_probs (W, V): (beam, token, score),
+    each (width,), best first; equal scores go to the smaller beam, then the smaller token."""
+    V = log_probs.shape[-1]
+    best, flat = torch.sort((scores[:, None] + log_probs).flatten(), descending=True, stable=True)  # (W * V,)
+    flat = flat[:width]
+    return flat // V, flat % V, best[:width]
+
+
 @torch.no_grad()
 def beam_search(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, beam_width: int, *,
                 eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,8 +183,8 @@ def beam_search(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, beam_
     tokens; scores (W,) float32, the total log-probability of each sequence's new tokens (W = beam_width, fewer
     only when the vocabulary has fewer tokens). A beam that emitted `eos_id` is finished: it keeps emitting eos at
     log-probability 0 (its score no longer changes) and competes with the open beams. There is no length
-    penalty, so finished short beams are favoured. Each step recomputes the (cropped) context of every beam; the
-    selection is the exercise `decoding.beam_step`. beam_width 1 is greedy decoding.
+    penalty, so finished short beams are favoured. Each step recomputes the (cropped) context of every beam and keeps
+    the `beam_width` best extensions (`beam_step`). beam_width 1 is greedy decoding.
     """
     prompt_ids = _check_prompt(prompt_ids, max_new_tokens)
     if prompt_ids.dim() != 1:
@@ -176,7 +194,6 @@ def beam_search(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, beam_
     vocab_size, block_size = model.config.vocab_size, model.config.block_size
     if eos_id is not None and not 0 <= eos_id < vocab_size:
         raise ValueError(f"eos_id must be a token id in 0..{vocab_size - 1}, got {eos_id}")
-    beam_step = reference("decoding.beam_step")
     device = _device(model)
     beams = prompt_ids.to(device=device, dtype=torch.int64)[None]  # (1, T): one beam to start from
     scores = torch.zeros(1, device=device)  # (W,)

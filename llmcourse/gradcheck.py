@@ -79,7 +79,7 @@ def _torch_grads(loss: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> dic
 def layer_checks(layers, seed: int = 0) -> list[dict[str, object]]:
     """Check each layer of notebook 03 in float64, on small random inputs, three ways.
 
-    `layers` has the functions of `solutions/backprop.py` as attributes (an `llmcourse.mlp_lm.Layers`). Returns
+    `layers` is an `llmcourse.mlp_lm.Layers` (the package's own, or the learner's through the loader). Returns
     one row per layer: the largest relative error of the backward against central differences, of the forward
     against PyTorch, and of the backward against `torch.autograd`.
     """

@@ -2,8 +2,8 @@
 
     embed the last T characters -> concatenate -> Linear -> LayerNorm -> GELU -> Linear -> softmax
 
-The layers and optimiser steps are not copied here: the model takes them as a `Layers` (by default the reference
-solutions; the notebook passes the learner's own through `llmcourse.loader.load`), and so do the optimisers.
+The model takes its layers as a `Layers` (by default the package's own, `llmcourse.numpy_layers`; notebook 03 passes
+the learner's through `llmcourse.loader.load`), and the optimisers take their step function the same way.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from llmcourse.loader import reference
+from llmcourse import numpy_layers
 from llmcourse.ngram import BigramModel
 
 
 @dataclass(frozen=True)
 class Layers:
-    """The functions the model is built from, by their names in solutions/ (module.function)."""
+    """The functions the model is built from, named as in notebooks 01 and 03 (`tokens.embedding_*`, `backprop.*`)."""
 
     embedding_forward: Callable  # tokens.embedding_forward (notebook 01)
     embedding_backward: Callable  # tokens.embedding_backward
@@ -35,10 +35,15 @@ class Layers:
     cross_entropy_backward: Callable
 
     @classmethod
-    def load(cls, get: Callable[[str], Callable] = reference) -> "Layers":
-        """Every function through `get` (`reference`, or `llmcourse.loader.load` for the learner's code)."""
+    def load(cls, get: Callable[[str], Callable]) -> "Layers":
+        """Every function through `get("module.function")`, e.g. `llmcourse.loader.load` for the learner's code."""
         return cls(**{f.name: get(("tokens." if f.name.startswith("embedding") else "backprop.") + f.name)
                       for f in fields(cls)})
+
+    @classmethod
+    def default(cls) -> "Layers":
+        """The package's own NumPy layers (`llmcourse.numpy_layers`)."""
+        return cls(**{f.name: getattr(numpy_layers, f.name) for f in fields(cls)})
 
 
 def one_blas_thread() -> threadpool_limits:
@@ -63,7 +68,7 @@ class MLPLanguageModel:
                  layers: Layers | None = None, seed: int = 0, dtype: type = np.float32):
         rng = np.random.default_rng(seed)
         self.vocab_size, self.context = vocab_size, context
-        self.layers = layers or Layers.load()
+        self.layers = layers or Layers.default()
         fan_in = context * embed_dim
         params = {
             "embedding": rng.normal(size=(vocab_size, embed_dim)),  # (V, d)
@@ -127,19 +132,43 @@ class MLPLanguageModel:
         """Continue `prompt` (at least `context` ids) by n ids, each drawn from the softmax of the logits."""
         if len(prompt) < self.context:
             raise ValueError(f"the prompt needs at least {self.context} ids, got {len(prompt)}")
-        softmax = reference("attention.softmax")
         out = list(prompt)
         for _ in range(n):
-            probs = softmax(self.logits(np.array([out[-self.context:]])).astype(np.float64))[0]  # (V,)
+            probs = numpy_layers.softmax(self.logits(np.array([out[-self.context:]])).astype(np.float64))[0]  # (V,)
             out.append(int(rng.choice(self.vocab_size, p=probs)))
         return out
 
 
+def sgd_step(param: np.ndarray, grad: np.ndarray, *, lr: float) -> np.ndarray:
+    """param - lr * grad, a new array (torch.optim.SGD)."""
+    return param - lr * grad
+
+
+def momentum_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, *, lr: float,
+                  momentum: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """New (param, velocity): velocity <- momentum velocity + grad, param <- param - lr velocity (torch.optim.SGD
+    with momentum)."""
+    velocity = momentum * velocity + grad
+    return param - lr * velocity, velocity
+
+
+def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, t: int, *, lr: float,
+              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+              weight_decay: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """New (param, m, v) after step t >= 1 of Adam, AdamW with weight_decay > 0 (torch.optim.Adam / AdamW): param
+    decays by lr * weight_decay, then moves by lr * m_hat / (sqrt(v_hat) + eps), the moments bias-corrected."""
+    param = param * (1.0 - lr * weight_decay)
+    m = beta1 * m + (1.0 - beta1) * grad
+    v = beta2 * v + (1.0 - beta2) * grad * grad
+    return param - lr * (m / (1.0 - beta1**t)) / (np.sqrt(v / (1.0 - beta2**t)) + eps), m, v
+
+
 class SGD:
-    """Plain SGD over a dict of parameters, with the step function `step(param, grad, lr=...)`."""
+    """Plain SGD over a dict of parameters, with the step function `step(param, grad, lr=...)` (default
+    `sgd_step`)."""
 
     def __init__(self, lr: float, step: Callable | None = None):
-        self.lr, self.step = lr, step or reference("backprop.sgd_step")
+        self.lr, self.step = lr, step or sgd_step
 
     def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
         for name, grad in grads.items():
@@ -147,10 +176,11 @@ class SGD:
 
 
 class Momentum:
-    """SGD with momentum; `step(param, grad, velocity, lr=..., momentum=...) -> (param, velocity)`."""
+    """SGD with momentum; `step(param, grad, velocity, lr=..., momentum=...) -> (param, velocity)` (default
+    `momentum_step`)."""
 
     def __init__(self, lr: float, momentum: float = 0.9, step: Callable | None = None):
-        self.lr, self.momentum, self.step = lr, momentum, step or reference("backprop.momentum_step")
+        self.lr, self.momentum, self.step = lr, momentum, step or momentum_step
         self.velocity: dict[str, np.ndarray] = {}
 
     def update(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> None:
@@ -161,10 +191,11 @@ class Momentum:
 
 
 class Adam:
-    """Adam, or AdamW with weight_decay > 0; `step` is `adam_step` (the exercise)."""
+    """Adam, or AdamW with weight_decay > 0; `step(param, grad, m, v, t, lr=..., weight_decay=...) -> (param, m, v)`
+    (default `adam_step`)."""
 
     def __init__(self, lr: float, weight_decay: float = 0.0, step: Callable | None = None):
-        self.lr, self.weight_decay, self.step = lr, weight_decay, step or reference("backprop.adam_step")
+        self.lr, self.weight_decay, self.step = lr, weight_decay, step or adam_step
         self.t = 0
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}

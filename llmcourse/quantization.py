@@ -4,17 +4,17 @@ report of notebook 09 and `llmcourse bench`.
 Schemes (`quantize_model(model, scheme)` returns a new model; the original is untouched):
 
 - "fp32": the model as it is (a copy).
-- "int8": weight-only int8, one scale per output channel (the exercise `quantization.quantize_per_channel`). Every
+- "int8": weight-only int8, one scale per output channel (as the exercise `quantization.quantize_per_channel`). Every
   Linear layer, the token and position embeddings and the tied output head store int8 codes plus scales; a matmul
-  multiplies by the codes and scales the result (the exercise `quantization.quantized_matmul`). PyTorch has no fast
+  multiplies by the codes and scales the result (as the exercise `quantization.quantized_matmul`). PyTorch has no fast
   kernel for "fp32 activations x int8 weights" on most CPUs, so the codes are converted to float for every matmul.
 - "int8-kernel": PyTorch's dynamic int8 Linear (fbgemm): activations are quantized on the fly and the matmul runs
   on int8 x int8 with int32 accumulation, per-channel weight scales. Embeddings are int8 as in "int8".
 - "int4-g<N>", e.g. "int4-g32": weight-only int4, a float16 scale for each group of N consecutive inputs of a row
-  (symmetric, codes in [-7, 7]), two codes packed per byte (`quantization.pack_int4`).
+  (symmetric, codes in [-7, 7]), two codes packed per byte (as the exercise `quantization.pack_int4`).
 
-The NumPy exercises of `solutions/quantization.py` quantize the weights (once, through `llmcourse.loader.reference`);
-the torch code here only dequantizes, as a forward pass must.
+Weights are quantized once, in PyTorch on the CPU (`quantize_groupwise_torch`, `pack_int4_torch`: the codes and
+scales of notebook 09's NumPy exercises, bit for bit); a forward pass only dequantizes, on the model's device.
 """
 
 from __future__ import annotations
@@ -23,19 +23,45 @@ import copy
 import re
 import warnings
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from llmcourse.gpt import GPT
-from llmcourse.loader import reference
 
 SCHEMES = ("fp32", "int8", "int8-kernel", "int4-g32")  # what the report compares by default
 _SCHEME = re.compile(r"^(fp32|int8|int8-kernel|int4-g(\d+))$")
 
 
 # -- torch counterparts of the NumPy pieces (tested equal to them) -------------------------------------------------
+
+def quantize_groupwise_torch(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric quantization of each run of `group_size` columns of w (rows, cols) with its own scale.
+
+    scale = max |w| of the group / qmax (1 for a group of zeros), codes = round(w / scale), half to even, in
+    [-qmax, qmax], qmax = 2**(bits - 1) - 1. Returns (codes int8 (rows, cols), scale (rows, cols // group_size) in
+    w's dtype); group_size = cols is per-channel quantization.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    groups = w.unflatten(-1, (-1, group_size))  # (rows, groups, group_size)
+    scale = groups.abs().amax(dim=-1) / qmax  # (rows, groups)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.round(groups / scale[..., None]).clamp(-qmax, qmax).to(torch.int8)  # (rows, groups, group_size)
+    return codes.flatten(-2), scale
+
+
+def dequantize_groupwise_torch(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """float32 weights (..., cols) of int8 codes (..., cols) and their group scales (..., groups)."""
+    groups = codes.unflatten(-1, (scale.shape[-1], -1)).float()  # (..., groups, group_size)
+    return (groups * scale.float()[..., None]).flatten(-2)
+
+
+def pack_int4_torch(codes: torch.Tensor) -> torch.Tensor:
+    """int4 codes (..., 2 m) in [-8, 7] -> uint8 (..., m): code 2i in the low nibble of byte i, code 2i + 1 in the
+    high one, each as its 4-bit two's complement."""
+    nibbles = (codes & 0xF).to(torch.uint8)  # (..., 2 m)
+    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+
 
 def unpack_int4_torch(packed: torch.Tensor) -> torch.Tensor:
     """`quantization.unpack_int4` in PyTorch: uint8 (..., m) -> int8 codes (..., 2 m), low nibble first."""
@@ -52,31 +78,27 @@ class QuantizedTensor(nn.Module):
     def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = None):
         super().__init__()
         rows, cols = weight.shape
-        w = weight.detach().cpu().float().numpy()
-        if bits == 8:  # per channel: one scale per row
-            codes, scale = reference("quantization.quantize_per_channel")(w, 8)
-            scale = scale[:, None]  # (rows, 1): one group spanning the row
-            self.group_size = cols
-        elif bits == 4:
-            codes, scale, _ = reference("quantization.quantize_groupwise")(w, 4, group_size, True)
-            codes = reference("quantization.pack_int4")(codes)  # (rows, cols // 2) uint8
-            scale = scale.astype(np.float16)  # 2 bytes per group: what int4 formats store
-            self.group_size = group_size
-        else:
+        if bits not in (4, 8):
             raise ValueError(f"bits must be 8 or 4, got {bits}")
+        self.group_size = cols if bits == 8 else group_size  # int8: per channel, one group spanning the row
+        if cols % self.group_size:
+            raise ValueError(f"group_size {group_size} does not divide the {cols} columns of the weight")
+        # On the CPU, whose division is correctly rounded, so that the codes are the same on every device.
+        codes, scale = quantize_groupwise_torch(weight.detach().cpu().float(), bits, self.group_size)
+        if bits == 4:
+            codes = pack_int4_torch(codes)  # (rows, cols // 2) uint8
+            scale = scale.half()  # 2 bytes per group: what int4 formats store
         self.bits, self.shape = bits, (rows, cols)
-        device = weight.device
-        self.register_buffer("codes", torch.from_numpy(np.ascontiguousarray(codes)).to(device))
-        self.register_buffer("scale", torch.from_numpy(np.ascontiguousarray(scale)).to(device))  # (rows, groups)
+        self.register_buffer("codes", codes.contiguous().to(weight.device))
+        self.register_buffer("scale", scale.contiguous().to(weight.device))  # (rows, groups)
 
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """float32 weights: all rows (rows, cols), or the rows picked by an index tensor (..., cols)."""
         codes = self.codes if rows is None else self.codes[rows]
-        scale = (self.scale if rows is None else self.scale[rows]).float()  # (..., groups)
+        scale = self.scale if rows is None else self.scale[rows]  # (..., groups)
         if self.bits == 4:
             codes = unpack_int4_torch(codes)  # (..., cols)
-        groups = codes.unflatten(-1, (scale.shape[-1], self.group_size)).float()  # (..., groups, group_size)
-        return (groups * scale[..., None]).flatten(-2)  # (..., cols)
+        return dequantize_groupwise_torch(codes, scale)  # (..., cols)
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, bits={self.bits}, group_size={self.group_size}"

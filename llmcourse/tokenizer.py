@@ -5,21 +5,22 @@
     tok.decode(ids) == "Hello 世界"
     tok.save("tok.json"); load_tokenizer("tok.json")
 
-The BPE building blocks are the exercises of notebook 01 (`solutions/tokens.py`), called through
-`llmcourse.loader.reference`; this module only adds the pre-split of text into chunks, fast training on chunk
-frequencies, a per-chunk encoding cache and the JSON format.
+Text is pre-split into chunks (`split_chunks`) that merges never cross. Training counts the pairs of each distinct
+chunk once, weighted by how often the chunk occurs, and after a merge recounts only the chunks that held the pair.
+Encoding applies the merges to each chunk with a heap over its adjacent pairs (`apply_merges`), in O(n log n) for a
+chunk of n bytes, and caches each distinct chunk's ids. Both give exactly the merges and ids of the textbook
+algorithm of notebook 01.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import operator
 import os
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
-
-from llmcourse.loader import reference
 
 FORMAT_VERSION = 1
 # GPT-2's pre-split, written for Python's `re` (no \p{L}): English contractions, runs of letters, of digits, of
@@ -31,6 +32,47 @@ SPLIT_PATTERN = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\
 def split_chunks(text: str) -> list[str]:
     """The pre-split chunks of text (words with their leading space, numbers, punctuation runs, whitespace)."""
     return SPLIT_PATTERN.findall(text)
+
+
+def apply_merges(ids: list[int], merges: dict[tuple[int, int], int]) -> list[int]:
+    """`ids` with the merges applied, the earliest-learned pair first and, for equal pairs, the leftmost first.
+
+    A heap holds (new id, position) for every adjacent pair that has a merge; the tokens form a linked list, so a
+    merge is O(log n). An entry whose pair has changed since it was pushed is skipped when popped. A merge
+    (x, y) -> z only creates pairs holding z, whose merges were learned after z, so all occurrences of a pair are
+    merged before any later merge: the result is that of merging each pair everywhere, in training order.
+    """
+    n = len(ids)
+    if n < 2:
+        return list(ids)
+    tokens = list(ids)  # tokens[i] is meaningful while i is linked in
+    after = list(range(1, n + 1))  # next live position (n: none)
+    before = list(range(-1, n - 1))  # previous live position (-1: none)
+    heap = [(merges[pair], i) for i, pair in enumerate(zip(ids, ids[1:])) if pair in merges]
+    heapq.heapify(heap)
+    while heap:
+        new_id, i = heapq.heappop(heap)
+        j = after[i]
+        if j >= n or merges.get((tokens[i], tokens[j])) != new_id:
+            continue  # stale: i or its neighbour was merged since
+        tokens[i] = new_id
+        after[i] = k = after[j]
+        after[j] = n  # j is unlinked: its entries are stale
+        if k < n:
+            before[k] = i
+            right = merges.get((new_id, tokens[k]))
+            if right is not None:
+                heapq.heappush(heap, (right, i))
+        h = before[i]
+        if h >= 0:
+            left = merges.get((tokens[h], new_id))
+            if left is not None:
+                heapq.heappush(heap, (left, h))
+    out, i = [], 0
+    while i < n:
+        out.append(tokens[i])
+        i = after[i]
+    return out
 
 
 def _check_text(text, what: str) -> None:
@@ -108,8 +150,6 @@ class BPETokenizer:
                 raise ValueError(f"merge number {rank} is ({a}, {b}) -> {new_id}: merges must create ids 256, 257, "
                                  f"... in order, each from ids that exist before it")
         self.merges = merges
-        self._encode = reference("tokens.bpe_encode")
-        self._decode = reference("tokens.bpe_decode")
         self._cache: dict[str, list[int]] = {}  # chunk -> ids
         self._bytes: list[bytes] | None = None  # id -> the bytes it stands for, built on first use
 
@@ -117,8 +157,9 @@ class BPETokenizer:
     def train(cls, text: str, vocab_size: int = 512, *, verbose: bool = False) -> "BPETokenizer":
         """Learn vocab_size - 256 merges from text (fewer if the text runs out of pairs).
 
-        The text is pre-split into chunks (`split_chunks`) and each distinct chunk is kept once with its count, so a
-        merge step only revisits the chunks that contain the merged pair.
+        Each step merges the most frequent adjacent pair (the smallest pair among equal counts) into the next id.
+        Pairs are counted once per distinct chunk, weighted by the chunk's count; a heap of (-count, pair) finds the
+        most frequent pair, its entries checked against the current counts when they reach the top.
         """
         _check_text(text, "BPETokenizer.train")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
@@ -126,36 +167,42 @@ class BPETokenizer:
         if vocab_size < 256:
             raise ValueError(f"vocab_size must be at least 256 for byte-level BPE (one token per byte value), "
                              f"got {vocab_size}")
-        count_pairs = reference("tokens.count_pairs")
-        merge_pair = reference("tokens.merge_pair")
-        most_frequent_pair = reference("tokens.most_frequent_pair")
-
         chunk_counts = Counter(split_chunks(text))
         words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
         freqs = list(chunk_counts.values())
-        stats: dict[tuple[int, int], int] = defaultdict(int)  # pair -> occurrences in the whole text
+        stats: Counter[tuple[int, int]] = Counter()  # pair -> occurrences in the whole text
         where: dict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> indices of words that contain it
         for index, (word, freq) in enumerate(zip(words, freqs)):
-            for pair, n in count_pairs(word).items():
-                stats[pair] += n * freq
+            for pair in zip(word, word[1:]):
+                stats[pair] += freq
                 where[pair].add(index)
+        heap = [(-n, pair) for pair, n in stats.items()]
+        heapq.heapify(heap)
 
         merges: dict[tuple[int, int], int] = {}
         for new_id in range(256, vocab_size):
-            if not stats:
+            while heap and stats[heap[0][1]] != -heap[0][0]:
+                heapq.heappop(heap)  # a count that has changed since it was pushed
+            if not heap:
                 break
-            pair = most_frequent_pair(stats)
+            pair = heap[0][1]
             merges[pair] = new_id
+            changed = set()  # pairs whose count may have changed
             for index in where.pop(pair):
                 old, freq = words[index], freqs[index]
-                for p, n in count_pairs(old).items():
-                    stats[p] -= n * freq
-                    if stats[p] == 0:
-                        del stats[p]
-                words[index] = new = merge_pair(old, pair, new_id)
-                for p, n in count_pairs(new).items():
-                    stats[p] += n * freq
+                words[index] = new = apply_merges(old, {pair: new_id})
+                for p in zip(old, old[1:]):
+                    stats[p] -= freq
+                    changed.add(p)
+                for p in zip(new, new[1:]):
+                    stats[p] += freq
+                    changed.add(p)
                     where[p].add(index)
+            for p in changed:
+                if stats[p] > 0:
+                    heapq.heappush(heap, (-stats[p], p))
+                else:
+                    del stats[p]
             if verbose and (new_id - 255) % 100 == 0:
                 print(f"merge {new_id - 255}/{vocab_size - 256}")
         return cls(merges)
@@ -180,21 +227,26 @@ class BPETokenizer:
         for chunk in split_chunks(text):
             chunk_ids = self._cache.get(chunk)
             if chunk_ids is None:
-                chunk_ids = self._cache[chunk] = self._encode(chunk, self.merges)
+                chunk_ids = self._cache[chunk] = apply_merges(list(chunk.encode("utf-8")), self.merges)
             ids.extend(chunk_ids)
         return ids
 
     def decode(self, ids) -> str:
         """Text of the ids; a byte sequence that is not valid UTF-8 (a cut character) shows as U+FFFD."""
-        return self._decode(_check_ids(ids, self.vocab_size), self.merges)
+        table = self._table()
+        return b"".join([table[i] for i in _check_ids(ids, self.vocab_size)]).decode("utf-8", errors="replace")
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes one token stands for."""
+        return self._table()[_check_ids([token_id], self.vocab_size)[0]]
+
+    def _table(self) -> list[bytes]:
+        """id -> the bytes it stands for: the 256 bytes, then each merge's two parts joined, in order."""
         if self._bytes is None:
             self._bytes = [bytes([i]) for i in range(256)]
             for a, b in self.merges:
                 self._bytes.append(self._bytes[a] + self._bytes[b])
-        return self._bytes[_check_ids([token_id], self.vocab_size)[0]]
+        return self._bytes
 
     def to_dict(self) -> dict:
         return {"type": "bpe", "version": FORMAT_VERSION, "merges": [list(pair) for pair in self.merges]}

@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 from llmcourse.data import load_corpus, train_val_split
 from llmcourse.files import atomic_write
 from llmcourse.gpt import GPT, GPTConfig
-from llmcourse.loader import reference
 from llmcourse.runtime import get_device, set_seed
 from llmcourse.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
@@ -94,6 +93,29 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
                               {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=config.betas)
 
 
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
+                  clip: float | None = 1.0) -> float:
+    """One update on the batch x, y (B, T): mean cross-entropy of model(x) (B, T, V) against y, backward, global
+    gradient norm clipped to `clip` (None: no clipping), optimizer step, gradients cleared. Returns the loss before
+    the update."""
+    logits = model(x)  # (B, T, V)
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())  # mean over the B * T positions
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def perplexity(mean_cross_entropy: float) -> float:
+    """exp(mean cross-entropy in nats); inf when that overflows a float."""
+    try:
+        return math.exp(mean_cross_entropy)
+    except OverflowError:
+        return math.inf
+
+
 @dataclass
 class Evaluation:
     total_nll: float  # sum of -log P(token) over the predicted tokens, in nats
@@ -107,7 +129,7 @@ class Evaluation:
     @property
     def perplexity(self) -> float:
         """Per-token perplexity exp(loss)."""
-        return reference("training.perplexity")(self.loss)
+        return perplexity(self.loss)
 
 
 @torch.no_grad()
@@ -166,7 +188,7 @@ def held_out_perplexity(model: GPT, tokenizer: Tokenizer, text: str | None = Non
     `max_tokens` evaluates only the first max_tokens tokens: faster, for comparing model variants on the same text.
     """
     text = held_out_text() if text is None else text
-    return reference("training.perplexity")(per_char_loss(model, tokenizer, text, max_tokens=max_tokens))
+    return perplexity(per_char_loss(model, tokenizer, text, max_tokens=max_tokens))
 
 
 @dataclass
@@ -184,10 +206,10 @@ def train(model: GPT, train_ids, val_ids, config: TrainConfig, *, step: Callable
           progress: bool = True, desc: str = "training") -> History:
     """Train `model` in place on random windows of train_ids for `config.steps` steps, with a progress bar.
 
-    `step` is the training step (default: the reference `training.training_step`; the notebook passes the
-    learner's own). Every `config.eval_every` steps and at the end, the held-out loss on val_ids is recorded.
+    `step` is the training step (default: `training_step`; the notebook passes the learner's own). Every
+    `config.eval_every` steps and at the end, the held-out loss on val_ids is recorded.
     """
-    step = step or reference("training.training_step")
+    step = step or training_step
     device = next(model.parameters()).device
     train_ids = torch.as_tensor(train_ids, dtype=torch.long)
     generator = torch.Generator().manual_seed(config.seed)  # batches depend on the seed only
@@ -291,7 +313,6 @@ def run(out: str | os.PathLike, *, name: str = "tiny_gpt", corpus: str | os.Path
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, **(gpt or {}))).to(get_device())
     history = train(model, train_ids, val_ids, config, progress=progress)
     final = evaluate(model, val_ids)
-    perplexity = reference("training.perplexity")
     record = {
         "command": command,
         "corpus": str(corpus) if corpus else "default (pydoc topics)",

@@ -11,7 +11,7 @@ from llmcourse.gradcheck import TOLERANCE, check_gradient
 from llmcourse.loader import reference
 from llmcourse.mlp_lm import SGD, Adam, Layers, MLPLanguageModel, Momentum, bigram_baseline, train, windows
 
-bp = Layers.load()
+bp = Layers.load(reference)  # the reference layers of solutions/backprop.py
 sgd_step, momentum_step, adam_step = (reference(f"backprop.{n}") for n in ("sgd_step", "momentum_step", "adam_step"))
 
 # float64: NumPy and PyTorch differ only in the order of operations (~1e-16); 1e-7 is COURSE.md's float64 rtol,

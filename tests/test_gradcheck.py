@@ -115,7 +115,7 @@ def test_gradient_errors_rejects_unknown_names():
 
 
 def test_layer_checks_table():
-    rows = layer_checks(Layers.load())
+    rows = layer_checks(Layers.load(reference))
     assert [r["layer"] for r in rows] == ["Linear", "GELU", "LayerNorm", "softmax cross-entropy"]
     for r in rows:
         assert r["vs central differences"] < TOLERANCE, r

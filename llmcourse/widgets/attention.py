@@ -4,7 +4,7 @@ The model is one causal multi-head attention layer over character embeddings, in
 weights *constructed by hand* (not trained) so that each head shows a pattern trained transformers are known to
 learn: attend to the previous character, to the first character, to earlier copies of the same character, or to
 everything seen so far equally. `random_model` gives the same layer with random weights, to compare. The attention
-itself is `attention.causal_attention`: the reference, or the one passed in (the notebook passes yours).
+weights are computed here, or by the `causal_attention` passed in (the notebook passes yours).
 
     from llmcourse.widgets.attention import attention_explorer
     attention_explorer()          # dropdown of sentences, head and query sliders, heatmap + bar chart
@@ -12,13 +12,14 @@ itself is `attention.causal_attention`: the reference, or the one passed in (the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from llmcourse.loader import reference
+from llmcourse.numpy_layers import softmax
 from llmcourse.widgets.blit import blit_png, draw_background
 
 ALPHABET = "".join(chr(c) for c in range(32, 127))  # printable ASCII: the characters the toy model knows
@@ -123,15 +124,18 @@ def random_model(seed: int = 0) -> ToyAttention:
 def attention_maps(model: ToyAttention, text: str, attention: Callable | None = None) -> np.ndarray:
     """(n_head, T, T) attention weights of `model` on `text`; row i is how query i spreads over keys 0..i.
 
-    The weights come from `attention` (default: the reference `causal_attention`) with the identity as values:
-    output row i is then weight row i.
+    softmax(q k^T / sqrt(d)) over the keys j <= i; or, with `attention` (a `causal_attention(q, k, v)`), its output
+    with the identity as values, whose row i is then weight row i.
     """
-    causal_attention = attention or reference("attention.causal_attention")
-    split_heads = reference("attention.split_heads")
     x = model.embed(text)[None]  # (1, T, C)
-    q, k, _ = np.split(x @ model.w_qkv + model.b_qkv, 3, axis=-1)  # (1, T, C) each
-    T = x.shape[1]
-    return causal_attention(split_heads(q, model.n_head), split_heads(k, model.n_head), np.eye(T))[0]
+    _, T, C = x.shape
+    heads = [a.reshape(1, T, model.n_head, C // model.n_head).transpose(0, 2, 1, 3)  # (1, H, T, D)
+             for a in np.split(x @ model.w_qkv + model.b_qkv, 3, axis=-1)[:2]]  # q and k, (1, T, C) each
+    if attention is not None:
+        return attention(*heads, np.eye(T))[0]
+    q, k = heads[0][0], heads[1][0]  # (H, T, D)
+    scores = (q @ np.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (H, T, T)
+    return softmax(np.where(np.tri(T, dtype=bool), scores, -np.inf))  # key j > query i: weight 0
 
 
 def show_char(ch: str) -> str:
@@ -272,5 +276,5 @@ class AttentionExplorer:
 def attention_explorer(sentences: tuple[str, ...] = SENTENCES, model: ToyAttention | None = None,
                        attention: Callable | None = None) -> AttentionExplorer:
     """Build the classroom explorer (display it by leaving it as the last line of a cell); `attention` is the
-    `causal_attention` to compute the maps with (default: the reference)."""
+    `causal_attention` to compute the maps with (default: `attention_maps`' own)."""
     return AttentionExplorer(tuple(sentences), model, attention)

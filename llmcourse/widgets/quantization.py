@@ -2,7 +2,7 @@
 of weights becomes.
 
 Every combination is quantized once, when the explorer is built (symmetric group-wise quantization,
-`quantization.quantize_groupwise`); moving a control only looks the result up and redraws.
+`llmcourse.quantization.quantize_groupwise_torch`); moving a control only looks the result up and redraws.
 
     from llmcourse.widgets.quantization import quantization_explorer
     quantization_explorer(model.transformer.h[0].mlp.c_fc.weight)
@@ -10,11 +10,11 @@ Every combination is quantized once, when the explorer is built (symmetric group
 
 from __future__ import annotations
 
-
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
-from llmcourse.loader import reference
+from llmcourse.quantization import dequantize_groupwise_torch, quantize_groupwise_torch
 from llmcourse.widgets.blit import blit_png, draw_background
 
 BITS = (2, 3, 4, 5, 6, 8)
@@ -32,15 +32,12 @@ def precompute(weight, bits: tuple[int, ...] = BITS, group_sizes: tuple[int, ...
         raise ValueError(f"the explorer takes a weight matrix (out_features, in_features), got shape {w.shape}")
     if not 0 <= row < w.shape[0]:
         raise ValueError(f"row must lie in [0, {w.shape[0]}), got {row}")
-    quantize = reference("quantization.quantize_groupwise")
-    dequantize = reference("quantization.dequantize_groupwise")
     groups = [g for g in group_sizes if w.shape[1] % g == 0 and g < w.shape[1]] + [w.shape[1]]
     rms = float(np.sqrt(np.mean(w ** 2)))
     cells = {}
     for b in bits:
         for g in groups:
-            q, scale, zero = quantize(w, b, g, True)
-            w_hat = dequantize(q, scale, zero)
+            w_hat = dequantize_groupwise_torch(*quantize_groupwise_torch(torch.from_numpy(w), b, g)).numpy()
             cells[b, g] = {"relative_rms_error": float(np.sqrt(np.mean((w - w_hat) ** 2))) / rms,
                            "max_error": float(np.abs(w - w_hat).max()),
                            "bytes_per_weight": b / 8 + SCALE_BYTES / g,
