@@ -188,3 +188,4 @@ def test_the_trusted_side_receives_models_as_state_and_builds_nothing():
     target = torch.nn.Linear(3, 2)
     wire.update_in_place(target, state)
     assert torch.equal(target.weight, model.weight) and torch.equal(target.bias, model.bias)
+

@@ -40,6 +40,9 @@ def assert_allclose(actual, expected, *, rtol: float, atol: float = 0.0, what: s
         err = np.abs(a64 - e64)
         allowed = atol + rtol * np.abs(e64)
         bad = ~(err <= allowed) & ~(a64 == e64)  # a64 == e64 keeps matching infinities
+        # where the expected value is not finite (a masked -inf), only that same value will do: the tolerance,
+        # infinite there, would accept anything
+        bad |= ~np.isfinite(e64) & (a64 != e64)
     if bad.any():
         idx = _index(np.argwhere(bad)[0])
         raise AssertionError(

@@ -152,10 +152,15 @@ def _read_rubric(workdir: Path, output: str, code: int | None) -> dict:
     if not files:
         tail = "\n".join(output.strip().splitlines()[-15:])
         raise GraderError(f"pytest could not collect the graded tests (exit {code}):\n{tail}")
-    rubric = json.loads(files[0].read_text())
-    if not rubric:
-        raise GraderError("no graded tests were collected")
-    return rubric
+    for file in files:  # every test process writes the same rubric: the first that reads as one will do
+        try:
+            rubric = json.loads(file.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if isinstance(rubric, dict) and rubric and all(isinstance(k, str) and isinstance(v, str)
+                                                       for k, v in rubric.items()):
+            return rubric
+    raise GraderError("no graded tests were collected")
 
 
 def _test_outcomes(results_file: Path) -> dict[str, dict]:

@@ -162,14 +162,34 @@ def _open_to_all_users(*paths: Path) -> bool:
     return True
 
 
-def _kill_processes_of(uid: int) -> None:
+def _pids_of(uid: int) -> list[int]:
+    pids = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if entry.stat().st_uid == uid:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (OSError, ProcessLookupError):
-                pass
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                pids.append(int(entry.name))
+        except OSError:  # it ended meanwhile
+            pass
+    return pids
+
+
+def _processes_of(uid: int) -> int:
+    """Processes and threads of a user, as RLIMIT_NPROC counts them."""
+    count = 0
+    for pid in _pids_of(uid):
+        try:
+            count += len(os.listdir(f"/proc/{pid}/task"))
+        except OSError:
+            pass
+    return count
+
+
+def _kill_processes_of(uid: int) -> None:
+    for pid in _pids_of(uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def _worker_environment() -> dict[str, str]:
@@ -194,6 +214,8 @@ class _Worker:
         if os.geteuid() == 0 and (sandbox == "bubblewrap" or _open_to_all_users(folder, stubs, *_visible_paths())):
             self.uid = FIRST_SANDBOX_UID + os.getpid() % 1_000_000
             options += ["--drop-to", str(self.uid), "--nproc", str(PROCESS_LIMIT)]
+        elif os.geteuid() != 0:  # the limit counts all of this user's processes: allow the worker PROCESS_LIMIT more
+            options += ["--nproc", str(_processes_of(os.geteuid()) + PROCESS_LIMIT)]
         if sandbox == "bubblewrap":
             command = _bwrap_command(folder, [sys.executable, "-I", "/grader/worker.py", str(theirs.fileno()),
                                               "/stubs", *options], stubs=stubs)

@@ -40,13 +40,11 @@ def _limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
-def _drop_privileges(uid: int, nproc: int) -> None:
-    """From root inside the sandbox to an unprivileged user, so the process limit applies to it and it owns nothing."""
+def _drop_privileges(uid: int) -> None:
+    """From root to an unprivileged user of its own, so the process limit applies to it and it owns nothing."""
     os.setgroups([])
     os.setgid(uid)
     os.setuid(uid)
-    if nproc:
-        _limit(resource.RLIMIT_NPROC, nproc)
 
 
 def error_record(err: BaseException, *, import_error: bool = False) -> dict:
@@ -284,7 +282,9 @@ def main() -> None:
     import torch
     torch.set_num_threads(1)
     if options.drop_to is not None:
-        _drop_privileges(options.drop_to, options.nproc)
+        _drop_privileges(options.drop_to)
+    if options.nproc:
+        _limit(resource.RLIMIT_NPROC, options.nproc)
     if options.memory_mb:
         _limit(resource.RLIMIT_AS, options.memory_mb * 2**20)
     sys.dont_write_bytecode = True
