@@ -49,7 +49,8 @@ def test_broken_submission_costs_only_its_own_exercises(tmp_path):
     assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in submission.iterdir()} == before
     broken = {ex.id: ex.status for ex in report.exercises if ex.points < ex.max_points}
     expected = {"top_k": "crashed"}
-    expected.update({ex.id: "does not import" for ex in catalog.EXERCISES if ex.module in ("attention", "quantization")})
+    expected.update({ex.id: "does not import" for ex in catalog.EXERCISES
+                     if ex.module in ("attention", "quantization")})
     assert broken == expected, format_table(report)
     assert "did not finish importing within 10 s" in report.exercises[
         [ex.id for ex in report.exercises].index("softmax")].message

@@ -7,12 +7,14 @@ The trusted process (pytest running the course's graded tests) computes and reco
 modules are imported only in the worker process (worker.py), which with bubblewrap sees the submission (read-only),
 Python and its installed packages, and nothing else of the machine: not the course's solutions/ or tests/, not the
 results, not the network, not the instructor's files or environment. It runs in its own PID namespace (every process
-it starts ends with it) as an unprivileged user of its own, with limits on memory, CPU time, processes and file size. Every wait
-for it has a deadline: a function that does not return within the test's time limit has its sandbox killed, and the
-next call starts a fresh one. A module that fails or hangs at import is reported once and not imported again.
+it starts ends with it) as an unprivileged user of its own, with limits on memory, CPU time, processes and file
+size. Every wait for it has a deadline: a function that does not return within the test's time limit has its
+sandbox killed, and the next call starts a fresh one. A module that fails or hangs at import is reported once and
+not imported again.
 
-Without bubblewrap (macOS, Windows, a learner grading herself) the same worker runs as a plain subprocess: a crash or
-a hang still costs only its test, but the learner's code can read and write what the user can ("not sandboxed").
+Without bubblewrap (macOS, Windows, a container that forbids namespaces) the same worker runs as a plain subprocess:
+a crash or a hang still costs only its test, but the learner's code can read and write what its user can ("not
+sandboxed"); run by root, the worker still drops to a user of its own where Python is open to all users.
 """
 
 from __future__ import annotations

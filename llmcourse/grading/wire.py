@@ -79,7 +79,8 @@ class _Encoder:
         if isinstance(value, tuple):
             return {"t": "tuple", "v": [self.encode(item, depth + 1) for item in value]}
         if isinstance(value, dict):
-            return {"t": "dict", "v": [[self.encode(k, depth + 1), self.encode(v, depth + 1)] for k, v in value.items()]}
+            return {"t": "dict",
+                    "v": [[self.encode(k, depth + 1), self.encode(v, depth + 1)] for k, v in value.items()]}
         if isinstance(value, (set, frozenset)):
             return {"t": "set", "v": [self.encode(item, depth + 1) for item in value]}
         if isinstance(value, np.ndarray):
