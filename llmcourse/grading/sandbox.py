@@ -124,6 +124,8 @@ def _bwrap_command(submission: Path, command: list[str], stubs: Path | None = No
             "--die-with-parent", "--new-session", "--clearenv"]
     if not root:
         args.append("--unshare-user")  # unprivileged bubblewrap needs a user namespace
+    # The private /tmp first: what is bound later (a course, and so its .venv, may live under /tmp) lies on top.
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--perms", "1777", "--tmpfs", "/tmp"]
     for name in ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = Path("/") / name
         if path.is_symlink():
@@ -132,7 +134,7 @@ def _bwrap_command(submission: Path, command: list[str], stubs: Path | None = No
             args += ["--ro-bind", str(path), str(path)]
     if Path("/etc/ld.so.cache").exists():
         args += ["--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    made = {Path("/")}
+    made = {Path("/"), Path("/tmp")}
     for path in _visible_paths():
         if str(path).startswith(("/usr/", "/bin/", "/lib")):
             continue
@@ -148,8 +150,7 @@ def _bwrap_command(submission: Path, command: list[str], stubs: Path | None = No
         args += ["--ro-bind", str(file), f"/grader/{file.name}"]
     if stubs is not None:
         args += ["--ro-bind", str(stubs), "/stubs"]
-    args += ["--ro-bind", str(submission), "/submission", "--proc", "/proc", "--dev", "/dev",
-             "--size", str(TMP_BYTES), "--perms", "1777", "--tmpfs", "/tmp", "--chdir", "/submission"]
+    args += ["--ro-bind", str(submission), "/submission", "--chdir", "/submission"]
     for key, value in _worker_environment().items():
         args += ["--setenv", key, value]
     return args + command
