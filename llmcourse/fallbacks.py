@@ -9,7 +9,6 @@ each equal to the course's reference answer (tests/test_fallbacks.py). Nothing h
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any, Callable, Mapping, Sequence
 
@@ -60,10 +59,10 @@ def _torch(*arrays: np.ndarray) -> list[torch.Tensor]:
 
 def mean_squared_error(predictions: np.ndarray, targets: np.ndarray) -> float:
     """Mean over all entries of (predictions - targets) ** 2; ValueError when the shapes differ."""
-    predictions, targets = np.asarray(predictions, dtype=np.float64), np.asarray(targets, dtype=np.float64)
-    if predictions.shape != targets.shape:
-        raise ValueError(f"predictions have shape {predictions.shape} but targets have shape {targets.shape}")
-    return float(np.mean(np.square(predictions - targets)))
+    a, b = (np.asarray(values, np.float64) for values in (predictions, targets))
+    if a.shape != b.shape:
+        raise ValueError(f"the shapes differ: predictions {a.shape}, targets {b.shape}")
+    return float(np.mean(np.square(a - b)))
 
 
 # -- 01 tokens and embeddings -----------------------------------------------------------------------------------------
@@ -78,23 +77,23 @@ def count_pairs(ids: Sequence[int]) -> dict[tuple[int, int], int]:
 
 def merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """ids with each occurrence of `pair`, left to right and not overlapping, replaced by new_id."""
-    if not isinstance(pair, tuple) or len(pair) != 2:
-        raise ValueError(f"pair must be a tuple of two ids like (101, 32), got {pair!r}")
+    if type(pair) is not tuple or len(pair) != 2:
+        raise ValueError(f"pair must be a tuple (a, b) of two ids, got {pair!r}")
     return apply_merges(list(ids), {pair: new_id})
 
 
 def bpe_encode(text: str, merges: dict[tuple[int, int], int]) -> list[int]:
     """Byte-level BPE ids of text: its UTF-8 bytes with the merges applied in the order learned."""
     if not isinstance(text, str):
-        raise TypeError(f"bpe_encode expects a str, got {type(text).__name__}")
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     return apply_merges(list(text.encode("utf-8")), merges)
 
 
 def bpe_decode(ids: Sequence[int], merges: dict[tuple[int, int], int]) -> str:
     """The text of byte-level BPE ids (a cut character shows as U+FFFD); ValueError for an unknown id."""
-    table = {i: bytes([i]) for i in range(256)}
-    for (a, b), new_id in merges.items():
-        table[new_id] = table[a] + table[b]
+    table = dict(enumerate(bytes([i]) for i in range(256)))
+    for (a, b), merged in merges.items():  # each pair uses only earlier ids
+        table[merged] = table[a] + table[b]
     unknown = [i for i in ids if i not in table]
     if unknown:
         raise ValueError(f"token id {unknown[0]!r} is not in the vocabulary (0..255 or a merged id)")
@@ -105,7 +104,7 @@ def embedding_forward(ids: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """Rows of weight (V, D) picked by integer ids (S): (S + (D,))."""
     weight = np.asarray(weight)
     if weight.ndim != 2:
-        raise ValueError(f"embedding_forward: weight must have shape (V, D), got shape {weight.shape}")
+        raise ValueError(f"weight must be a (V, D) matrix, got shape {weight.shape}")
     return nl.embedding_forward(_ids(ids, weight.shape[0]), weight)
 
 
@@ -113,18 +112,17 @@ def embedding_backward(ids: np.ndarray, grad_out: np.ndarray, vocab_size: int) -
     """(V, D) gradient of the embedding table: grad_out (S + (D,)) summed into the rows ids (S) picked."""
     ids, grad_out = _ids(ids, vocab_size), np.asarray(grad_out)
     if grad_out.shape[:-1] != ids.shape or grad_out.ndim != ids.ndim + 1:
-        raise ValueError(f"embedding_backward: grad_out must have shape ids.shape + (D,) = {ids.shape} + (D,), "
-                         f"got {grad_out.shape}")
+        raise ValueError(f"grad_out has shape {grad_out.shape}; it must be the ids' shape {ids.shape} + (D,)")
     return nl.embedding_backward(ids, grad_out, vocab_size)
 
 
 def bigram_perplexity(counts: np.ndarray, ids: Sequence[int], smoothing: float = 1.0) -> float:
     """Perplexity of the add-`smoothing` bigram model of counts (V, V) on ids (N >= 2)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
-        raise ValueError(f"counts must be a square (V, V) matrix, got shape {counts.shape}")
+    counts = np.array(counts, np.float64)
+    if counts.shape != counts.shape[:1] * 2:
+        raise ValueError(f"counts must be (V, V), got shape {counts.shape}")
     if smoothing < 0:
-        raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+        raise ValueError(f"smoothing is the k of add-k smoothing, k >= 0; got {smoothing}")
     return BigramModel(counts, smoothing).perplexity(ids)
 
 
@@ -291,8 +289,7 @@ def block_forward(x: np.ndarray, block: Mapping[str, np.ndarray], n_head: int, *
         if np.shape(block[key]) != shape:
             raise ValueError(f"block[{key!r}] has shape {np.shape(block[key])}, expected {shape} for C = {C}")
     h = nl.layernorm_forward(x, block["ln_1.gamma"], block["ln_1.beta"])
-    x = x + attention(h, block["attn.w_qkv"], block["attn.b_qkv"], block["attn.w_proj"], block["attn.b_proj"],
-                      n_head)
+    x = x + attention(h, *(block[f"attn.{name}"] for name in ("w_qkv", "b_qkv", "w_proj", "b_proj")), n_head)
     h = nl.layernorm_forward(x, block["ln_2.gamma"], block["ln_2.beta"])
     h = nl.gelu_forward(nl.linear_forward(h, block["mlp.w_fc"], block["mlp.b_fc"]))
     return x + nl.linear_forward(h, block["mlp.w_proj"], block["mlp.b_proj"])
@@ -318,8 +315,8 @@ def load_weights(state_dict: Mapping[str, Any], n_head: int) -> dict[str, Any]:
         raise KeyError("state_dict has no transformer blocks ('transformer.h.0....'): is it a GPT's state dict?")
     blocks = [{key: get(f"h.{i}.{name}", transposed) for key, (name, transposed) in BLOCK_LAYERS.items()}
               for i in range(n_layer)]
-    return {"n_head": int(n_head), "wte": get("wte.weight"), "wpe": get("wpe.weight"), "blocks": blocks,
-            "ln_f.gamma": get("ln_f.weight"), "ln_f.beta": get("ln_f.bias")}
+    final = {f"ln_f.{ours}": get(f"ln_f.{name}") for ours, name in (("gamma", "weight"), ("beta", "bias"))}
+    return {"n_head": int(n_head), "wte": get("wte.weight"), "wpe": get("wpe.weight"), "blocks": blocks} | final
 
 
 # -- 05 training ------------------------------------------------------------------------------------------------------
@@ -327,14 +324,15 @@ def load_weights(state_dict: Mapping[str, Any], n_head: int) -> dict[str, Any]:
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, *,
                   clip: float | None = 1.0) -> float:
     """One optimisation step on (x, y) (B, T); returns the mean cross-entropy before the update."""
-    for name, t in (("x", x), ("y", y)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"{name} must be an integer tensor of token ids with shape (B, T), got "
-                             f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
+    ids = {"x": x, "y": y}
+    wrong = [name for name, t in ids.items() if not isinstance(t, torch.Tensor) or t.dim() != 2
+             or t.dtype not in (torch.int32, torch.int64)]
+    if wrong:
+        raise ValueError(f"{wrong[0]} must be a (B, T) tensor of int64 token ids, got {ids[wrong[0]]!r:.80}")
     if x.shape != y.shape:
-        raise ValueError(f"x and y must have the same shape (B, T), got {tuple(x.shape)} and {tuple(y.shape)}")
-    if clip is not None and not clip > 0:
-        raise ValueError(f"clip must be a positive number (or None for no clipping), got {clip}")
+        raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have one shape, (B, T)")
+    if not (clip is None or clip > 0):
+        raise ValueError(f"clip must be > 0, or None for no clipping; got {clip}")
     return _training_step(model, optimizer, x, y, clip=clip)
 
 
@@ -347,8 +345,8 @@ def perplexity(mean_cross_entropy: float) -> float:
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"mean_cross_entropy must be a real number, got {type(value).__name__}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"mean_cross_entropy must be a number >= 0 (a cross-entropy in nats), got {value}")
+    if not value >= 0:  # NaN included
+        raise ValueError(f"a mean cross-entropy is >= 0 nats, got {value}")
     return _perplexity(float(value))
 
 
@@ -429,8 +427,8 @@ def cache_append(cache_k: np.ndarray, cache_v: np.ndarray, length: int, k_new: n
     if end > cache_k.shape[-2]:
         raise ValueError(f"the cache is full: {length} + {k_new.shape[-2]} positions do not fit max_len "
                          f"{cache_k.shape[-2]}")
-    cache_k[..., length:end, :] = k_new
-    cache_v[..., length:end, :] = v_new
+    for cache, new in ((cache_k, k_new), (cache_v, v_new)):
+        cache[..., length:end, :] = new  # in place: nothing is reallocated
     return end
 
 
@@ -512,7 +510,7 @@ def dequantize_per_channel(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     if q.dtype.kind not in "iu" or q.ndim != 2 or scale.shape != q.shape[:1]:
         raise ValueError(f"q must be an integer matrix and scale have one entry per row, got {q.dtype} {q.shape} "
                          f"and {scale.shape}")
-    return q.astype(scale.dtype) * scale[:, None]
+    return np.multiply(q, scale[:, None], dtype=scale.dtype)
 
 
 def pack_int4(q: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import ast
 import difflib
+import fnmatch
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,3 +145,93 @@ def write(generated: dict[str, str], exercises: Path) -> list[str]:
             path.write_text(text, encoding="utf-8")
             changed.append(name)
     return changed
+
+
+# -- the student release: the whole course for a class, with no answer in it -----------------------------------------
+
+NOT_COURSE_FILES = {".git", ".venv", "build", "__pycache__", ".pytest_cache", ".ipynb_checkpoints"}
+
+STUDENT_README = """\
+# llmcourse
+
+How large language models work, and how their inference is made fast: built by hand, from NumPy up to PyTorch, on
+a laptop's CPU. The notebooks in `notebooks/` teach; you write the exercises in `exercises/`.
+
+## Two commands
+
+```bash
+make lab    # first time: creates .venv and installs the course (about a minute); then opens JupyterLab
+make test   # the course's own tests (your exercises are graded with `llmcourse grade`, below)
+```
+
+All you need is Python 3.10+ with pip, and `make`. No GPU and no internet at run time.
+
+## Doing an exercise
+
+1. A notebook introduces the exercise, e.g. *stable softmax* in `exercises/attention.py`. Each exercise is a plain
+   function whose docstring gives the shapes, dtypes and what to return; its body raises `NotImplementedError`.
+2. Write the body (replace the `raise NotImplementedError(...)` line) and save.
+3. Grade it: `.venv/bin/llmcourse grade --only softmax`, or `.venv/bin/llmcourse grade` (or `make grade`) for the
+   whole table of points and, for each exercise, what is wrong.
+4. Re-run the notebook: until your function passes its tests the notebook uses the course's own implementation,
+   and from then on yours; it says which.
+
+Each exercise here is graded with your own code throughout: if causal attention calls your softmax, a mistake in
+softmax shows in both.
+"""
+
+
+def course_files(root: Path = COURSE_ROOT) -> list[Path]:
+    """The course's files, relative to `root`: what git tracks in a checkout, else every file but build outputs."""
+    import subprocess
+    if (root / ".git").exists():
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, check=True).stdout
+        return sorted(Path(name) for name in listed.decode().split("\0") if name and (root / name).is_file())
+    return sorted(path.relative_to(root) for path in root.rglob("*") if path.is_file() and not
+                  NOT_COURSE_FILES.intersection(path.relative_to(root).parts) and
+                  not any(part.endswith(".egg-info") for part in path.relative_to(root).parts))
+
+
+def student_release(out: Path, hold_out: tuple[str, ...] = (), root: Path = COURSE_ROOT) -> list[Path]:
+    """Write the course for a class into `out` (absent or empty): every course file but solutions/ and those matching
+    a `hold_out` glob (relative to the course root), exercises/ generated from solutions/, and the student README.
+    Returns the files written, relative to `out`."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ReleaseError(f"{out} exists and is not empty: give a new or empty folder")
+    stubs = generate(root / "solutions")
+    files = [path for path in course_files(root) if path.parts[0] not in ("solutions", "exercises")
+             and not any(path.match(pattern) or fnmatch.fnmatch(str(path), pattern) for pattern in hold_out)]
+    out.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        (out / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / path, out / path)
+    (out / "README.md").write_text(STUDENT_README, encoding="utf-8")
+    written = files + [Path("exercises") / name for name in write(stubs, out / "exercises")]
+    (out / "exercises" / "__init__.py").touch()
+    return sorted(set(written) | {Path("README.md"), Path("exercises/__init__.py")})
+
+
+def solution_lines(solutions: Path = COURSE_ROOT / "solutions", min_length: int = 31) -> set[str]:
+    """The lines a student release must not hold: each line (stripped, at least `min_length` characters) inside a
+    solution region of solutions/*.py that does not also stand outside the regions (provided code)."""
+    inside, outside = set(), set()
+    for path in sorted(solutions.glob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        text = [line.strip() for line in source.splitlines()]
+        last = 0
+        for region in find_regions(source, path.name):
+            outside.update(text[last: region.begin])
+            inside.update(text[region.begin + 1: region.end])
+            last = region.end + 1
+        outside.update(text[last:])
+    return {line for line in inside - outside if len(line) >= min_length}
+
+
+def leaks(folder: Path, lines: set[str]) -> list[str]:
+    """'file: line' for each of `lines` found in a file below `folder` (every file, read as bytes)."""
+    found = []
+    encoded = {line: line.encode("utf-8") for line in lines}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        found += [f"{path.relative_to(folder)}: {line}" for line, raw in encoded.items() if raw in data]
+    return found
