@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmcourse import catalog
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.impl import COURSE_ROOT, solutions_folder
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 STUB_CALL = "raise NotImplementedError("
@@ -97,8 +97,9 @@ def stub_source(source: str, module: str, filename: str) -> str:
     return "".join(out)
 
 
-def generate(solutions: Path = COURSE_ROOT / "solutions") -> dict[str, str]:
-    """File name -> generated exercise source, for every .py file in solutions/."""
+def generate(solutions: Path | None = None) -> dict[str, str]:
+    """File name -> generated exercise source, for every .py file in solutions/ (SolutionsMissing without it)."""
+    solutions = solutions_folder() if solutions is None else solutions
     return {
         path.name: stub_source(path.read_text(encoding="utf-8"), path.stem, str(path.relative_to(solutions.parent)))
         for path in sorted(solutions.glob("*.py"))
@@ -123,28 +124,71 @@ def differences(generated: dict[str, str], exercises: Path) -> list[str]:
     return problems
 
 
-def learner_work(generated: dict[str, str], exercises: Path) -> list[str]:
-    """Files in exercises/ where a stub was replaced by the learner's own code (a release would overwrite it)."""
-    touched = []
-    for name, text in generated.items():
-        path = exercises / name
-        if path.exists():
-            current = path.read_text(encoding="utf-8")
-            if current != text and current.count(STUB_CALL) < text.count(STUB_CALL):
-                touched.append(f"exercises/{name}")
-    return touched
+def _spans(source: str) -> dict[str, tuple[int, int, int]]:
+    """Top-level function name -> (first line, first line of its body after the docstring, end), 0-based, end
+    exclusive; the end takes in the comments indented under the function that follow its last statement."""
+    lines = source.splitlines()
+    spans = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+            body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+            end = node.end_lineno
+            while end < len(lines) and (not lines[end].strip() or
+                                        (lines[end].strip().startswith("#") and
+                                         len(lines[end]) - len(lines[end].lstrip()) > node.col_offset)):
+                end += 1
+            while end > node.end_lineno and not lines[end - 1].strip():
+                end -= 1
+            spans[node.name] = (first, body[0].lineno - 1 if body else end, end)
+    return spans
 
 
-def write(generated: dict[str, str], exercises: Path) -> list[str]:
-    """Write the generated files; return the names of those that changed."""
+def merge(generated: str, current: str, module: str) -> tuple[str, list[str]]:
+    """The generated exercise file with the learner's work in `current` kept, and the names kept.
+
+    An exercise function is replaced only while its body (what follows the docstring) is still exactly the generated
+    stub's; any other body (code above a kept `raise NotImplementedError`, a finished function, that line commented
+    out) stays as the learner wrote it. Functions of the learner's own that the generated file does not define stay
+    too, after the course's code. A file that does not parse is left whole (every name reported).
+    """
+    try:
+        mine = _spans(current)
+    except SyntaxError:
+        return current, ["(the whole file: it does not parse)"]
+    theirs, new_lines, my_lines = _spans(generated), generated.splitlines(keepends=True), current.splitlines(keepends=True)
+    kept, out, last = [], [], 0
+    for name, (first, body, end) in theirs.items():
+        if catalog.exercise_of(module, name) is None or name not in mine:
+            continue
+        my_first, my_body, my_end = mine[name]
+        if my_lines[my_body:my_end] != new_lines[body:end]:
+            out += new_lines[last:first] + my_lines[my_first:my_end]
+            last = end
+            kept.append(name)
+    out += new_lines[last:]
+    own = [name for name in mine if name not in theirs]
+    for name in own:
+        first, _, end = mine[name]
+        out += ["\n\n"] + my_lines[first:end]
+    return "".join(out), kept + own
+
+
+def write(generated: dict[str, str], exercises: Path, *, keep_work: bool = True) -> tuple[list[str], list[str]]:
+    """Write the generated files, keeping the learner's work (`merge`) unless `keep_work` is False.
+    Returns (names of the files that changed, "file: function" for each piece of learner work kept)."""
     exercises.mkdir(exist_ok=True)
-    changed = []
+    changed, kept = [], []
     for name, text in generated.items():
         path = exercises / name
-        if not path.exists() or path.read_text(encoding="utf-8") != text:
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current is not None and keep_work:
+            text, names = merge(text, current, path.stem)
+            kept += [f"exercises/{name}: {function}" for function in names]
+        if text != current:
             path.write_text(text, encoding="utf-8")
             changed.append(name)
-    return changed
+    return changed, kept
 
 
 # -- the student release: the whole course for a class, with no answer in it -----------------------------------------
@@ -192,21 +236,26 @@ def course_files(root: Path = COURSE_ROOT) -> list[Path]:
                   not any(part.endswith(".egg-info") for part in path.relative_to(root).parts))
 
 
-def student_release(out: Path, hold_out: tuple[str, ...] = (), root: Path = COURSE_ROOT) -> list[Path]:
+def held_out(path: Path, patterns: tuple[str, ...]) -> bool:
+    """True when a glob of `patterns` (relative to the course root) matches the file `path` or a folder it is in."""
+    return any(fnmatch.fnmatch(part.as_posix(), pattern) for part in (path, *path.parents[:-1]) for pattern in patterns)
+
+
+def student_release(out: Path, hold_out: tuple[str, ...] = ()) -> list[Path]:
     """Write the course for a class into `out` (absent or empty): every course file but solutions/ and those matching
     a `hold_out` glob (relative to the course root), exercises/ generated from solutions/, and the student README.
     Returns the files written, relative to `out`."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ReleaseError(f"{out} exists and is not empty: give a new or empty folder")
-    stubs = generate(root / "solutions")
-    files = [path for path in course_files(root) if path.parts[0] not in ("solutions", "exercises")
-             and not any(path.match(pattern) or fnmatch.fnmatch(str(path), pattern) for pattern in hold_out)]
+    stubs = generate()
+    files = [path for path in course_files() if path.parts[0] not in ("solutions", "exercises")
+             and not held_out(path, hold_out)]
     out.mkdir(parents=True, exist_ok=True)
     for path in files:
         (out / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / path, out / path)
+        shutil.copy2(COURSE_ROOT / path, out / path)
     (out / "README.md").write_text(STUDENT_README, encoding="utf-8")
-    written = files + [Path("exercises") / name for name in write(stubs, out / "exercises")]
+    written = files + [Path("exercises") / name for name in write(stubs, out / "exercises")[0]]
     (out / "exercises" / "__init__.py").touch()
     return sorted(set(written) | {Path("README.md"), Path("exercises/__init__.py")})
 
