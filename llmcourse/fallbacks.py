@@ -4,7 +4,8 @@ learner's function works.
 Each function has the signature, types and checks of bad input that its exercise's docstring gives (exercises/), and
 computes the way a library does, with the package's pieces: `numpy_layers`, `generate.filtered_logits`/`beam_step`,
 `batching.schedule_step`, quantization's torch functions, `tokenizer.apply_merges`, PyTorch's attention. A test holds
-each equal to the course's reference answer (tests/test_fallbacks.py). Nothing here reads solutions/ or exercises/.
+each equal to the course's reference answer (tests/test_fallbacks.py). Nothing here reads a learner's or the course's
+exercise files.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from llmcourse import catalog, fallbacks
-from llmcourse.impl import COURSE_ROOT, Implementation, ImplementationImportError
+from llmcourse.impl import COURSE_ROOT, Implementation, ImplementationImportError, solutions_folder
 
 EXERCISES_ENV = "LLMCOURSE_EXERCISES"
 _verdicts: dict[tuple[str, str], tuple[bool, str]] = {}  # (exercise id, file hash) -> (passes, why not)
@@ -38,7 +38,7 @@ def _split(qualified: str) -> tuple[str, str]:
 def reference(qualified: str) -> Callable:
     """The reference implementation of `module.function` from solutions/ (for the grader and the tests)."""
     module, name = _split(qualified)
-    return Implementation(COURSE_ROOT / "solutions").function(module, name)
+    return Implementation(solutions_folder()).function(module, name)
 
 
 def exercises_folder() -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmcourse import fallbacks
-from llmcourse.impl import COURSE_ROOT, Implementation
+from llmcourse.impl import COURSE_ROOT, Implementation, solutions_folder
 from llmcourse.loader import is_stub, load, reference
 
 STUB = 'raise NotImplementedError("warmup_mean_squared_error: mean_squared_error is not implemented yet; ' \
@@ -75,7 +75,7 @@ def test_the_loader_never_reads_solutions(learner_folder, monkeypatch, capsys):
 
 def test_is_stub_reads_the_function_body():
     assert is_stub(COURSE_ROOT / "exercises" / "warmup.py", "mean_squared_error")
-    assert not is_stub(COURSE_ROOT / "solutions" / "warmup.py", "mean_squared_error")
+    assert not is_stub(solutions_folder() / "warmup.py", "mean_squared_error")
 
 
 def test_unqualified_name_is_explained():
