@@ -8,7 +8,7 @@ import math
 import sys
 from pathlib import Path
 
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.impl import COURSE_ROOT, SolutionsMissing
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -23,10 +23,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from llmcourse import release
+    if args.student:
+        return _student_release(Path(args.student), tuple(args.hold_out))
     exercises = COURSE_ROOT / "exercises"
     try:
         generated = release.generate()
-    except release.ReleaseError as err:
+    except (release.ReleaseError, SolutionsMissing) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     if args.check:
@@ -36,14 +38,26 @@ def cmd_release(args: argparse.Namespace) -> int:
         print("exercises/ is up to date with solutions/" if not problems else
               "exercises/ is out of date: run `llmcourse release`")
         return 1 if problems else 0
-    touched = release.learner_work(generated, exercises)
-    if touched and not args.force:
-        print(f"error: {', '.join(touched)} hold your own code, which a release would overwrite. "
-              "Copy your work elsewhere or pass --force.", file=sys.stderr)
-        return 1
-    changed = release.write(generated, exercises)
+    changed, kept = release.write(generated, exercises, keep_work=not args.force)
     print(f"wrote {len(changed)} file(s) in exercises/: {', '.join(changed)}" if changed else
           "exercises/ was already up to date")
+    for where in kept:
+        print(f"kept your code: {where} (it is not the stub any more, so the release left it as it is)")
+    return 0
+
+
+def _student_release(out: Path, hold_out: tuple[str, ...]) -> int:
+    from llmcourse import release
+    try:
+        files = release.student_release(out, hold_out)
+    except (release.ReleaseError, SolutionsMissing) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    unused = [pattern for pattern in hold_out if not any(release.held_out(path, (pattern,))
+                                                         for path in release.course_files())]
+    print(f"wrote the student release to {out}: {len(files)} files, exercises/ as stubs, no solutions/")
+    for pattern in unused:
+        print(f"warning: --hold-out {pattern!r} matches no file of the course")
     return 0
 
 
@@ -135,9 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     rel = sub.add_parser("release", help="regenerate exercises/ from solutions/",
                          description="Replace every '# BEGIN SOLUTION' ... '# END SOLUTION' region of solutions/ "
-                         "with a NotImplementedError stub and write the result to exercises/.")
+                         "with a NotImplementedError stub and write the result to exercises/, keeping every "
+                         "function that holds your own code. With --student, write a whole course for a class.")
     rel.add_argument("--check", action="store_true", help="write nothing; exit 1 if exercises/ is out of date")
-    rel.add_argument("--force", action="store_true", help="overwrite exercises/ even where it holds your own code")
+    rel.add_argument("--force", action="store_true", help="overwrite exercises/ even where it holds your own code "
+                     "(by default a function that is not the stub any more is kept, and said so)")
+    rel.add_argument("--student", metavar="OUT", help="instead, write the whole course for a class into the new or "
+                     "empty folder OUT: every course file but solutions/, exercises/ as stubs, a student README")
+    rel.add_argument("--hold-out", action="append", default=[], metavar="PATTERN",
+                     help="with --student: leave out the files matching this glob, relative to the course root (e.g. "
+                     "hidden tests: tests/graded/test_training.py); repeatable")
     rel.set_defaults(func=cmd_release)
 
     gr = sub.add_parser("grade", help="grade exercises/, solutions/ or a submission folder",

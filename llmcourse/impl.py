@@ -17,10 +17,25 @@ from pathlib import Path
 COURSE_ROOT = Path(__file__).resolve().parent.parent
 IMPL_ENV = "LLMCOURSE_IMPL"
 NAMED_IMPLEMENTATIONS = ("exercises", "solutions")
+SOLUTIONS = COURSE_ROOT / "solutions"
 
 
 class ImplementationImportError(ImportError):
     """A module of the implementation does not import (syntax error, a failing import, an error at import time)."""
+
+
+class SolutionsMissing(FileNotFoundError):
+    """The course has no solutions/ folder: it is a student release (`llmcourse release --student`)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"{SOLUTIONS} does not exist: this is a student release, without the reference answers")
+
+
+def solutions_folder() -> Path:
+    """solutions/, or SolutionsMissing in a student release."""
+    if not SOLUTIONS.is_dir():
+        raise SolutionsMissing()
+    return SOLUTIONS
 
 
 def resolve_impl(name_or_path: str | os.PathLike | None = None) -> Path:
@@ -29,6 +44,8 @@ def resolve_impl(name_or_path: str | os.PathLike | None = None) -> Path:
     With no argument, `$LLMCOURSE_IMPL` decides, and "exercises" when that is unset.
     """
     choice = str(name_or_path if name_or_path is not None else os.environ.get(IMPL_ENV, "exercises"))
+    if choice == "solutions":
+        return solutions_folder().resolve()
     folder = COURSE_ROOT / choice if choice in NAMED_IMPLEMENTATIONS else Path(choice).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(

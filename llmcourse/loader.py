@@ -1,16 +1,16 @@
-"""The exercise loader: notebooks run on the learner's own code once it works, and on the reference before that.
+"""The exercise loader: notebooks run on the learner's own code once it works, and on the package's before that.
 
     from llmcourse.loader import load
     softmax = load("attention.softmax")
-    # softmax: using the reference solution (yours is not implemented yet)
+    # softmax: using the course's implementation (yours is not implemented yet: exercise `softmax` in
+    # exercises/attention.py)
 
 `load` returns the learner's function from exercises/ when its body is written (no `raise NotImplementedError`
 left) and its exercise's graded tests pass with the learner's own code throughout (the other exercises it calls
-included), and otherwise the reference from solutions/, saying in one line which it used and why, naming the
-exercise it calls when that is the cause ("yours passes its own tests, but it calls your `softmax`, which is not
-implemented yet"). A function the course
-provides (not an exercise) comes from solutions/ without a word. Package code that needs a building block calls
-`reference(...)`, so there is one implementation of each idea.
+included), and otherwise the package's own version (llmcourse.fallbacks), saying in one line which it used and why,
+naming the exercise it calls when that is the cause ("yours passes its own tests, but it calls your `softmax`, which
+is not implemented yet"). A function the course provides (not an exercise) is the learner's copy in exercises/,
+given without a word. The loader never reads solutions/: `reference(...)` is the grader's.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from llmcourse import catalog
-from llmcourse.impl import COURSE_ROOT, Implementation, ImplementationImportError
+from llmcourse import catalog, fallbacks
+from llmcourse.impl import COURSE_ROOT, Implementation, ImplementationImportError, solutions_folder
 
 EXERCISES_ENV = "LLMCOURSE_EXERCISES"
 _verdicts: dict[tuple[str, str], tuple[bool, str]] = {}  # (exercise id, file hash) -> (passes, why not)
@@ -36,9 +36,9 @@ def _split(qualified: str) -> tuple[str, str]:
 
 
 def reference(qualified: str) -> Callable:
-    """The reference implementation of `module.function` from solutions/."""
+    """The reference implementation of `module.function` from solutions/ (for the grader and the tests)."""
     module, name = _split(qualified)
-    return Implementation(COURSE_ROOT / "solutions").function(module, name)
+    return Implementation(solutions_folder()).function(module, name)
 
 
 def exercises_folder() -> Path:
@@ -102,15 +102,16 @@ def _problem(exercise: catalog.Exercise, folder: Path) -> str | None:
 
 
 def load(qualified: str, *, verbose: bool = True) -> Callable:
-    """The learner's `module.function` when it is written and passes its graded tests, else the reference."""
+    """The learner's `module.function` when it is written and passes its graded tests, else the package's version;
+    code the course provides comes from the learner's copy in exercises/."""
     module, name = _split(qualified)
     exercise = catalog.exercise_of(module, name)
-    if exercise is None:
-        return reference(qualified)
     folder = exercises_folder()
+    if exercise is None:
+        return Implementation(folder).function(module, name)
     path = folder / f"{module}.py"
     if not path.is_file() or is_stub(path, name):
-        use_own, why = False, "yours is not implemented yet"
+        use_own, why = False, f"yours is not implemented yet: exercise `{exercise.id}` in {_shown(path)}"
     else:
         problem = _problem(exercise, folder)
         use_own, why = problem is None, f"yours {problem}"
@@ -120,6 +121,14 @@ def load(qualified: str, *, verbose: bool = True) -> Callable:
         except ImplementationImportError as err:
             use_own, why = False, str(err)
     if verbose:
-        print(f"{name}: using your implementation from {path}" if use_own else
-              f"{name}: using the reference solution ({why})")
-    return function if use_own else reference(qualified)
+        print(f"{name}: using your implementation from {_shown(path)}" if use_own else
+              f"{name}: using the course's implementation ({why})")
+    return function if use_own else fallbacks.fallback(module, name)
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the course when it lies inside it (exercises/attention.py), else as it is."""
+    try:
+        return str(path.relative_to(COURSE_ROOT))
+    except ValueError:
+        return str(path)

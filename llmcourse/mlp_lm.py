@@ -158,8 +158,8 @@ def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray,
     """New (param, m, v) after step t >= 1 of Adam, AdamW with weight_decay > 0 (torch.optim.Adam / AdamW): param
     decays by lr * weight_decay, then moves by lr * m_hat / (sqrt(v_hat) + eps), the moments bias-corrected."""
     param = param * (1.0 - lr * weight_decay)
-    m = beta1 * m + (1.0 - beta1) * grad
-    v = beta2 * v + (1.0 - beta2) * grad * grad
+    m = (1.0 - beta1) * grad + beta1 * m
+    v = (1.0 - beta2) * np.square(grad) + beta2 * v
     return param - lr * (m / (1.0 - beta1**t)) / (np.sqrt(v / (1.0 - beta2**t)) + eps), m, v
 
 

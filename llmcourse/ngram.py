@@ -24,7 +24,7 @@ class BigramModel:
     @classmethod
     def fit(cls, ids: Sequence[int], vocab_size: int, smoothing: float = 0.1) -> "BigramModel":
         if smoothing < 0:
-            raise ValueError(f"smoothing must be >= 0, got {smoothing}")
+            raise ValueError(f"smoothing must be >= 0 (add-k with k >= 0), got {smoothing}")
         ids = _token_ids(np.asarray(ids, dtype=np.int64), vocab_size)
         pairs = ids[:-1] * vocab_size + ids[1:]  # (N - 1,) code of each transition
         counts = np.bincount(pairs, minlength=vocab_size * vocab_size).reshape(vocab_size, vocab_size)
@@ -45,14 +45,14 @@ class BigramModel:
         probability 0 (smoothing 0)."""
         ids = _token_ids(ids, self.vocab_size)
         if ids.size < 2:
-            raise ValueError(f"the perplexity needs at least 2 tokens (one transition), got {ids.size}")
+            raise ValueError(f"the perplexity needs at least 2 tokens, a transition, got {ids.size}")
         prev, nxt = ids[:-1], ids[1:]
         totals = (self.counts.sum(axis=1) + self.smoothing * self.vocab_size)[prev]  # (N - 1,)
         if not totals.all():
             raise ValueError("a token of ids never occurs as a previous token in the training ids and smoothing is "
                              "0: its next-token probabilities are undefined; use smoothing > 0")
         probs = (self.counts[prev, nxt] + self.smoothing) / totals  # (N - 1,)
-        return float(np.exp(-np.mean(np.log(probs)))) if probs.all() else float("inf")
+        return float(np.exp(-np.log(probs).mean())) if probs.all() else float("inf")
 
     def bits_per_char(self, ids: Sequence[int], n_chars: int) -> float:
         """Total information of ids' predicted tokens in bits, divided by the characters they spell.
@@ -74,7 +74,7 @@ class BigramModel:
 
 def _token_ids(ids, vocab_size: int) -> np.ndarray:
     """ids as a 1-D int64 array; a TypeError for non-integers, a ValueError for an id outside 0..vocab_size-1."""
-    ids = np.asarray(ids).reshape(-1)
+    ids = np.ravel(ids)
     if ids.size and ids.dtype.kind not in "iu":
         raise TypeError(f"token ids must be integers, got dtype {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):

@@ -18,7 +18,7 @@ GELU_A = 0.044715
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     """exp(x) / sum(exp(x)) along `axis`, the maximum subtracted first so that nothing overflows."""
     e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    return e / np.sum(e, axis=axis, keepdims=True)
 
 
 def embedding_forward(ids: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -28,7 +28,7 @@ def embedding_forward(ids: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 def embedding_backward(ids: np.ndarray, grad_out: np.ndarray, vocab_size: int) -> np.ndarray:
     """(V, D) gradient of the table: grad_out (S + (D,)) summed into the rows that ids (S) picked."""
-    grad = np.zeros((vocab_size, grad_out.shape[-1]), dtype=grad_out.dtype)
+    grad = np.zeros((vocab_size, grad_out.shape[-1]), grad_out.dtype)
     np.add.at(grad, np.asarray(ids, dtype=np.int64).reshape(-1), grad_out.reshape(-1, grad_out.shape[-1]))
     return grad
 
@@ -64,11 +64,11 @@ def layernorm_backward(dout: np.ndarray, x: np.ndarray, gamma: np.ndarray,
                        eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(dx (..., D), dgamma (D,), dbeta (D,)) of LayerNorm over the last axis:
     dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = dout * gamma, xhat the normalised x."""
-    rstd = 1.0 / np.sqrt(x.var(axis=-1, keepdims=True) + eps)  # (..., 1)
+    rstd = np.reciprocal(np.sqrt(x.var(axis=-1, keepdims=True) + eps))  # (..., 1)
     xhat = (x - x.mean(axis=-1, keepdims=True)) * rstd  # (..., D)
     leading = tuple(range(x.ndim - 1))
     g = dout * gamma
-    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
     return dx, (dout * xhat).sum(axis=leading), dout.sum(axis=leading)
 
 

@@ -60,7 +60,8 @@ def pack_int4_torch(codes: torch.Tensor) -> torch.Tensor:
     """int4 codes (..., 2 m) in [-8, 7] -> uint8 (..., m): code 2i in the low nibble of byte i, code 2i + 1 in the
     high one, each as its 4-bit two's complement."""
     nibbles = (codes & 0xF).to(torch.uint8)  # (..., 2 m)
-    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+    low, high = nibbles[..., 0::2], nibbles[..., 1::2]
+    return low | (high << 4)
 
 
 def unpack_int4_torch(packed: torch.Tensor) -> torch.Tensor:

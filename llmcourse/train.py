@@ -102,9 +102,9 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
     loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())  # mean over the B * T positions
     loss.backward()
     if clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip)
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()  # gradients set to None
     return loss.item()
 
 

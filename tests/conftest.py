@@ -16,8 +16,11 @@ settings.load_profile("deterministic")
 from llmcourse.grading.isolation import answered_by_reference
 from llmcourse.grading.marks import exercise_id_of, register_markers
 from llmcourse.grading.sandbox import SANDBOXES, SandboxedImplementation
-from llmcourse.impl import IMPL_ENV, resolve_impl
+from llmcourse.impl import IMPL_ENV, SOLUTIONS, SolutionsMissing, resolve_impl
 from llmcourse.loader import reference
+
+STUDENT_RELEASE = ("needs solutions/, which this student release does not have; run `llmcourse grade` to grade your "
+                   "exercises")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,12 +48,43 @@ def pytest_configure(config: pytest.Config) -> None:
     register_markers(config)
 
 
+# A student release (`llmcourse release --student`) has no solutions/: a test that reaches for it, at import (a test
+# module taking the reference's functions), in a fixture (`--impl solutions`) or while it runs, is skipped saying
+# why; any other error still fails.
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    return None if SOLUTIONS.is_dir() else f"no solutions/: {STUDENT_RELEASE}"
+
+
+class _Module(pytest.Module):
+    def _getobj(self):
+        try:
+            return super()._getobj()
+        except SolutionsMissing:
+            pytest.skip(STUDENT_RELEASE, allow_module_level=True)
+
+
+def pytest_pycollect_makemodule(module_path, parent) -> pytest.Module | None:
+    return None if SOLUTIONS.is_dir() else _Module.from_parent(parent, path=module_path)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(SolutionsMissing):
+        report.outcome, report.longrepr = "skipped", (str(item.path), item.location[1], f"Skipped: {STUDENT_RELEASE}")
+    return report
+
+
 @pytest.fixture(scope="session")
 def impl(pytestconfig: pytest.Config):
     """The implementation under test, run in a sandbox process (llmcourse.grading.sandbox): `impl.attention.softmax`
     calls the learner's function there with this test's arguments and brings the result back as data. Modules are
     imported inside each test, so one broken file fails only its own tests."""
     option = pytestconfig.getoption
+    if option("--impl") == "solutions" and not SOLUTIONS.is_dir():
+        pytest.skip("graded tests need solutions/: this is a student release; run `llmcourse grade` to grade your "
+                    "exercises")
     implementation = SandboxedImplementation(
         resolve_impl(option("--impl")), sandbox=option("--sandbox"), timeout=option("--time-limit"),
         memory_mb=option("--memory-mb"), state_dir=option("--grader-state"),

@@ -21,9 +21,10 @@ from llmcourse import catalog
 from llmcourse.cli import main
 from llmcourse.grading.autograder import build_bundle
 from llmcourse.grading.sandbox import bubblewrap_problem
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.impl import COURSE_ROOT, solutions_folder
 
 pytestmark = pytest.mark.slow
+solutions_folder()  # grading the course's own folders needs the reference answers: a student release skips this module
 
 # A hostile warm-up, appended to the stub so that what it defines wins: at import, it overwrites Gradescope's
 # results with full marks, and takes the reference answer from the bundle and runs it.

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from llmcourse.grading.runner import format_table, grade, gradescope_results
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.impl import COURSE_ROOT, solutions_folder
 
 pytestmark = pytest.mark.slow
 
@@ -214,7 +214,7 @@ def test_grade_refuses_bad_limits_without_running_anything():
 
 def test_a_submission_is_always_a_path(tmp_path, monkeypatch):
     """`--submission exercises` grades ./exercises, not the course's own stubs."""
-    shutil.copytree(COURSE_ROOT / "solutions", tmp_path / "exercises")
+    shutil.copytree(solutions_folder(), tmp_path / "exercises")
     monkeypatch.chdir(tmp_path)
     report = grade(submission="exercises", only=["warmup_mean_squared_error"])
     assert report.error is None and report.total == report.max_total, format_table(report)

@@ -1,11 +1,13 @@
-"""The exercise loader gives the learner's function once it works, else the reference, and says which."""
+"""The exercise loader gives the learner's function once it works, else the package's (never solutions/), and says
+which."""
 
 import shutil
 from pathlib import Path
 
 import pytest
 
-from llmcourse.impl import COURSE_ROOT
+from llmcourse import fallbacks
+from llmcourse.impl import COURSE_ROOT, Implementation, solutions_folder
 from llmcourse.loader import is_stub, load, reference
 
 STUB = 'raise NotImplementedError("warmup_mean_squared_error: mean_squared_error is not implemented yet; ' \
@@ -25,10 +27,11 @@ def _write_answer(folder: Path, body: str) -> None:
     path.write_text(path.read_text().replace(STUB, body))
 
 
-def test_stub_gives_the_reference(learner_folder, capsys):
+def test_stub_gives_the_package_version(learner_folder, capsys):
     fn = load("warmup.mean_squared_error")
-    assert "using the reference solution (yours is not implemented yet)" in capsys.readouterr().out
-    assert fn is reference("warmup.mean_squared_error")
+    assert ("mean_squared_error: using the course's implementation (yours is not implemented yet: exercise "
+            f"`warmup_mean_squared_error` in {learner_folder / 'warmup.py'})") in capsys.readouterr().out
+    assert fn is fallbacks.mean_squared_error
 
 
 @pytest.mark.slow
@@ -48,19 +51,31 @@ def test_wrong_answer_falls_back_with_the_reason(learner_folder, capsys):
     _write_answer(learner_folder, "return 42.0")
     fn = load("warmup.mean_squared_error")
     out = capsys.readouterr().out
-    assert "using the reference solution (yours does not pass its graded tests yet: failed:" in out
+    assert "using the course's implementation (yours does not pass its graded tests yet: failed:" in out
     assert "llmcourse grade --only warmup_mean_squared_error" in out
-    assert fn is reference("warmup.mean_squared_error")
+    assert fn is fallbacks.mean_squared_error
 
 
-def test_provided_code_comes_from_the_reference_silently(capsys):
-    assert load("warmup.np") is reference("warmup.np")
+def test_provided_code_is_the_learners_copy_given_silently(learner_folder, capsys):
+    assert load("backprop.linear_forward") is Implementation(learner_folder).backprop.linear_forward
     assert capsys.readouterr().out == ""
+
+
+def test_the_loader_never_reads_solutions(learner_folder, monkeypatch, capsys):
+    def refuse(self, name):
+        raise AssertionError(f"the loader imported {name} from solutions/")
+
+    real = Implementation.module
+    monkeypatch.setattr(Implementation, "module", lambda self, name: refuse(self, name)
+                        if self.folder.name == "solutions" else real(self, name))
+    assert load("attention.softmax") is fallbacks.softmax
+    assert load("gpt_numpy.gpt_forward") is Implementation(learner_folder).gpt_numpy.gpt_forward
+    assert "in " + str(learner_folder / "attention.py") in capsys.readouterr().out
 
 
 def test_is_stub_reads_the_function_body():
     assert is_stub(COURSE_ROOT / "exercises" / "warmup.py", "mean_squared_error")
-    assert not is_stub(COURSE_ROOT / "solutions" / "warmup.py", "mean_squared_error")
+    assert not is_stub(solutions_folder() / "warmup.py", "mean_squared_error")
 
 
 def test_unqualified_name_is_explained():

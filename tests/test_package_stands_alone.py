@@ -1,5 +1,5 @@
-"""The package runs without solutions/: the student release deletes it, and only the grader and the exercise loader
-may read it."""
+"""The package runs without solutions/: the student release leaves it out, and only the grader (through
+`loader.reference`) may read it; the exercise loader hands out the package's own versions (llmcourse.fallbacks)."""
 
 import re
 from pathlib import Path

@@ -1,15 +1,16 @@
 """`llmcourse release`: exercises/ is exactly what solutions/ generates, and no solution leaks into it."""
 
 import ast
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from llmcourse import catalog
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.impl import COURSE_ROOT, solutions_folder
 from llmcourse.loader import is_stub
-from llmcourse.release import ReleaseError, differences, generate, learner_work, stub_source
+from llmcourse.release import ReleaseError, differences, generate, stub_source, write
 
 
 def test_exercises_are_up_to_date_with_solutions():
@@ -27,7 +28,7 @@ def test_no_solution_leaks_into_exercises(exercise):
 
 @pytest.mark.parametrize("exercise", catalog.EXERCISES, ids=lambda ex: ex.id)
 def test_every_exercise_has_a_solution_region(exercise):
-    path = COURSE_ROOT / "solutions" / f"{exercise.module}.py"
+    path = solutions_folder() / f"{exercise.module}.py"
     assert path.exists(), f"solutions/{exercise.module}.py is missing"
     tree = ast.parse(path.read_text())
     defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
@@ -66,9 +67,48 @@ def test_marker_mistakes_name_file_and_line(source, message):
         stub_source(source, "warmup", "x.py")
 
 
-def test_release_refuses_to_overwrite_a_learners_work(tmp_path: Path):
-    generated = {"warmup.py": stub_source(textwrap.dedent(SOLUTION), "warmup", "warmup.py")}
-    (tmp_path / "warmup.py").write_text(textwrap.dedent(SOLUTION))  # the learner filled the stub in
-    assert learner_work(generated, tmp_path) == ["exercises/warmup.py"]
-    (tmp_path / "warmup.py").write_text(generated["warmup.py"])
-    assert learner_work(generated, tmp_path) == []
+def _learner_copy(tmp_path: Path) -> Path:
+    folder = tmp_path / "exercises"
+    shutil.copytree(COURSE_ROOT / "exercises", folder)
+    return folder
+
+
+STUB = ('    raise NotImplementedError("warmup_mean_squared_error: mean_squared_error is not implemented yet; write your '
+        'code here")\n')
+
+
+@pytest.mark.parametrize("answer", [
+    "    d = np.asarray(predictions) - np.asarray(targets)  # started, not finished\n" + STUB,
+    "    return float(np.mean((np.asarray(predictions) - np.asarray(targets)) ** 2))\n" + STUB.replace("raise", "# raise"),
+], ids=["code above the kept raise", "finished, the raise commented out"])
+def test_release_keeps_a_learners_function_and_says_so(tmp_path: Path, answer: str):
+    folder = _learner_copy(tmp_path)
+    path = folder / "warmup.py"
+    mine = path.read_text().replace(STUB, answer)
+    path.write_text(mine + "\n\ndef my_helper():\n    return 1\n")
+    generated = generate()  # a course update: the module's and the function's docstrings change
+    generated["warmup.py"] = generated["warmup.py"].replace('"""Mean of the squared', '"""The mean of the squared')
+    generated["warmup.py"] = generated["warmup.py"].replace('"""Warm-up exercise', '"""The warm-up exercise')
+    changed, kept = write(generated, folder)
+    text = path.read_text()
+    assert kept == ["exercises/warmup.py: mean_squared_error", "exercises/warmup.py: my_helper"]
+    assert answer in text and "def my_helper():\n    return 1\n" in text  # all of the learner's work, as it was
+    assert '"""Mean of the squared' in text  # the learner's function is kept whole, its docstring too
+    assert changed == ["warmup.py"] and text.startswith('"""The warm-up exercise')  # the rest is updated
+    ast.parse(text)
+
+
+def test_release_replaces_functions_that_are_still_the_stub(tmp_path: Path):
+    folder = _learner_copy(tmp_path)
+    generated = generate()
+    generated["warmup.py"] = generated["warmup.py"].replace('"""Mean of the squared', '"""The mean of the squared')
+    assert write(generated, folder) == (["warmup.py"], [])
+    assert (folder / "warmup.py").read_text() == generated["warmup.py"]
+    assert write(generated, folder) == ([], [])
+
+
+def test_release_leaves_a_file_that_does_not_parse_alone(tmp_path: Path):
+    folder = _learner_copy(tmp_path)
+    (folder / "warmup.py").write_text("def mean_squared_error(:\n")
+    assert write(generate(), folder)[1] == ["exercises/warmup.py: (the whole file: it does not parse)"]
+    assert (folder / "warmup.py").read_text() == "def mean_squared_error(:\n"
