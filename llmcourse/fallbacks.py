@@ -547,8 +547,25 @@ def quantized_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bias: np.n
     return y if bias is None else y + np.asarray(bias).astype(x.dtype)
 
 
+def gpt_forward(params: Mapping[str, Any], ids: np.ndarray, *, block: Callable[..., np.ndarray] = block_forward
+                ) -> np.ndarray:
+    """Logits (B, T, V) of the NumPy GPT whose weights `load_weights` gave, for token ids (B, T): code the course
+    provides in exercises/gpt_numpy.py, here for the grader of a student release."""
+    ids = np.asarray(ids)
+    wte, wpe = np.asarray(params["wte"]), np.asarray(params["wpe"])
+    x = wte[ids] + wpe[:ids.shape[1]]  # (B, T, C)
+    for layer in params["blocks"]:
+        x = block(x, layer, params["n_head"])
+    return nl.layernorm_forward(x, params["ln_f.gamma"], params["ln_f.beta"]) @ wte.T  # (B, T, V), tied head
+
+
+PROVIDED = {"gpt_numpy": ("gpt_forward",)}  # provided code the graded tests call, by module
+
+
 def fallback(module: str, function: str) -> Callable:
-    """The package's version of the exercise function `module.function`; KeyError for anything else."""
-    if catalog.exercise_of(module, function) is None or function not in globals():
+    """The package's version of the exercise function (or provided function of PROVIDED) `module.function`;
+    KeyError for anything else."""
+    known = catalog.exercise_of(module, function) is not None or function in PROVIDED.get(module, ())
+    if not known or function not in globals():
         raise KeyError(f"{module}.{function} is not an exercise function")
     return globals()[function]

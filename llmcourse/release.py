@@ -220,8 +220,9 @@ All you need is Python 3.10+ with pip, and `make`. No GPU and no internet at run
 4. Re-run the notebook: until your function passes its tests the notebook uses the course's own implementation,
    and from then on yours; it says which.
 
-Each exercise here is graded with your own code throughout: if causal attention calls your softmax, a mistake in
-softmax shows in both.
+Each exercise is graded on its own code: while your causal attention is graded, its calls to softmax are answered
+by the course's own softmax, so a mistake in softmax costs softmax's points only. The notebooks ask the other
+question (does it work with your code throughout?) before they use your function.
 """
 
 

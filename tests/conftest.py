@@ -13,11 +13,10 @@ settings.register_profile("deterministic", derandomize=True, deadline=None)
 settings.register_profile("explore", deadline=None)
 settings.load_profile("deterministic")
 
-from llmcourse.grading.isolation import answered_by_reference
+from llmcourse.grading.isolation import answered_by_reference, course_function
 from llmcourse.grading.marks import exercise_id_of, register_markers
 from llmcourse.grading.sandbox import SANDBOXES, SandboxedImplementation
 from llmcourse.impl import IMPL_ENV, SOLUTIONS, SolutionsMissing, resolve_impl
-from llmcourse.loader import reference
 
 STUDENT_RELEASE = ("needs solutions/, which this student release does not have; run `llmcourse grade` to grade your "
                    "exercises")
@@ -88,7 +87,7 @@ def impl(pytestconfig: pytest.Config):
     implementation = SandboxedImplementation(
         resolve_impl(option("--impl")), sandbox=option("--sandbox"), timeout=option("--time-limit"),
         memory_mb=option("--memory-mb"), state_dir=option("--grader-state"),
-        answer=lambda module, function: reference(f"{module}.{function}"))
+        answer=lambda module, function: course_function(f"{module}.{function}"))
     yield implementation
     implementation.close()
 

@@ -74,3 +74,17 @@ def test_a_notebook_runs_on_the_stubs(out):
     assert proc.returncode == 0 and proc.stdout.startswith("[]\n"), proc.stdout[-3000:] + proc.stderr[-3000:]
     assert ("softmax: using the course's implementation (yours is not implemented yet: exercise `softmax` in "
             "exercises/attention.py)") in proc.stdout
+
+
+def test_grading_works_in_the_release(out, tmp_path):
+    """Without solutions/, calls to earlier exercises are answered by the course's own implementations (tested
+    equal to the reference), so correct code gets full marks: here the exercises that call earlier ones, in place
+    writers, and a test that passes the course's multi-head attention into the learner's block."""
+    import shutil
+    submission = tmp_path / "submission"
+    shutil.copytree(solutions_folder(), submission)
+    only = ["causal_attention", "cross_entropy_backward", "block_forward", "load_weights", "cache_append",
+            "cached_attention"]  # (training_step's tests are held out of this release)
+    proc = _run(out, "-m", "llmcourse", "grade", "--submission", str(submission), "--only", *only, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "12 / 12" in proc.stdout, proc.stdout

@@ -15,10 +15,23 @@ so it grades with the learner's own functions throughout (`own_dependencies`).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from llmcourse import catalog
+from llmcourse.impl import SOLUTIONS
 
 
 def answered_by_reference(exercise_id: str) -> list[tuple[str, str]]:
     """(module, function) of every exercise before `exercise_id` in the course: the calls the reference answers."""
     position = catalog.EXERCISES.index(catalog.get(exercise_id))
     return [(ex.module, function) for ex in catalog.EXERCISES[:position] for function in ex.functions]
+
+
+def course_function(qualified: str) -> Callable:
+    """What answers a call to `module.function` in the grader: the reference from solutions/, or in a student
+    release (no solutions/) the package's own version, tested equal to it (llmcourse.fallbacks)."""
+    from llmcourse import fallbacks
+    from llmcourse.loader import reference
+
+    module, _, function = qualified.rpartition(".")
+    return reference(qualified) if SOLUTIONS.is_dir() else fallbacks.fallback(module, function)

@@ -532,10 +532,10 @@ class SandboxedImplementation:
         (the reference's), which the sandbox then calls back here."""
         if isinstance(value, _FunctionProxy):
             return {"t": "function", "m": value.module, "f": value.name}
-        if inspect.isfunction(value):
-            key = (value.__module__.rpartition(".")[2], value.__name__)
-            if key in self._answered:
-                return {"t": "function", "m": key[0], "f": key[1], "answered": True}
+        if inspect.isfunction(value) and self.answer is not None:
+            for module, name in self._answered:
+                if value.__name__ == name and self.answer(module, name) is value:
+                    return {"t": "function", "m": module, "f": name, "answered": True}
         return None
 
     def _decode_function(self, node: dict) -> Any:

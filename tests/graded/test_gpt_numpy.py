@@ -9,7 +9,7 @@ import torch
 
 from llmcourse.gpt import GPT, Block, GPTConfig
 from llmcourse.grading import assert_allclose, exercise
-from llmcourse.loader import reference
+from llmcourse.grading.isolation import course_function
 
 # Both sides compute in float64 with different summation orders: ~1e-15 relative differences are expected, a bug
 # (a missing residual, a swapped LayerNorm, a forgotten transpose) shows as O(0.1). rtol 1e-7 as in COURSE.md;
@@ -51,7 +51,7 @@ def _run_block(impl, C, n_head, B, T, seed, dtype=torch.float64):
     with torch.no_grad():
         expected = block(x, None, None, 0).numpy()
     got = impl.gpt_numpy.block_forward(x.numpy(), _numpy_block(block), n_head,
-                                       attention=reference("attention.multihead_attention"))
+                                       attention=course_function("attention.multihead_attention"))
     return got, expected
 
 
@@ -84,7 +84,7 @@ def test_block_is_causal(impl):
     x = np.random.default_rng(3).normal(size=(1, 6, 8))
     changed = x.copy()
     changed[0, -1] += 1.0
-    mha = reference("attention.multihead_attention")
+    mha = course_function("attention.multihead_attention")
     a = impl.gpt_numpy.block_forward(x, block, 2, attention=mha)
     b = impl.gpt_numpy.block_forward(changed, block, 2, attention=mha)
     assert_allclose(b[:, :-1], a[:, :-1], rtol=RTOL64, atol=ATOL64,
@@ -130,7 +130,7 @@ def test_loaded_numpy_gpt_matches_pytorch_gpt(impl):
     with torch.no_grad():
         expected = model(ids).numpy()
     params = impl.gpt_numpy.load_weights(model.state_dict(), config.n_head)
-    gpt_forward, block = reference("gpt_numpy.gpt_forward"), reference("gpt_numpy.block_forward")
+    gpt_forward, block = course_function("gpt_numpy.gpt_forward"), course_function("gpt_numpy.block_forward")
     got = gpt_forward(params, ids.numpy(), block=block)
     assert_allclose(got, expected, rtol=RTOL64, atol=ATOL64, what="the NumPy GPT's logits with your loaded weights")
 
