@@ -25,3 +25,34 @@ def test_every_your_function_is_loaded_through_the_loader(notebook):
                 if name in EXERCISE_FUNCTIONS and first_load.get(name, len(cells)) > index + 1]
     assert not unbacked, f"{notebook.name}: cells claim the learner's function without loading it through " \
                          f"llmcourse.loader.load in that cell or the next: {unbacked}"
+
+
+def _text(stem: str) -> str:
+    """A notebook's cells as one text, with line breaks as spaces (prose is wrapped anywhere)."""
+    path = next(p for p in NOTEBOOKS if p.stem.startswith(stem))
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    return " ".join(" ".join("".join(cell["source"]).split()) for cell in cells)
+
+
+# (notebook, a wrong claim that must stay gone, the corrected sentence): each was found wrong in a review.
+CORRECTIONS = [
+    ("01", "treats its input as a *set*: shuffle the tokens and each output is shuffled the same way. Word order",
+     "A GPT's causal mask lets each token see only the ones before it, which breaks that symmetry"),
+    ("02", "into structure (chapter 05)", "Training is what turns such noise into structure."),
+    ("07", "such as RoPE, can drop the oldest entries instead",
+     "that only approximates recomputing the window: the cached keys of deeper layers were computed while attending "
+     "to the dropped tokens"),
+    ("07", "fewer positions with a cache", "Why is the speedup so much smaller than the count of positions"),
+    ("08", "throughput grows almost linearly", "measured, it climbs more slowly"),
+    ("09", "for 2/32 of a byte more per weight", "for 1/32 of a byte more per weight"),
+    ("09", "int4 costs several percent", "int4 costs far more than int8"),
+    ("10", "Generation speed is bounded by bytes per step / bandwidth",
+     "a step takes at least bytes per step / bandwidth, so tokens/s is at most bandwidth / bytes per step"),
+]
+
+
+@pytest.mark.parametrize("stem, wrong, corrected", CORRECTIONS, ids=[f"{c[0]}-{i}" for i, c in enumerate(CORRECTIONS)])
+def test_corrected_claims_stay_corrected(stem, wrong, corrected):
+    text = _text(stem)
+    assert wrong not in text, f"notebook {stem} says again: {wrong!r}"
+    assert corrected in text, f"notebook {stem} lost the corrected sentence: {corrected!r}"
