@@ -12,3 +12,16 @@ def test_a_masked_minus_infinity_is_matched_only_by_itself():
     assert_allclose(np.array([-np.inf, 1.0]), np.array([-np.inf, 1.0]), rtol=1e-7)
     with pytest.raises(AssertionError, match="got 5, expected -inf"):
         assert_allclose(np.array([5.0, 1.0]), np.array([-np.inf, 1.0]), rtol=1e-7)
+
+
+def test_the_worst_entry_is_reported_and_small_arrays_in_full():
+    expected = np.array([1.0, 2.0, 3.0, 4.0])
+    got = np.array([1.001, 2.0, 3.5, 4.0])  # index 0 is a little off, index 2 far off
+    with pytest.raises(AssertionError) as failure:
+        assert_allclose(got, expected, rtol=1e-6)
+    message = str(failure.value)
+    assert "at 2 of 4 entries; worst at index (2,): got 3.5, expected 3" in message
+    assert "got [1.001, 2.   , 3.5  , 4.   ], expected [1., 2., 3., 4.]" in message
+    with pytest.raises(AssertionError) as failure:  # large arrays: the worst entry only
+        assert_allclose(np.zeros(100), np.arange(100.0), rtol=1e-6)
+    assert "worst at index (99,): got 0, expected 99" in str(failure.value) and "[" not in str(failure.value)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+SHOWN_IN_FULL = 8  # arrays with at most this many entries are shown whole in a failure message
+
 
 def _index(row: np.ndarray) -> tuple[int, ...]:
     """An index as plain ints, so a message reads (0, 3) rather than (np.int64(0), np.int64(3))."""
@@ -44,11 +46,18 @@ def assert_allclose(actual, expected, *, rtol: float, atol: float = 0.0, what: s
         # infinite there, would accept anything
         bad |= ~np.isfinite(e64) & (a64 != e64)
     if bad.any():
-        idx = _index(np.argwhere(bad)[0])
+        worst = np.where(bad, np.where(np.isfinite(err), err, np.inf), -1.0)  # the largest difference, inf first
+        idx = _index(np.unravel_index(np.argmax(worst), worst.shape))
+        whole = f"; got {_small(a64)}, expected {_small(e64)}" if a.size <= SHOWN_IN_FULL else ""
         raise AssertionError(
-            f"{what} differs from the expected values at {bad.sum()} of {bad.size} entries; first at index {idx}: "
-            f"got {a64[idx]:.6g}, expected {e64[idx]:.6g} (tolerance rtol={rtol:g}, atol={atol:g})"
+            f"{what} differs from the expected values at {bad.sum()} of {bad.size} entries; worst at index {idx}: "
+            f"got {a64[idx]:.6g}, expected {e64[idx]:.6g} (tolerance rtol={rtol:g}, atol={atol:g}){whole}"
         )
+
+
+def _small(values: np.ndarray) -> str:
+    """A small array in full, on one line."""
+    return np.array2string(values, precision=6, separator=", ", max_line_width=10**6).replace("\n", "")
 
 
 def assert_equal_ids(actual, expected, *, what: str = "the result") -> None:
