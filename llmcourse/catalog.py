@@ -17,70 +17,73 @@ class Exercise:
     notebook: str  # the notebook that teaches it
     module: str  # file in exercises/ and solutions/, without ".py"
     functions: tuple[str, ...]  # the functions the learner writes
-    points: float = 2.0
+    points: float  # by effort: 1 a formula or two, 2 a function of a few steps, 3 careful bookkeeping, 4 a derivation
     writes: tuple[str, ...] = ()  # arguments its functions change in place; any other change is a mistake
 
 
 EXERCISES: tuple[Exercise, ...] = (
     # -- 00 welcome ---------------------------------------------------------------------------------------------
     Exercise("warmup_mean_squared_error", "Warm-up: mean squared error", "00_welcome", "warmup",
-             ("mean_squared_error",), 1.0),
+             ("mean_squared_error",), points=1),
     # -- 01 tokens and embeddings -------------------------------------------------------------------------------
     Exercise("bpe_merge", "BPE: count pairs and merge the most frequent", "01_tokens_and_embeddings", "tokens",
-             ("count_pairs", "merge_pair")),
+             ("count_pairs", "merge_pair"), points=3),
     Exercise("bpe_roundtrip", "BPE: encode and decode round trip", "01_tokens_and_embeddings", "tokens",
-             ("bpe_encode", "bpe_decode")),
+             ("bpe_encode", "bpe_decode"), points=3),
     Exercise("embedding", "Embedding forward and backward", "01_tokens_and_embeddings", "tokens",
-             ("embedding_forward", "embedding_backward")),
+             ("embedding_forward", "embedding_backward"), points=2),
     Exercise("bigram_perplexity", "Bigram language model perplexity", "01_tokens_and_embeddings", "tokens",
-             ("bigram_perplexity",)),
+             ("bigram_perplexity",), points=2),
     # -- 02 self-attention --------------------------------------------------------------------------------------
-    Exercise("softmax", "Numerically stable softmax", "02_self_attention", "attention", ("softmax",)),
+    Exercise("softmax", "Numerically stable softmax", "02_self_attention", "attention", ("softmax",), points=1),
     Exercise("causal_attention", "Causal scaled dot-product attention", "02_self_attention", "attention",
-             ("causal_attention",)),
+             ("causal_attention",), points=2),
     Exercise("multihead_split_merge", "Multi-head split and merge", "02_self_attention", "attention",
-             ("split_heads", "merge_heads")),
+             ("split_heads", "merge_heads"), points=2),
     Exercise("multihead_attention", "Multi-head attention forward", "02_self_attention", "attention",
-             ("multihead_attention",)),
+             ("multihead_attention",), points=2),
     # -- 03 MLP and backpropagation -----------------------------------------------------------------------------
-    Exercise("linear_backward", "Linear layer backward", "03_mlp_and_backprop", "backprop", ("linear_backward",)),
-    Exercise("gelu_backward", "GELU backward", "03_mlp_and_backprop", "backprop", ("gelu_backward",)),
+    Exercise("linear_backward", "Linear layer backward", "03_mlp_and_backprop", "backprop",
+             ("linear_backward",), points=2),
+    Exercise("gelu_backward", "GELU backward", "03_mlp_and_backprop", "backprop", ("gelu_backward",), points=2),
     Exercise("layernorm_backward", "LayerNorm backward", "03_mlp_and_backprop", "backprop",
-             ("layernorm_backward",)),
+             ("layernorm_backward",), points=4),
     Exercise("cross_entropy_backward", "Softmax cross-entropy backward", "03_mlp_and_backprop", "backprop",
-             ("cross_entropy_backward",)),
-    Exercise("adam_step", "One Adam(W) step", "03_mlp_and_backprop", "backprop", ("adam_step",)),
+             ("cross_entropy_backward",), points=2),
+    Exercise("adam_step", "One Adam(W) step", "03_mlp_and_backprop", "backprop", ("adam_step",), points=3),
     # -- 04 a GPT from NumPy to PyTorch -------------------------------------------------------------------------
     Exercise("block_forward", "Transformer block forward (NumPy)", "04_gpt_numpy_to_pytorch", "gpt_numpy",
-             ("block_forward",)),
+             ("block_forward",), points=2),
     Exercise("load_weights", "Load PyTorch weights into the NumPy GPT", "04_gpt_numpy_to_pytorch", "gpt_numpy",
-             ("load_weights",)),
+             ("load_weights",), points=3),
     # -- 05 training --------------------------------------------------------------------------------------------
     Exercise("training_step", "One training step", "05_training", "training", ("training_step",),
-             writes=("model", "optimizer")),
-    Exercise("perplexity", "Perplexity from mean cross-entropy", "05_training", "training", ("perplexity",)),
+             writes=("model", "optimizer"), points=3),
+    Exercise("perplexity", "Perplexity from mean cross-entropy", "05_training", "training", ("perplexity",), points=1),
     # -- 06 decoding --------------------------------------------------------------------------------------------
-    Exercise("temperature", "Temperature scaling", "06_decoding", "decoding", ("apply_temperature",)),
-    Exercise("top_k", "Top-k filter", "06_decoding", "decoding", ("top_k_filter",)),
-    Exercise("top_p", "Top-p (nucleus) filter", "06_decoding", "decoding", ("top_p_filter",)),
-    Exercise("beam_step", "One beam-search step", "06_decoding", "decoding", ("beam_step",)),
+    Exercise("temperature", "Temperature scaling", "06_decoding", "decoding", ("apply_temperature",), points=1),
+    Exercise("top_k", "Top-k filter", "06_decoding", "decoding", ("top_k_filter",), points=2),
+    Exercise("top_p", "Top-p (nucleus) filter", "06_decoding", "decoding", ("top_p_filter",), points=3),
+    Exercise("beam_step", "One beam-search step", "06_decoding", "decoding", ("beam_step",), points=3),
     # -- 07 KV-cache --------------------------------------------------------------------------------------------
     Exercise("cache_append", "Append keys and values to the cache", "07_kv_cache", "kv_cache", ("cache_append",),
-             writes=("cache_k", "cache_v")),
+             writes=("cache_k", "cache_v"), points=1),
     Exercise("cached_attention", "Attention of one query over the cache", "07_kv_cache", "kv_cache",
-             ("cached_attention",)),
+             ("cached_attention",), points=2),
     # -- 08 batching --------------------------------------------------------------------------------------------
-    Exercise("padding_mask", "Left padding and the attention mask", "08_batching", "batching", ("padding_mask",)),
-    Exercise("positions", "Per-row positions under left padding", "08_batching", "batching", ("row_positions",)),
+    Exercise("padding_mask", "Left padding and the attention mask", "08_batching", "batching",
+             ("padding_mask",), points=1),
+    Exercise("positions", "Per-row positions under left padding", "08_batching", "batching",
+             ("row_positions",), points=1),
     Exercise("scheduler_step", "One continuous-batching scheduler step", "08_batching", "batching",
-             ("scheduler_step",)),
+             ("scheduler_step",), points=3),
     # -- 09 quantization ----------------------------------------------------------------------------------------
     Exercise("quantize_per_channel", "Per-channel int8 quantize and dequantize", "09_quantization", "quantization",
-             ("quantize_per_channel", "dequantize_per_channel")),
+             ("quantize_per_channel", "dequantize_per_channel"), points=2),
     Exercise("int4_pack", "Pack and unpack int4 values", "09_quantization", "quantization",
-             ("pack_int4", "unpack_int4")),
+             ("pack_int4", "unpack_int4"), points=2),
     Exercise("quantized_matmul", "Matmul with int8 weights", "09_quantization", "quantization",
-             ("quantized_matmul",)),
+             ("quantized_matmul",), points=2),
 )
 
 BY_ID: dict[str, Exercise] = {ex.id: ex for ex in EXERCISES}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from llmcourse import catalog
 from llmcourse.grading.runner import format_table, grade, gradescope_results
 from llmcourse.impl import COURSE_ROOT, solutions_folder
 
@@ -168,7 +169,8 @@ def test_gradescope_and_json_files_are_written_by_the_cli(course_tests, submissi
     assert set(data) >= {"total", "max_total", "exercises"}
     assert [(e["id"], e["status"]) for e in data["exercises"]] == [
         ("warmup_mean_squared_error", "passed"), ("top_k", "crashed"), ("beam_step", "not implemented")]
-    assert data["total"] == 1.0 and data["max_total"] == 5.0
+    assert data["total"] == 1.0 and data["max_total"] == sum(
+        catalog.get(key).points for key in ("warmup_mean_squared_error", "top_k", "beam_step"))
     gs = json.loads(gradescope.read_text())
     assert gs["score"] == 1.0
     assert [t["status"] for t in gs["tests"]] == ["passed", "failed", "failed"]
@@ -239,3 +241,10 @@ def test_the_submission_is_validated_before_it_is_copied(tmp_path):
                      "pipe.py is not a regular file", "not UTF-8"):
         assert expected in text, text
     assert oct((tmp_path / "copy" / "warmup.py").stat().st_mode & 0o777) == "0o644"
+
+
+def test_points_follow_the_effort_of_each_exercise():
+    """Worth 1: a formula (softmax, temperature); up to 4: a derivation (LayerNorm's backward)."""
+    points = {ex.id: ex.points for ex in catalog.EXERCISES}
+    assert set(points.values()) == {1, 2, 3, 4}
+    assert points["softmax"] < points["causal_attention"] < points["beam_step"] < points["layernorm_backward"]
