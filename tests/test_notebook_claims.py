@@ -56,3 +56,11 @@ def test_corrected_claims_stay_corrected(stem, wrong, corrected):
     text = _text(stem)
     assert wrong not in text, f"notebook {stem} says again: {wrong!r}"
     assert corrected in text, f"notebook {stem} lost the corrected sentence: {corrected!r}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_points_named_in_a_notebook_are_the_catalogs(notebook):
+    text = " ".join("".join(cell["source"]) for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"])
+    for exercise_id, points in re.findall(r"Exercise `(\w+)`\*\* \(([0-9.]+) points?\)", text):
+        assert float(points) == catalog.get(exercise_id).points, f"{notebook.name}: {exercise_id} is worth " \
+                                                                 f"{catalog.get(exercise_id).points:g}, not {points}"
