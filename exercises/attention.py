@@ -113,7 +113,8 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     Raises:
         ValueError: if `axis` is out of range (checked for you before your code runs).
 
-    Hint: `x.max(axis=axis, keepdims=True)` keeps the reduced axis so the subtraction broadcasts.
+    Hint: exp(x - c) / sum(exp(x - c)) is the same for every constant c: choose the c that keeps exp from overflowing.
+    More: `llmcourse hint softmax`.
     """
     x = _float_array(x, "x")
     axis = _check_axis(axis, x.ndim)
@@ -141,8 +142,8 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarr
         ValueError / TypeError: for mismatched shapes or a mask that is not boolean or does not broadcast to
             (..., T, T) (checked for you before your code runs).
 
-    Hint: `causal_mask(T)` gives the (T, T) lower-triangular mask; use your `softmax`; `np.swapaxes(k, -1, -2)`
-    transposes the last two axes of a batched array.
+    Hint: scores from queries against keys, scaled; hide the future; softmax; weight the values.
+    More: `llmcourse hint causal_attention`.
     """
     q, k, v, mask = _check_attention_inputs(q, k, v, mask)
     raise NotImplementedError("causal_attention: causal_attention is not implemented yet; write your code here")
@@ -164,7 +165,9 @@ def split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
     Raises:
         ValueError: if `x` is not 3-D or C is not divisible by n_head (checked for you before your code runs).
 
-    Hint: a reshape to (B, T, n_head, D) then `transpose(0, 2, 1, 3)`.
+    Hint: the last axis holds n_head blocks side by side: give each block an axis of its own, then move the head axis
+    before time.
+    More: `llmcourse hint multihead_split_merge`.
     """
     x = _check_heads(x, n_head)
     raise NotImplementedError("multihead_split_merge: split_heads is not implemented yet; write your code here")
@@ -182,7 +185,8 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: if `x` is not 4-D (checked for you before your code runs).
 
-    Hint: transpose back first, then reshape (reshape alone would interleave the wrong numbers).
+    Hint: undo split_heads, in the reverse order of its steps.
+    More: `llmcourse hint multihead_split_merge`.
     """
     x = np.asarray(x)
     if x.ndim != 4:
@@ -213,7 +217,8 @@ def multihead_attention(x: np.ndarray, w_qkv: np.ndarray, b_qkv: np.ndarray, w_p
     Raises:
         ValueError: if a shape does not fit or C is not divisible by n_head (checked for you before your code runs).
 
-    Hint: `np.split(qkv, 3, axis=-1)`, then your `split_heads`, `causal_attention` and `merge_heads`.
+    Hint: one projection to queries, keys and values, attention per head, heads back together, one output projection.
+    More: `llmcourse hint multihead_attention`.
     """
     x, w_qkv, b_qkv, w_proj, b_proj = _check_multihead(x, w_qkv, b_qkv, w_proj, b_proj, n_head)
     raise NotImplementedError("multihead_attention: multihead_attention is not implemented yet; write your code here")

@@ -93,7 +93,9 @@ def linear_backward(dout: np.ndarray, x: np.ndarray, w: np.ndarray) -> tuple[np.
     Raises:
         ValueError: if the shapes do not fit (checked for you before your code runs).
 
-    Hint: y[n, j] = sum_i x[n, i] w[i, j] + b[j]; flatten the leading axes with reshape(-1, in) for dw.
+    Hint: each output depends on one row of x and one column of w: the chain rule gives a matrix product for each
+    gradient, and the bias gradient sums over every position.
+    More: `llmcourse hint linear_backward`.
     """
     x, w = _check_linear(x, w)
     dout = _check_dout(dout, x.shape[:-1] + w.shape[1:])
@@ -123,8 +125,8 @@ def gelu_backward(dout: np.ndarray, x: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: if dout's shape differs from x's (checked for you before your code runs).
 
-    Hint: write u = sqrt(2/pi) (x + 0.044715 x^3) and t = tanh(u); then y = 0.5 x (1 + t), tanh' = 1 - t^2, and
-    use the product rule. The constants are GELU_C and GELU_A.
+    Hint: GELU is x times a smooth step: differentiate the product, and the tanh inside it, by the chain rule.
+    More: `llmcourse hint gelu_backward`.
     """
     x = _float_array(x, "x")
     dout = _check_dout(dout, x.shape)
@@ -163,9 +165,9 @@ def layernorm_backward(dout: np.ndarray, x: np.ndarray, gamma: np.ndarray,
     Raises:
         ValueError: if the shapes do not fit (checked for you before your code runs).
 
-    Hint: with xhat = (x - mean) * rstd and rstd = 1 / sqrt(var + eps), every xhat in a row depends on every x in
-    that row through mean and var; the result is
-    dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dout * gamma and means over the last axis.
+    Hint: every output of a row depends on every input of that row through the mean and the variance: follow those two
+    paths back as well as the direct one.
+    More: `llmcourse hint layernorm_backward`.
     """
     x, gamma = _check_layernorm(x, gamma)
     dout = _check_dout(dout, x.shape)
@@ -202,8 +204,9 @@ def cross_entropy_backward(logits: np.ndarray, targets: np.ndarray) -> np.ndarra
         ValueError / TypeError: for shapes, dtypes or target values that do not fit (checked for you before your
         code runs).
 
-    Hint: for one row, d(-log softmax(z)[y]) / dz = softmax(z) - onehot(y); then remember the mean over N rows.
-    Use `softmax` (your exercise of notebook 02, imported at the top of this file).
+    Hint: differentiate log-sum-exp and the picked logit separately; the result is strikingly simple, and do not forget
+    the mean over rows.
+    More: `llmcourse hint cross_entropy_backward`.
     """
     logits, targets = _check_logits_targets(logits, targets)
     raise NotImplementedError("cross_entropy_backward: cross_entropy_backward is not implemented yet; write your code here")
@@ -251,8 +254,8 @@ def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray,
     Raises:
         ValueError: if t < 1 (checked for you before your code runs).
 
-    Hint: m <- beta1 m + (1 - beta1) g; v <- beta2 v + (1 - beta2) g^2; m_hat = m / (1 - beta1^t),
-    v_hat = v / (1 - beta2^t); param <- param - lr m_hat / (sqrt(v_hat) + eps).
+    Hint: keep running averages of the gradient and of its square, correct their start-up bias, and step by their ratio.
+    More: `llmcourse hint adam_step`.
     """
     if int(t) != t or t < 1:
         raise ValueError(f"t is the step number and starts at 1, got {t}")

@@ -86,7 +86,8 @@ def padding_mask(lengths: Sequence[int], width: int | None = None) -> np.ndarray
         ValueError: if `lengths` is empty, a prompt is empty (length 0), or `width` is shorter than the longest
             prompt; TypeError for non-integer lengths (checked for you before your code runs).
 
-    Hint: compare `np.arange(width)` with each row's number of padding columns, broadcasting (1, S) with (B, 1).
+    Hint: a row of length L in a batch of width S starts with S - L pad columns.
+    More: `llmcourse hint padding_mask`.
     """
     lengths, width = _check_lengths(lengths, width)
     raise NotImplementedError("padding_mask: padding_mask is not implemented yet; write your code here")
@@ -109,7 +110,8 @@ def row_positions(mask: np.ndarray) -> np.ndarray:
     Raises:
         TypeError / ValueError: if `mask` is not a boolean 2-D array (checked for you before your code runs).
 
-    Hint: a cumulative sum along the row counts the real tokens up to and including each column.
+    Hint: a token's position counts only the real tokens before it in its row, not the padding.
+    More: `llmcourse hint positions`.
     """
     mask = _check_mask(mask)
     raise NotImplementedError("positions: row_positions is not implemented yet; write your code here")
@@ -142,7 +144,8 @@ def scheduler_step(slots: list, finished: list[bool], waiting: list) -> tuple[li
         ValueError / TypeError: if `finished` does not match `slots`, a free row is marked finished, or a request
             is in two places at once (checked for you before your code runs).
 
-    Hint: copy `slots` first; then one loop frees rows, and one loop fills free rows from `waiting`.
+    Hint: finished requests free their rows; waiting requests take free rows, lowest row and earliest request first.
+    More: `llmcourse hint scheduler_step`.
     """
     _check_scheduler(slots, finished, waiting)
     raise NotImplementedError("scheduler_step: scheduler_step is not implemented yet; write your code here")

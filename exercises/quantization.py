@@ -167,7 +167,8 @@ def quantize_per_channel(w: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.n
     Raises:
         ValueError / TypeError: if `w` is not a finite float matrix or `bits` is not 2..8 (checked for you).
 
-    Hint: `np.abs(w).max(axis=1)` gives each row's largest magnitude; `scale[:, None]` broadcasts over the columns.
+    Hint: each output row gets the scale that maps its largest magnitude to the largest code.
+    More: `llmcourse hint quantize_per_channel`.
     """
     w = _float_matrix(w)
     bits = _check_bits(bits)
@@ -187,7 +188,8 @@ def dequantize_per_channel(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     Raises:
         ValueError: if q is not an integer matrix or scale does not have one entry per row (checked for you).
 
-    Hint: convert q to scale's dtype first, so that the product is not computed in int8.
+    Hint: multiply each row's codes by its scale.
+    More: `llmcourse hint quantize_per_channel`.
     """
     q, scale = _check_codes(q, scale)
     raise NotImplementedError("quantize_per_channel: dequantize_per_channel is not implemented yet; write your code here")
@@ -211,7 +213,8 @@ def pack_int4(q: np.ndarray) -> np.ndarray:
     Raises:
         ValueError / TypeError: if q is not integer, n is odd, or a value lies outside [-8, 7] (checked for you).
 
-    Hint: `q[..., 0::2]` and `q[..., 1::2]` are the even and odd codes; do the bit operations on uint8 arrays.
+    Hint: two 4-bit codes fit in one byte: the even one in the low half, the odd one in the high half.
+    More: `llmcourse hint int4_pack`.
     """
     q = _check_int4(q)
     raise NotImplementedError("int4_pack: pack_int4 is not implemented yet; write your code here")
@@ -231,7 +234,8 @@ def unpack_int4(packed: np.ndarray) -> np.ndarray:
     Raises:
         TypeError / ValueError: if packed is not a uint8 array with at least one dimension (checked for you).
 
-    Hint: `packed & 0xF` and `packed >> 4` are the two nibbles; interleave them with np.stack(..., axis=-1).
+    Hint: split each byte into its two halves, then give the halves their signs back.
+    More: `llmcourse hint int4_pack`.
     """
     packed = _check_packed(packed)
     raise NotImplementedError("int4_pack: unpack_int4 is not implemented yet; write your code here")
@@ -260,7 +264,8 @@ def quantized_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bias: np.n
     Raises:
         ValueError / TypeError: for shapes that do not fit together or a non-float x (checked for you).
 
-    Hint: convert q to x's dtype (`q.astype(x.dtype)`) before the matmul; scale broadcasts over the last axis.
+    Hint: x @ (q * scale).T, without building the dequantized matrix: the scale can be applied after the product.
+    More: `llmcourse hint quantized_matmul`.
     """
     x, q, scale, bias = _check_matmul(x, q, scale, bias)
     raise NotImplementedError("quantized_matmul: quantized_matmul is not implemented yet; write your code here")

@@ -29,7 +29,8 @@ def count_pairs(ids: Sequence[int]) -> dict[tuple[int, int], int]:
     Example:
         count_pairs([1, 2, 3, 1, 2]) == {(1, 2): 2, (2, 3): 1, (3, 1): 1}
 
-    Hint: `zip(ids, ids[1:])` walks over the adjacent pairs.
+    Hint: look at each pair of neighbours once, and count.
+    More: `llmcourse hint bpe_merge`.
     """
     raise NotImplementedError("bpe_merge: count_pairs is not implemented yet; write your code here")
 
@@ -54,7 +55,8 @@ def merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[i
     Example:
         merge_pair([1, 2, 3, 1, 2], (1, 2), 4) == [4, 3, 4]
 
-    Hint: walk an index i; when ids[i], ids[i + 1] equals the pair append new_id and step by 2, else step by 1.
+    Hint: walk through the ids left to right; a match consumes two ids, anything else one.
+    More: `llmcourse hint bpe_merge`.
     """
     raise NotImplementedError("bpe_merge: merge_pair is not implemented yet; write your code here")
 
@@ -87,8 +89,9 @@ def bpe_encode(text: str, merges: dict[tuple[int, int], int]) -> list[int]:
     Example:
         bpe_encode("abc", {(98, 99): 256, (97, 98): 257}) == [97, 256]   # (b, c) was learned first
 
-    Hint: `min(pairs, key=lambda p: merges.get(p, float("inf")))` picks the earliest-learned pair; reuse
-    `merge_pair` from the previous exercise.
+    Hint: start from the text's bytes; repeatedly merge the pair that was learnt earliest, until none of the pairs
+    present was learnt.
+    More: `llmcourse hint bpe_roundtrip`.
     """
     raise NotImplementedError("bpe_roundtrip: bpe_encode is not implemented yet; write your code here")
 
@@ -113,7 +116,8 @@ def bpe_decode(ids: Sequence[int], merges: dict[tuple[int, int], int]) -> str:
     Example:
         bpe_decode([97, 256], {(98, 99): 256}) == "abc"
 
-    Hint: build a table id -> bytes once: the 256 single bytes, then each merge in order as table[a] + table[b].
+    Hint: every id stands for a fixed string of bytes; join them, then decode the bytes as UTF-8 once.
+    More: `llmcourse hint bpe_roundtrip`.
     """
     raise NotImplementedError("bpe_roundtrip: bpe_decode is not implemented yet; write your code here")
 
@@ -146,7 +150,8 @@ def embedding_forward(ids: np.ndarray, weight: np.ndarray) -> np.ndarray:
         ValueError: if `weight` is not 2-D, or an id is outside 0..V-1 (say which id).
         TypeError: if `ids` are not integers.
 
-    Hint: NumPy's integer-array indexing `weight[ids]` does exactly this lookup.
+    Hint: a lookup: row `ids[...]` of the table, for every id.
+    More: `llmcourse hint embedding`.
     """
     raise NotImplementedError("embedding: embedding_forward is not implemented yet; write your code here")
 
@@ -170,7 +175,8 @@ def embedding_backward(ids: np.ndarray, grad_out: np.ndarray, vocab_size: int) -
         ValueError: if grad_out's shape is not ids.shape + (D,) (say both shapes), or an id is outside 0..V-1.
         TypeError: if `ids` are not integers.
 
-    Hint: `weight_grad[ids] += g` loses repeated ids (NumPy writes each row once); `np.add.at` accumulates.
+    Hint: each use of an id sends its gradient back to that id's row, and uses of the same id add up.
+    More: `llmcourse hint embedding`.
     """
     raise NotImplementedError("embedding: embedding_backward is not implemented yet; write your code here")
 
@@ -224,6 +230,8 @@ def bigram_perplexity(counts: np.ndarray, ids: Sequence[int], smoothing: float =
         ValueError: if counts is not square, ids has fewer than 2 tokens or an id outside 0..V-1, smoothing < 0,
             or a row used has no counts and k = 0 (its probabilities are undefined).
 
-    Hint: normalise the rows of counts + k into probabilities, pick probs[ids[:-1], ids[1:]], average the logs.
+    Hint: turn smoothed counts into probabilities of next given previous, then exp of the mean negative log-probability
+    of the text's pairs.
+    More: `llmcourse hint bigram_perplexity`.
     """
     raise NotImplementedError("bigram_perplexity: bigram_perplexity is not implemented yet; write your code here")

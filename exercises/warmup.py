@@ -16,6 +16,7 @@ def mean_squared_error(predictions: np.ndarray, targets: np.ndarray) -> float:
     Raises:
         ValueError: if the two shapes differ (say which shapes you got).
 
-    Hint: NumPy does the work element-wise; `np.mean` averages over every entry.
+    Hint: the mean, over every entry, of the squared difference.
+    More: `llmcourse hint warmup_mean_squared_error`.
     """
     raise NotImplementedError("warmup_mean_squared_error: mean_squared_error is not implemented yet; write your code here")

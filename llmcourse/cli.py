@@ -85,6 +85,22 @@ def cmd_autograder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hint(args: argparse.Namespace) -> int:
+    from llmcourse.hints import hints
+    try:
+        found = hints(args.exercise)
+    except KeyError as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
+    for function, idea, detail in found:
+        print(f"{function}: {idea}")
+        if args.more:
+            print(f"  more: {detail}")
+    if not args.more:
+        print(f"Still stuck? `llmcourse hint {args.exercise} --more` gives the formula or the call that does it.")
+    return 0
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -178,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--require-sandbox", action="store_true",
                     help="fail (exit 2) instead of grading unsandboxed where bubblewrap does not work: for a class")
     gr.set_defaults(func=cmd_grade)
+
+    hi = sub.add_parser("hint", help="a hint for an exercise: the idea, or with --more the formula",
+                        description="Print the hint of each function of an exercise: first the idea (also in its "
+                        "docstring); with --more, the detail (the formula, or the NumPy or PyTorch call that does it).")
+    hi.add_argument("exercise", metavar="EXERCISE_ID", help="e.g. softmax (`llmcourse grade` lists the ids)")
+    hi.add_argument("--more", action="store_true", help="also print the second, more detailed hint")
+    hi.set_defaults(func=cmd_hint)
 
     ag = sub.add_parser("autograder", help="build Gradescope's autograder zip (it holds the solutions)",
                         description="Write the zip to upload to a Gradescope programming assignment: setup.sh (builds "

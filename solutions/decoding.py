@@ -59,7 +59,8 @@ def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
         TypeError: logits is not a floating-point tensor, or temperature is not a number (provided).
         ValueError: temperature <= 0 (provided).
 
-    Hint: one division; it changes no ranking, only how far apart the logits are.
+    Hint: dividing the logits spreads or squeezes the distribution without changing the order.
+    More: `llmcourse hint temperature`.
     """
     logits = _check_logits(logits)
     temperature = _check_number(temperature, "temperature")
@@ -87,8 +88,8 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
         TypeError: logits is not a floating-point tensor, or k is not an int (provided).
         ValueError: k < 1 (provided).
 
-    Hint: `torch.topk(logits, k, dim=-1).values[..., -1:]` is the k-th largest value of each row; keep what is
-    >= it (`torch.where` or `masked_fill`).
+    Hint: find each row's k-th largest logit; everything below it becomes -inf.
+    More: `llmcourse hint top_k`.
     """
     logits = _check_logits(logits)
     k = _check_count(k, "k")
@@ -119,8 +120,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
         TypeError: logits is not a floating-point tensor, or p is not a number (provided).
         ValueError: p outside (0, 1] (provided).
 
-    Hint: `torch.sort(..., descending=True)`, `softmax`, `cumsum`; mass before token i = cumsum[i] - prob[i].
-    Find the logit of the last kept token in sorted order, then keep every entry >= it, as in top_k_filter.
+    Hint: sort by probability; keep tokens while the mass before them is still below p.
+    More: `llmcourse hint top_p`.
     """
     logits = _check_logits(logits)
     p = _check_number(p, "p")
@@ -160,8 +161,9 @@ def beam_step(beam_scores: torch.Tensor, next_log_probs: torch.Tensor,
         TypeError: inputs are not floating-point tensors, or beam_width is not an int (provided).
         ValueError: the shapes do not fit together, or beam_width > W * V (provided).
 
-    Hint: add with broadcasting to get (W, V) scores, flatten, sort stably in descending order (`torch.sort(...,
-    descending=True, stable=True)`), keep the first beam_width; flat index i is beam i // V, token i % V.
+    Hint: every beam can be extended by every token: score all W x V extensions, keep the best W, and remember where
+    each came from.
+    More: `llmcourse hint beam_step`.
     """
     beam_scores = _check_logits(beam_scores, "beam_scores")
     next_log_probs = _check_logits(next_log_probs, "next_log_probs")

@@ -122,8 +122,8 @@ def block_forward(x: np.ndarray, block: Mapping[str, np.ndarray], n_head: int, *
         KeyError, ValueError: if the block misses a key or a shape does not fit (checked for you before your code
             runs).
 
-    Hint: `layernorm_forward`, `linear_forward` and `gelu_forward` are imported from notebook 03; keep the two
-    residual additions (x + ...), and give each LayerNorm its own gamma and beta.
+    Hint: two sub-layers, each reading a normalised copy of the stream and adding its result back to it.
+    More: `llmcourse hint block_forward`.
     """
     x = _check_block(x, block, n_head)
     # BEGIN SOLUTION
@@ -159,8 +159,8 @@ def load_weights(state_dict: Mapping[str, Any], n_head: int) -> dict[str, Any]:
         KeyError: if a key is missing, naming it (checked for you before your code runs).
         TypeError: if given the model instead of its state dict (checked for you).
 
-    Hint: `_to_numpy(tensor)` gives a NumPy copy; `.T` transposes. Count layers with range(n_layer), not by
-    sorting key strings ("h.10" sorts before "h.2").
+    Hint: the same numbers under other names; PyTorch's Linear stores its weight the other way round.
+    More: `llmcourse hint load_weights`.
     """
     n_layer = _check_state_dict(state_dict)
     # BEGIN SOLUTION

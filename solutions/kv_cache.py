@@ -107,7 +107,8 @@ def cache_append(cache_k: np.ndarray, cache_v: np.ndarray, length: int, k_new: n
         ValueError: if the shapes do not match or the new positions do not fit (`length + T_new > max_len`: the
             cache is full); TypeError if an argument is not a NumPy array (checked for you before your code runs).
 
-    Hint: a slice on the second-to-last axis, `cache_k[..., length:length + T_new, :] = k_new`, writes in place.
+    Hint: the new keys and values go right after the ones already stored, in the same arrays.
+    More: `llmcourse hint cache_append`.
     """
     length = _check_append(cache_k, cache_v, length, k_new, v_new)
     # BEGIN SOLUTION
@@ -139,7 +140,8 @@ def cached_attention(q: np.ndarray, cache_k: np.ndarray, cache_v: np.ndarray, le
         ValueError: if the shapes do not match or `length` is 0 or out of range; TypeError if an input is not a
             float array (checked for you before your code runs).
 
-    Hint: slice `cache_k[..., :length, :]` first; use your `softmax`; scores have shape (..., 1, length).
+    Hint: causal attention for a single query, over the positions the cache holds so far.
+    More: `llmcourse hint cached_attention`.
     """
     q, cache_k, cache_v, length = _check_cached_attention(q, cache_k, cache_v, length)
     # BEGIN SOLUTION

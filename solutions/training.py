@@ -36,8 +36,8 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
     Raises:
         ValueError: if x or y is not a 2-D integer tensor, their shapes differ, or clip is not positive.
 
-    Hint: `torch.nn.functional.cross_entropy` wants logits of shape (N, V) and targets (N,): flatten with `.view`;
-    `torch.nn.utils.clip_grad_norm_` clips every gradient at once.
+    Hint: forward, loss, backward, clip, step, clean up: in that order, and report the loss from before the step.
+    More: `llmcourse hint training_step`.
     """
     # BEGIN SOLUTION
     for name, t in (("x", x), ("y", y)):
@@ -76,7 +76,8 @@ def perplexity(mean_cross_entropy: float) -> float:
         TypeError: if mean_cross_entropy is not a real number (a string, a list, a complex number, ...).
         ValueError: if it is negative or NaN.
 
-    Hint: `math.exp` raises OverflowError past about 709; `float(t)` turns a one-element tensor into a number.
+    Hint: the exponential of the mean cross-entropy, with care for inputs that are not plain numbers and for overflow.
+    More: `llmcourse hint perplexity`.
     """
     # BEGIN SOLUTION
     if isinstance(mean_cross_entropy, torch.Tensor):

@@ -16,7 +16,8 @@ def mean_squared_error(predictions: np.ndarray, targets: np.ndarray) -> float:
     Raises:
         ValueError: if the two shapes differ (say which shapes you got).
 
-    Hint: NumPy does the work element-wise; `np.mean` averages over every entry.
+    Hint: the mean, over every entry, of the squared difference.
+    More: `llmcourse hint warmup_mean_squared_error`.
     """
     # BEGIN SOLUTION
     predictions, targets = np.asarray(predictions, dtype=np.float64), np.asarray(targets, dtype=np.float64)

@@ -1,0 +1,189 @@
+"""Two levels of hints for every exercise function: the idea, in its docstring, and the detail (the formula, or
+the NumPy or PyTorch call that does it), shown by `llmcourse hint ID`."""
+
+from __future__ import annotations
+
+from llmcourse import catalog
+
+# "module.function" -> (the idea, the detail)
+HINTS: dict[str, tuple[str, str]] = {
+    'warmup.mean_squared_error': (
+        'the mean, over every entry, of the squared difference.',
+        'NumPy does the work element-wise; `np.mean` averages over every entry.',
+    ),
+    'tokens.count_pairs': (
+        'look at each pair of neighbours once, and count.',
+        '`zip(ids, ids[1:])` walks over the adjacent pairs.',
+    ),
+    'tokens.merge_pair': (
+        'walk through the ids left to right; a match consumes two ids, anything else one.',
+        'walk an index i; when ids[i], ids[i + 1] equals the pair append new_id and step by 2, else step by 1.',
+    ),
+    'tokens.bpe_encode': (
+        "start from the text's bytes; repeatedly merge the pair that was learnt earliest, until none of the "
+        'pairs present was learnt.',
+        '`min(pairs, key=lambda p: merges.get(p, float("inf")))` picks the earliest-learned pair; reuse '
+        '`merge_pair` from the previous exercise.',
+    ),
+    'tokens.bpe_decode': (
+        'every id stands for a fixed string of bytes; join them, then decode the bytes as UTF-8 once.',
+        'build a table id -> bytes once: the 256 single bytes, then each merge in order as table[a] + table[b].',
+    ),
+    'tokens.embedding_forward': (
+        'a lookup: row `ids[...]` of the table, for every id.',
+        "NumPy's integer-array indexing `weight[ids]` does exactly this lookup.",
+    ),
+    'tokens.embedding_backward': (
+        "each use of an id sends its gradient back to that id's row, and uses of the same id add up.",
+        '`weight_grad[ids] += g` loses repeated ids (NumPy writes each row once); `np.add.at` accumulates.',
+    ),
+    'tokens.bigram_perplexity': (
+        'turn smoothed counts into probabilities of next given previous, then exp of the mean negative '
+        "log-probability of the text's pairs.",
+        'normalise the rows of counts + k into probabilities, pick probs[ids[:-1], ids[1:]], average the logs.',
+    ),
+    'attention.softmax': (
+        'exp(x - c) / sum(exp(x - c)) is the same for every constant c: choose the c that keeps exp from '
+        'overflowing.',
+        '`x.max(axis=axis, keepdims=True)` keeps the reduced axis so the subtraction broadcasts.',
+    ),
+    'attention.causal_attention': (
+        'scores from queries against keys, scaled; hide the future; softmax; weight the values.',
+        '`causal_mask(T)` gives the (T, T) lower-triangular mask; use your `softmax`; `np.swapaxes(k, -1, -2)` '
+        'transposes the last two axes of a batched array.',
+    ),
+    'attention.split_heads': (
+        'the last axis holds n_head blocks side by side: give each block an axis of its own, then move the head'
+        ' axis before time.',
+        'a reshape to (B, T, n_head, D) then `transpose(0, 2, 1, 3)`.',
+    ),
+    'attention.merge_heads': (
+        'undo split_heads, in the reverse order of its steps.',
+        'transpose back first, then reshape (reshape alone would interleave the wrong numbers).',
+    ),
+    'attention.multihead_attention': (
+        'one projection to queries, keys and values, attention per head, heads back together, one output '
+        'projection.',
+        '`np.split(qkv, 3, axis=-1)`, then your `split_heads`, `causal_attention` and `merge_heads`.',
+    ),
+    'backprop.linear_backward': (
+        'each output depends on one row of x and one column of w: the chain rule gives a matrix product for '
+        'each gradient, and the bias gradient sums over every position.',
+        'y[n, j] = sum_i x[n, i] w[i, j] + b[j]; flatten the leading axes with reshape(-1, in) for dw.',
+    ),
+    'backprop.gelu_backward': (
+        'GELU is x times a smooth step: differentiate the product, and the tanh inside it, by the chain rule.',
+        "write u = sqrt(2/pi) (x + 0.044715 x^3) and t = tanh(u); then y = 0.5 x (1 + t), tanh' = 1 - t^2, and "
+        'use the product rule. The constants are GELU_C and GELU_A.',
+    ),
+    'backprop.layernorm_backward': (
+        'every output of a row depends on every input of that row through the mean and the variance: follow '
+        'those two paths back as well as the direct one.',
+        'with xhat = (x - mean) * rstd and rstd = 1 / sqrt(var + eps), every xhat in a row depends on every x '
+        'in that row through mean and var; the result is dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with'
+        ' g = dout * gamma and means over the last axis.',
+    ),
+    'backprop.cross_entropy_backward': (
+        'differentiate log-sum-exp and the picked logit separately; the result is strikingly simple, and do not'
+        ' forget the mean over rows.',
+        'for one row, d(-log softmax(z)[y]) / dz = softmax(z) - onehot(y); then remember the mean over N rows. '
+        'Use `softmax` (your exercise of notebook 02, imported at the top of this file).',
+    ),
+    'backprop.adam_step': (
+        'keep running averages of the gradient and of its square, correct their start-up bias, and step by '
+        'their ratio.',
+        'm <- beta1 m + (1 - beta1) g; v <- beta2 v + (1 - beta2) g^2; m_hat = m / (1 - beta1^t), v_hat = v / '
+        '(1 - beta2^t); param <- param - lr m_hat / (sqrt(v_hat) + eps).',
+    ),
+    'gpt_numpy.block_forward': (
+        'two sub-layers, each reading a normalised copy of the stream and adding its result back to it.',
+        '`layernorm_forward`, `linear_forward` and `gelu_forward` are imported from notebook 03; keep the two '
+        'residual additions (x + ...), and give each LayerNorm its own gamma and beta.',
+    ),
+    'gpt_numpy.load_weights': (
+        "the same numbers under other names; PyTorch's Linear stores its weight the other way round.",
+        '`_to_numpy(tensor)` gives a NumPy copy; `.T` transposes. Count layers with range(n_layer), not by '
+        'sorting key strings ("h.10" sorts before "h.2").',
+    ),
+    'training.training_step': (
+        'forward, loss, backward, clip, step, clean up: in that order, and report the loss from before the '
+        'step.',
+        '`torch.nn.functional.cross_entropy` wants logits of shape (N, V) and targets (N,): flatten with '
+        '`.view`; `torch.nn.utils.clip_grad_norm_` clips every gradient at once.',
+    ),
+    'training.perplexity': (
+        'the exponential of the mean cross-entropy, with care for inputs that are not plain numbers and for '
+        'overflow.',
+        '`math.exp` raises OverflowError past about 709; `float(t)` turns a one-element tensor into a number.',
+    ),
+    'decoding.apply_temperature': (
+        'dividing the logits spreads or squeezes the distribution without changing the order.',
+        'one division; it changes no ranking, only how far apart the logits are.',
+    ),
+    'decoding.top_k_filter': (
+        "find each row's k-th largest logit; everything below it becomes -inf.",
+        '`torch.topk(logits, k, dim=-1).values[..., -1:]` is the k-th largest value of each row; keep what is '
+        '>= it (`torch.where` or `masked_fill`).',
+    ),
+    'decoding.top_p_filter': (
+        'sort by probability; keep tokens while the mass before them is still below p.',
+        '`torch.sort(..., descending=True)`, `softmax`, `cumsum`; mass before token i = cumsum[i] - prob[i]. '
+        'Find the logit of the last kept token in sorted order, then keep every entry >= it, as in '
+        'top_k_filter.',
+    ),
+    'decoding.beam_step': (
+        'every beam can be extended by every token: score all W x V extensions, keep the best W, and remember '
+        'where each came from.',
+        'add with broadcasting to get (W, V) scores, flatten, sort stably in descending order (`torch.sort(...,'
+        ' descending=True, stable=True)`), keep the first beam_width; flat index i is beam i // V, token i % V.',
+    ),
+    'kv_cache.cache_append': (
+        'the new keys and values go right after the ones already stored, in the same arrays.',
+        'a slice on the second-to-last axis, `cache_k[..., length:length + T_new, :] = k_new`, writes in place.',
+    ),
+    'kv_cache.cached_attention': (
+        'causal attention for a single query, over the positions the cache holds so far.',
+        'slice `cache_k[..., :length, :]` first; use your `softmax`; scores have shape (..., 1, length).',
+    ),
+    'batching.padding_mask': (
+        'a row of length L in a batch of width S starts with S - L pad columns.',
+        "compare `np.arange(width)` with each row's number of padding columns, broadcasting (1, S) with (B, 1).",
+    ),
+    'batching.row_positions': (
+        "a token's position counts only the real tokens before it in its row, not the padding.",
+        'a cumulative sum along the row counts the real tokens up to and including each column.',
+    ),
+    'batching.scheduler_step': (
+        'finished requests free their rows; waiting requests take free rows, lowest row and earliest request '
+        'first.',
+        'copy `slots` first; then one loop frees rows, and one loop fills free rows from `waiting`.',
+    ),
+    'quantization.quantize_per_channel': (
+        'each output row gets the scale that maps its largest magnitude to the largest code.',
+        "`np.abs(w).max(axis=1)` gives each row's largest magnitude; `scale[:, None]` broadcasts over the "
+        'columns.',
+    ),
+    'quantization.dequantize_per_channel': (
+        "multiply each row's codes by its scale.",
+        "convert q to scale's dtype first, so that the product is not computed in int8.",
+    ),
+    'quantization.pack_int4': (
+        'two 4-bit codes fit in one byte: the even one in the low half, the odd one in the high half.',
+        '`q[..., 0::2]` and `q[..., 1::2]` are the even and odd codes; do the bit operations on uint8 arrays.',
+    ),
+    'quantization.unpack_int4': (
+        'split each byte into its two halves, then give the halves their signs back.',
+        '`packed & 0xF` and `packed >> 4` are the two nibbles; interleave them with np.stack(..., axis=-1).',
+    ),
+    'quantization.quantized_matmul': (
+        'x @ (q * scale).T, without building the dequantized matrix: the scale can be applied after the '
+        'product.',
+        "convert q to x's dtype (`q.astype(x.dtype)`) before the matmul; scale broadcasts over the last axis.",
+    ),
+}
+
+
+def hints(exercise_id: str) -> list[tuple[str, str, str]]:
+    """(function, idea, detail) for each function of the exercise; KeyError naming the valid ids for a typo."""
+    exercise = catalog.get(exercise_id)
+    return [(function, *HINTS[f"{exercise.module}.{function}"]) for function in exercise.functions]
