@@ -214,7 +214,8 @@ All you need is Python 3.10+ with pip, and `make`. No GPU and no internet at run
 
 1. A notebook introduces the exercise, e.g. *stable softmax* in `exercises/attention.py`. Each exercise is a plain
    function whose docstring gives the shapes, dtypes and what to return; its body raises `NotImplementedError`.
-2. Write the body (replace the `raise NotImplementedError(...)` line) and save.
+2. Write the body (replace the `raise NotImplementedError(...)` line) and save. Stuck? The docstring's hint gives
+   the idea; `.venv/bin/llmcourse hint softmax --more` gives the formula or the call that does it.
 3. Grade it: `.venv/bin/llmcourse grade --only softmax`, or `.venv/bin/llmcourse grade` (or `make grade`) for the
    whole table of points and, for each exercise, what is wrong.
 4. Re-run the notebook: until your function passes its tests the notebook uses the course's own implementation,

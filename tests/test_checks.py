@@ -25,3 +25,18 @@ def test_the_worst_entry_is_reported_and_small_arrays_in_full():
     with pytest.raises(AssertionError) as failure:  # large arrays: the worst entry only
         assert_allclose(np.zeros(100), np.arange(100.0), rtol=1e-6)
     assert "worst at index (99,): got 0, expected 99" in str(failure.value) and "[" not in str(failure.value)
+
+
+def test_ids_name_the_first_difference_and_short_lists_in_full():
+    from llmcourse.grading.checks import assert_equal_ids, expect_error
+
+    with pytest.raises(AssertionError, match=r"first at index \(1,\): got 5, expected 2; got \[1, 5, 3\], "
+                                             r"expected \[1, 2, 3\]"):
+        assert_equal_ids([1, 5, 3], np.array([1, 2, 3]), what="ids")
+    with pytest.raises(AssertionError, match=r"pack_int4 of 5 codes should raise ValueError saying 'even', but it "
+                                             "returned normally"):
+        with expect_error(ValueError, match="even", what="pack_int4 of 5 codes"):
+            pass
+    with pytest.raises(AssertionError, match="but its message should say 'even'"):
+        with expect_error(ValueError, match="even", what="pack_int4 of 5 codes"):
+            raise ValueError("odd")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+from typing import Iterator
+
 import numpy as np
 
 SHOWN_IN_FULL = 8  # arrays with at most this many entries are shown whole in a failure message
@@ -71,5 +75,21 @@ def assert_equal_ids(actual, expected, *, what: str = "the result") -> None:
     diff = np.argwhere(a != e)
     if diff.size:
         idx = _index(diff[0])
+        whole = f"; got {a.tolist()}, expected {e.tolist()}" if a.size <= 2 * SHOWN_IN_FULL else ""
         raise AssertionError(f"{what} differs at {len(diff)} positions; first at index {idx}: got {a[idx]}, "
-                             f"expected {e[idx]}")
+                             f"expected {e[idx]}{whole}")
+
+
+@contextlib.contextmanager
+def expect_error(error: type[BaseException], *, what: str, match: str | None = None) -> Iterator[None]:
+    """Assert the block raises `error` (with a message matching the regular expression `match`), saying in the
+    learner's terms which call on which input should have: `what` names them, e.g. "pack_int4 of 5 codes"."""
+    try:
+        yield
+    except error as err:
+        if match is not None and not re.search(match, str(err)):
+            raise AssertionError(f"{what} raised {type(err).__name__}({str(err)[:200]!r}), but its message should "
+                                 f"say {match!r}") from None
+    else:
+        raise AssertionError(f"{what} should raise {error.__name__}" + (f" saying {match!r}" if match else "") +
+                             ", but it returned normally")

@@ -1,10 +1,9 @@
 """Graded tests of notebook 08 (batching): padding mask, per-row positions, one continuous-batching scheduler step."""
 
 import numpy as np
-import pytest
 import torch
 
-from llmcourse.grading import assert_equal_ids, exercise
+from llmcourse.grading import assert_equal_ids, exercise, expect_error
 
 
 def _as_int(mask) -> np.ndarray:
@@ -38,7 +37,7 @@ def test_padding_mask_with_width_matches_torch(impl):
 def test_padding_mask_single_row_and_empty_prompt(impl):
     got = impl.batching.padding_mask([3])
     assert_equal_ids(_as_int(got), np.ones((1, 3), np.int64), what="padding_mask([3]) (no padding needed)")
-    with pytest.raises(ValueError, match="at least one token"):
+    with expect_error(ValueError, match="at least one token", what="padding_mask([3, 0]) (a row of length 0)"):
         impl.batching.padding_mask([3, 0])
 
 

@@ -1,10 +1,9 @@
 """Graded tests of notebook 07 (KV-cache): appending to a preallocated cache, attention of one query over it."""
 
 import numpy as np
-import pytest
 import torch
 
-from llmcourse.grading import assert_allclose, exercise
+from llmcourse.grading import assert_allclose, exercise, expect_error
 
 
 def _cache(rng, shape=(2, 3), max_len=8, d=4, dtype=np.float64):
@@ -55,7 +54,7 @@ def test_cache_append_fills_the_last_position_and_then_reports_full(impl):
     got = impl.kv_cache.cache_append(cache_k, cache_v, 3, k_new, v_new)
     assert got == 4, f"appending one position to a cache holding 3 of 4 should return 4, got {got!r}"
     assert_allclose(cache_k[..., 3:, :], k_new, rtol=0, atol=0, what="the last cache position (exact copy)")
-    with pytest.raises(ValueError, match="full"):
+    with expect_error(ValueError, match="full", what="cache_append at length 4 into a cache of 4 positions"):
         impl.kv_cache.cache_append(cache_k, cache_v, 4, k_new, v_new)
 
 
@@ -120,5 +119,5 @@ def test_cached_attention_over_one_position_returns_its_value(impl):
     got = impl.kv_cache.cached_attention(rng.normal(size=(2, 1, 3)) * 100, cache_k, cache_v, 1)
     # The softmax of a single score is exactly 1, so the output is the first value up to one rounding.
     assert_allclose(got, cache_v[:, :1, :], rtol=1e-12, atol=0, what="cached_attention over a single position")
-    with pytest.raises(ValueError, match="empty"):
+    with expect_error(ValueError, match="empty", what="cached_attention over a cache of length 0"):
         impl.kv_cache.cached_attention(rng.normal(size=(2, 1, 3)), cache_k, cache_v, 0)

@@ -1,10 +1,9 @@
 """Graded tests of the quantization exercises (notebook 09), checked against PyTorch where it has the operation."""
 
 import numpy as np
-import pytest
 import torch
 
-from llmcourse.grading import assert_allclose, assert_equal_ids, exercise
+from llmcourse.grading import assert_allclose, assert_equal_ids, exercise, expect_error
 
 
 def _torch_fake_quant(w: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:
@@ -112,9 +111,9 @@ def test_pack_int4_edge_cases(impl):
     empty = impl.quantization.pack_int4(np.zeros((2, 0), dtype=np.int8))
     assert np.asarray(empty).shape == (2, 0), f"pack_int4 of shape (2, 0) should give (2, 0), got " \
                                               f"{np.asarray(empty).shape}"
-    with pytest.raises(ValueError, match="even"):
+    with expect_error(ValueError, match="even", what="pack_int4 of 5 codes (an odd count)"):
         impl.quantization.pack_int4(np.zeros(5, dtype=np.int8))
-    with pytest.raises(ValueError, match=r"\[-8, 7\]"):
+    with expect_error(ValueError, match=r"\[-8, 7\]", what="pack_int4([8, 0]) (8 is no int4 code)"):
         impl.quantization.pack_int4(np.array([8, 0], dtype=np.int8))
 
 

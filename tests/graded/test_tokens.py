@@ -3,11 +3,10 @@
 from collections import Counter
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 
-from llmcourse.grading import assert_allclose, assert_equal_ids, exercise
+from llmcourse.grading import assert_allclose, assert_equal_ids, exercise, expect_error
 
 TEXTS = ["the cat sat on the mat, the end.", "你好，世界！语言模型把文字变成数字。", "emoji 🙂👍🏽 and ünïcödé", ""]
 
@@ -126,7 +125,7 @@ def test_bpe_decode_invalid_utf8_and_unknown_id(impl):
     got = impl.tokens.bpe_decode(cut + [33], {})
     assert got == bytes(cut + [33]).decode("utf-8", errors="replace"), \
         f"bpe_decode of an incomplete UTF-8 character should show U+FFFD (errors='replace'), got {got!r}"
-    with pytest.raises(ValueError):
+    with expect_error(ValueError, what="bpe_decode([97, 300], {(97, 97): 256}) (300 is no token)"):
         impl.tokens.bpe_decode([97, 300], {(97, 97): 256})
 
 
@@ -155,7 +154,7 @@ def test_embedding_forward_equals_one_hot_matmul(impl):
     # one_hot @ weight multiplies each row by exact 0s and one 1: float32 gives the exact row as well.
     assert_allclose(got, (one_hot @ torch.from_numpy(weight)).numpy(), rtol=0, atol=0,
                     what="embedding_forward compared with one_hot(ids) @ weight")
-    with pytest.raises(ValueError):
+    with expect_error(ValueError, what=f"embedding_forward of id 6 with {len(weight)} rows"):
         impl.tokens.embedding_forward(np.array([6]), weight)
 
 
@@ -183,7 +182,7 @@ def test_embedding_backward_unused_rows_zero_and_shape_check(impl):
     # Sums of ones: exact in any floating-point type.
     assert_allclose(got, expected, rtol=0, atol=0, what="embedding_backward([2, 2], ones) (rows of unused tokens "
                                                         "must be 0, a repeated token gets the sum)")
-    with pytest.raises(ValueError):
+    with expect_error(ValueError, what=f"embedding_backward with ids {ids.tolist()} and a vocabulary of 4"):
         impl.tokens.embedding_backward(ids, np.ones((3, 3)), 4)
 
 
@@ -231,5 +230,5 @@ def test_bigram_perplexity_unseen_pair_without_smoothing_is_inf(impl):
     counts = np.array([[0, 4], [4, 0]])
     got = impl.tokens.bigram_perplexity(counts, [0, 1, 1], 0.0)
     assert got == float("inf"), f"an unseen pair with smoothing 0 has probability 0: perplexity inf, got {got}"
-    with pytest.raises(ValueError):
+    with expect_error(ValueError, what="bigram_perplexity of a text of one token (no pair)"):
         impl.tokens.bigram_perplexity(counts, [0], 1.0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmcourse.grading import assert_allclose, exercise
+from llmcourse.grading import assert_allclose, exercise, expect_error
 
 V, D = 11, 6  # vocabulary and width of the tiny language model below
 
@@ -118,7 +118,7 @@ def test_training_step_with_adamw_on_a_deeper_model(impl):
 def test_training_step_rejects_mismatched_shapes(impl):
     model = tiny_lm(0)
     x, y = batch(1)
-    with pytest.raises(ValueError, match="shape"):
+    with expect_error(ValueError, match="shape", what="training_step with x (3, 5) and y (3, 4)"):
         impl.training.training_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y[:, :-1])
 
 
@@ -163,5 +163,5 @@ def test_perplexity_overflow_is_infinite(impl):
 @pytest.mark.parametrize("bad, error", [(-0.1, ValueError), (math.nan, ValueError), ("2.0", TypeError),
                                         ([1.0], TypeError)])
 def test_perplexity_rejects_bad_input(impl, bad, error):
-    with pytest.raises(error):
+    with expect_error(error, what=f"perplexity({bad!r})"):
         impl.training.perplexity(bad)

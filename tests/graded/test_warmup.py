@@ -1,9 +1,8 @@
 """Graded tests of the warm-up exercise (notebook 00)."""
 
 import numpy as np
-import pytest
 
-from llmcourse.grading import exercise
+from llmcourse.grading import exercise, expect_error
 
 
 @exercise("warmup_mean_squared_error")
@@ -24,5 +23,5 @@ def test_mse_of_identical_arrays_is_zero(impl):
 
 @exercise("warmup_mean_squared_error")
 def test_mse_rejects_mismatched_shapes(impl):
-    with pytest.raises(ValueError, match=r"shape"):
+    with expect_error(ValueError, match=r"shape", what="mean_squared_error of shapes (3,) and (4,)"):
         impl.warmup.mean_squared_error(np.zeros(3), np.zeros(4))
