@@ -37,7 +37,12 @@ FILE_LIMIT = 64 * 2**20  # bytes any file (and so the captured output) may grow 
 
 
 def _limit(which: int, value: int) -> None:
-    resource.setrlimit(which, (value, value))
+    """Set a resource limit; where the system has no such limit (macOS's address space), do without it."""
+    try:
+        resource.setrlimit(which, (value, value))
+    except (ValueError, OSError):
+        if sys.platform.startswith("linux"):
+            raise
 
 
 def _drop_privileges(uid: int) -> None:
