@@ -249,6 +249,26 @@ class GPT(nn.Module):
         return allowed
 
 
+def attention_weights(model: GPT, ids: torch.Tensor, layer: int) -> torch.Tensor:
+    """Each head's attention weights (B, n_head, T, T) in block `layer` for token ids (B, T): the causal softmax that
+    the block's attention applies, recomputed from the block's input (captured by a hook during a forward pass)."""
+    block = model.transformer.h[layer]
+    captured: list[torch.Tensor] = []
+    handle = block.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    try:
+        with torch.no_grad():
+            model(ids)
+            x = block.ln_1(captured[0])  # (B, T, C): what the attention reads
+            B, T, C = x.shape
+            q, k, _ = block.attn.c_attn(x).split(C, dim=2)
+            q, k = (t.view(B, T, model.config.n_head, -1).transpose(1, 2) for t in (q, k))  # (B, nh, T, hd)
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, nh, T, T)
+            future = torch.ones(T, T, dtype=torch.bool, device=ids.device).triu(1)
+            return scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+    finally:
+        handle.remove()
+
+
 def random_gpt(config: GPTConfig, seed: int = 0) -> GPT:
     """A GPT freshly initialised from `seed`, in eval mode, on the CPU: for tests and speed measurements, where the
     weights' values do not matter."""

@@ -389,3 +389,28 @@ def test_parameter_table_and_plots():
     ax = plot_component_shares({"tiny": TINY, **GPT2_SIZES})
     assert len(ax.patches) == 4 * 5
     plt.close("all")
+
+
+def test_attention_weights_are_the_ones_the_block_applies():
+    """Weights @ values, heads merged and projected, give the block's attention output exactly (float64)."""
+    from llmcourse.gpt import attention_weights
+
+    config = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=8)
+    model = random_gpt(config, seed=3).double()
+    ids = torch.randint(0, 13, (2, 6), generator=torch.Generator().manual_seed(3))
+    weights = attention_weights(model, ids, layer=1)  # (B, nh, T, T)
+    assert weights.shape == (2, 2, 6, 6)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 2, 6, dtype=torch.float64))
+    assert not weights.triu(1).any(), "a query attends to a later position"
+    captured = []
+    handle = model.transformer.h[1].register_forward_pre_hook(lambda m, args: captured.append(args[0]))
+    with torch.no_grad():
+        model(ids)
+        handle.remove()
+        block = model.transformer.h[1]
+        x = block.ln_1(captured[0])
+        v = block.attn.c_attn(x).split(8, dim=2)[2].view(2, 6, 2, 4).transpose(1, 2)  # (B, nh, T, hd)
+        y = block.attn.c_proj((weights @ v).transpose(1, 2).reshape(2, 6, 8))
+        expected = block.attn(x, None, None, 1)
+    # float64 and a few sums in another order than PyTorch's fused kernel: rounding only.
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)

@@ -38,7 +38,9 @@ def _text(stem: str) -> str:
 CORRECTIONS = [
     ("01", "treats its input as a *set*: shuffle the tokens and each output is shuffled the same way. Word order",
      "A GPT's causal mask lets each token see only the ones before it, which breaks that symmetry"),
-    ("02", "into structure (chapter 05)", "Training is what turns such noise into structure."),
+    ("02", "into structure (chapter 05)", "Training is what turns such noise into structure: chapter 05 plots the "
+     "heads of a trained model."),
+    ("05", "no plot of the trained heads", "### What did the heads learn?"),
     ("07", "such as RoPE, can drop the oldest entries instead",
      "that only approximates recomputing the window: the cached keys of deeper layers were computed while attending "
      "to the dropped tokens"),

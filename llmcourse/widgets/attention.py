@@ -147,11 +147,14 @@ def _label_size(T: int) -> float:
     return 9.0 if T <= 24 else 7.0
 
 
-def plot_attention(ax, weights: np.ndarray, text: str, title: str = ""):
-    """Heatmap of a (T, T) attention matrix on `ax` (rows: queries, columns: keys); returns the image artist."""
-    labels, size = [show_char(ch) for ch in text], _label_size(len(text))
+def plot_attention(ax, weights: np.ndarray, text: str | list[str], title: str = ""):
+    """Heatmap of a (T, T) attention matrix on `ax` (rows: queries, columns: keys); returns the image artist.
+    `text` labels the positions: a string (one character each) or a list of token strings."""
+    labels = [show_char(ch) for ch in text] if isinstance(text, str) else \
+        ["".join(show_char(ch) for ch in token) for token in text]
+    size = _label_size(len(text))
     image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(text)), labels, fontsize=size)
+    ax.set_xticks(range(len(text)), labels, fontsize=size, rotation=0 if isinstance(text, str) else 90)
     ax.set_yticks(range(len(text)), labels, fontsize=size)
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
