@@ -27,7 +27,8 @@ from llmcourse.kernels import prepack_available, prepack_linears
 from llmcourse.model_stats import formula_parameters
 from llmcourse.quantization import bytes_read_per_step, decoding_speed
 from llmcourse.runtime import get_device
-from llmcourse.timing import Measurement, decode_bound_tok_s, matmul_gflops, measure, memory_bandwidth_gbs
+from llmcourse.timing import (Measurement, decode_bound_tok_s, interleaved, matmul_gflops, measure,
+                              memory_bandwidth_gbs)
 
 GPT2_NAME = "gpt2-124M shape, random weights"
 
@@ -50,15 +51,6 @@ def _prompts(model: GPT, count: int, shortest: int, longest: int, seed: int) -> 
 
 def _stats(m: Measurement, tokens: int) -> tuple[float, float]:
     return tokens / m.median, m.spread
-
-
-def _interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, Measurement]:
-    """Time each run `repeats` times, taking turns, so that a change of the machine's load hits all of them."""
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            samples[name] += measure(run, warmup=0, repeats=1).samples
-    return {name: Measurement(tuple(s)) for name, s in samples.items()}
 
 
 # -- the machine's limits -----------------------------------------------------------------------------------------
@@ -102,7 +94,7 @@ def kv_cache_speedup(model: GPT, new_tokens: Sequence[int], *, prompt_tokens: in
     result = {"model": name, "prompt_tokens": prompt_tokens, "new_tokens": list(new_tokens), "no_cache_tok_s": [],
               "cache_tok_s": [], "speedup": [], "no_cache_spread": [], "cache_spread": []}
     for n in new_tokens:
-        times = _interleaved({"no_cache": run(n, False), "cache": run(n, True)}, repeats)
+        times = interleaved({"no_cache": run(n, False), "cache": run(n, True)}, repeats)
         (slow, slow_spread), (fast, fast_spread) = _stats(times["no_cache"], n), _stats(times["cache"], n)
         result["no_cache_tok_s"].append(slow)
         result["cache_tok_s"].append(fast)
@@ -193,7 +185,7 @@ def batch_throughput(model: GPT, batch_sizes: Sequence[int], *, new_tokens: int 
     prompts = _prompts(model, max(batch_sizes), max(1, prompt_tokens // 2), prompt_tokens, seed)
     run = lambda b: lambda: generate_batch(model, prompts[:b], new_tokens, temperature=0.0)  # noqa: E731
     run(1)(), run(max(batch_sizes))()  # warm-up
-    times = _interleaved({str(b): run(b) for b in batch_sizes}, repeats)
+    times = interleaved({str(b): run(b) for b in batch_sizes}, repeats)
     result = {"model": name, "new_tokens": new_tokens, "prompt_tokens": prompt_tokens,
               "batch_sizes": list(batch_sizes), "tok_s": [], "spread": []}
     for b in batch_sizes:

@@ -245,7 +245,7 @@ def decoding_speed(setups: dict[str, tuple[nn.Module, int, bool]], *, new_tokens
 
     Returns name -> (tokens/s of the whole batch from the median time, spread: half the range over the median).
     """
-    from llmcourse.bench import _interleaved
+    from llmcourse.timing import interleaved
     from llmcourse.generate import generate
 
     runs = {}
@@ -256,7 +256,7 @@ def decoding_speed(setups: dict[str, tuple[nn.Module, int, bool]], *, new_tokens
         runs[name] = lambda m=model, p=prompt, c=use_cache: generate(m, p, new_tokens, temperature=0.0, use_cache=c)
     for run in runs.values():
         run()  # warm-up
-    times = _interleaved(runs, repeats)
+    times = interleaved(runs, repeats)
     return {name: (setups[name][1] * new_tokens / m.median, m.spread) for name, m in times.items()}
 
 

@@ -93,3 +93,12 @@ def decode_bound_tok_s(bytes_per_token: float, bandwidth_gbs: float) -> float:
     if bytes_per_token <= 0:
         raise ValueError(f"bytes_per_token must be positive, got {bytes_per_token}")
     return bandwidth_gbs * 1e9 / bytes_per_token
+
+
+def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, Measurement]:
+    """Time each run `repeats` times, taking turns, so that a change of the machine's load hits all of them."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            samples[name] += measure(run, warmup=0, repeats=1).samples
+    return {name: Measurement(tuple(s)) for name, s in samples.items()}
