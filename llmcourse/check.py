@@ -40,9 +40,14 @@ def run_check(out=sys.stdout) -> int:
     missing = [name for name, version in found.items() if version is None]
     for name, version in found.items():
         print(f"{name:<12} {version or 'MISSING'}", file=out)
+    device_problem = None
     if "torch" not in missing:
         from llmcourse.runtime import get_device
-        print(f"{'device':<12} {get_device()}", file=out)
+        try:
+            print(f"{'device':<12} {get_device()}", file=out)
+        except ValueError as err:
+            device_problem = str(err)
+            print(f"{'device':<12} NOT AVAILABLE", file=out)
     problems = exercise_import_problems()
     print(f"{'exercises':<12} {'import' if not problems else 'DO NOT IMPORT'}", file=out)
     from llmcourse.grading.sandbox import bubblewrap_problem
@@ -54,4 +59,6 @@ def run_check(out=sys.stdout) -> int:
         print(f"Missing: {', '.join(missing)}. Run `make lab` or `pip install -e .` in the course folder.", file=out)
     if problems:
         print("Fix the exercise files named above: each must at least import.", file=out)
-    return 1 if missing or problems else 0
+    if device_problem:
+        print(device_problem, file=out)
+    return 1 if missing or problems or device_problem else 0

@@ -13,15 +13,36 @@ DEVICE_ENV = "LLMCOURSE_DEVICE"
 FAST_ENV = "LLMCOURSE_FAST"
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def _requested_device(requested: str) -> torch.device:
+    """The device `$LLMCOURSE_DEVICE` names, if it exists on this machine; a one-line ValueError if not."""
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{DEVICE_ENV}={requested!r} is not a device: use cpu, cuda, cuda:N or mps "
+                         f"(or unset it to pick the best one)")
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"{DEVICE_ENV}={requested!r}, but this machine has "
+                         f"{torch.cuda.device_count() or 'no'} CUDA device(s): unset it or use cpu")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"{DEVICE_ENV}={requested!r}, but Apple's MPS is not available here: unset it or use cpu")
+    return device
+
+
 @lru_cache(maxsize=None)
 def get_device() -> torch.device:
-    """`$LLMCOURSE_DEVICE` if set (e.g. "cpu"), else CUDA, then Apple's MPS, then the CPU."""
-    requested = os.environ.get(DEVICE_ENV)
+    """`$LLMCOURSE_DEVICE` if set (cpu, cuda, cuda:N or mps, checked to exist), else CUDA, then MPS, then the CPU."""
+    requested = os.environ.get(DEVICE_ENV, "").strip()
     if requested:
-        return torch.device(requested)
+        return _requested_device(requested)
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         return torch.device("mps")
     return torch.device("cpu")
 
