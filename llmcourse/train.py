@@ -4,10 +4,12 @@ evaluation, and checkpoints written atomically.
     llmcourse train --out runs/tiny --steps 600 --tokenizer bpe --vocab-size 512     # the command line
     summary = run("runs/tiny", gpt=dict(n_layer=4, ...), config=TrainConfig(steps=600))  # the same from Python
 
-A checkpoint named NAME in a folder is three files: NAME.safetensors (the weights), NAME.tokenizer.json and NAME.json
-(the GPTConfig, the tokenizer's file and the training record: settings, loss curves, held-out perplexities). Each file
-is written to a temporary file in the same folder and renamed over the target (`os.replace`), so an interrupted save
-never leaves a half-written file; NAME.json is written last, so a checkpoint whose NAME.json exists is complete.
+A checkpoint named NAME in a folder is NAME.json (the GPTConfig, the training record: settings, loss curves, held-out
+perplexities) and the two files it names with their SHA-256: the weights (NAME.<hash>.safetensors) and the tokenizer
+(NAME.<hash>.tokenizer.json). A save writes the two files first, then replaces NAME.json in one rename (`os.replace`)
+and only then removes the previous files: whenever a save is interrupted, the folder holds the previous checkpoint
+or the new one, whole. `run` saves at every evaluation, and stops at the first NaN or infinite loss
+(`TrainingDiverged`), so a diverging run keeps its last good checkpoint.
 
 Perplexities compared across tokenizers are per character: the total negative log-likelihood of the held-out text
 divided by its number of characters, whatever the tokens were (a BPE token spans about two characters here).
@@ -15,10 +17,12 @@ divided by its number of characters, whatever the tokens were (a BPE token spans
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,13 +33,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from llmcourse.data import load_corpus, train_val_split
-from llmcourse.files import atomic_write
+from llmcourse.files import atomic_write, write_then_name
 from llmcourse.gpt import GPT, GPTConfig
 from llmcourse.runtime import get_device, set_seed
 from llmcourse.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
 FORMAT = "llmcourse-gpt-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: files named by their hash, listed with their SHA-256
 TIED = "lm_head.weight"  # the output head is the token embedding: stored once, as transformer.wte.weight
 
 
@@ -202,12 +206,23 @@ class History:
     seconds: float = 0.0
 
 
+class TrainingDiverged(ArithmeticError):
+    """The loss became NaN or infinite: training stopped at that step."""
+
+
+def _check_finite(loss: float, what: str, step: int, lr: float) -> None:
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"training diverged: the {what} became {loss} at step {step} (learning rate {lr:.3g}); "
+                               "lower the learning rate (or lengthen the warm-up) and train again")
+
+
 def train(model: GPT, train_ids, val_ids, config: TrainConfig, *, step: Callable | None = None,
-          progress: bool = True, desc: str = "training") -> History:
+          progress: bool = True, desc: str = "training", on_eval: Callable[[int], None] | None = None) -> History:
     """Train `model` in place on random windows of train_ids for `config.steps` steps, with a progress bar.
 
     `step` is the training step (default: `training_step`; the notebook passes the learner's own). Every
-    `config.eval_every` steps and at the end, the held-out loss on val_ids is recorded.
+    `config.eval_every` steps and at the end, the held-out loss on val_ids is recorded and `on_eval(steps done)` is
+    called (`run` saves a checkpoint there). A NaN or infinite loss stops training at once with TrainingDiverged.
     """
     step = step or training_step
     device = next(model.parameters()).device
@@ -225,10 +240,14 @@ def train(model: GPT, train_ids, val_ids, config: TrainConfig, *, step: Callable
         x, y = get_batch(train_ids, config.batch_size, model.config.block_size, generator)  # (B, T) each
         history.train_loss.append(step(model, optimizer, x.to(device), y.to(device), clip=config.clip))
         history.lr.append(lr)
+        _check_finite(history.train_loss[-1], "training loss", i + 1, lr)
         if (i + 1) % config.eval_every == 0 or i + 1 == config.steps:
             history.val_steps.append(i + 1)
             history.val_loss.append(evaluate(model, val_ids, max_tokens=config.eval_tokens).loss)
+            _check_finite(history.val_loss[-1], "held-out loss", i + 1, lr)
             bar.set_postfix(loss=f"{history.train_loss[-1]:.3f}", val=f"{history.val_loss[-1]:.3f}")
+            if on_eval is not None:
+                on_eval(i + 1)
     history.seconds = time.perf_counter() - start
     model.eval()
     return history
@@ -236,47 +255,147 @@ def train(model: GPT, train_ids, val_ids, config: TrainConfig, *, step: Callable
 
 # -- checkpoints -------------------------------------------------------------------------------------------------
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or len(name) > 100:
+        raise ValueError(f"checkpoint name must be a file name stem of letters, digits, '.', '_' and '-' that does "
+                         f"not start with '.' (e.g. 'tiny_gpt'), got {name!r}")
+    return name
+
+
 def checkpoint_paths(folder: str | os.PathLike, name: str) -> dict[str, Path]:
-    folder = Path(folder)
-    return {"weights": folder / f"{name}.safetensors", "tokenizer": folder / f"{name}.tokenizer.json",
-            "meta": folder / f"{name}.json"}
+    """Where checkpoint `name` lives in `folder`: NAME.json, and the weights and tokenizer files it names."""
+    folder, meta = Path(folder), Path(folder) / f"{_check_name(name)}.json"
+    files = {"weights": f"{name}.safetensors", "tokenizer": f"{name}.tokenizer.json"}
+    if meta.is_file():
+        files.update({kind: entry for kind, entry in _read_meta(meta).get("files", {}).items() if kind in files})
+    return {kind: folder / files[kind] for kind in ("weights", "tokenizer")} | {"meta": meta}
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PermissionError(f"cannot create the checkpoint folder {str(folder)!r}: {err.strerror}") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write into {str(folder)!r}: choose a folder of your own with --out")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_checkpoint(folder: str | os.PathLike, model: GPT, tokenizer: Tokenizer, *, name: str = "tiny_gpt",
                     training: dict | None = None) -> dict[str, Path]:
-    """Write the weights, the tokenizer and NAME.json (GPTConfig + `training` record), each atomically."""
+    """Write checkpoint `name` into `folder` as one unit: the previous checkpoint or this one, never a mix.
+
+    The weights and the tokenizer go to files named by their content's hash (NAME.<hash>.safetensors,
+    NAME.<hash>.tokenizer.json); NAME.json, which names them with their SHA-256, replaces the old one in a single
+    rename. Until that rename the old NAME.json still names the old files, which are removed only afterwards.
+    """
     from safetensors.torch import save_file
 
-    paths = checkpoint_paths(folder, name)
+    _check_name(name)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding table has "
+                         f"{model.config.vocab_size} rows: save the tokenizer the model was built for")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        old = {path.name for path in checkpoint_paths(folder, name).values()}
+    except ValueError:  # a damaged NAME.json: this save replaces it
+        old = {f"{name}.safetensors", f"{name}.tokenizer.json"}
+    config = json.dumps(asdict(model.config), sort_keys=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != TIED}
-    atomic_write(paths["weights"], lambda tmp: save_file(weights, tmp, metadata={"format": FORMAT}))
-    atomic_write(paths["tokenizer"], tokenizer.save)
+    files = {
+        # One metadata entry: safetensors writes several in no fixed order, and the file's hash names it.
+        "weights": write_then_name(folder, lambda tmp: save_file(weights, tmp, metadata={FORMAT: config}),
+                                   lambda tmp: f"{name}.{_sha256(tmp)[:12]}.safetensors", hint=name),
+        "tokenizer": write_then_name(folder, tokenizer.save, lambda tmp: f"{name}.{_sha256(tmp)[:12]}.tokenizer.json",
+                                     hint=name),
+    }
     meta = {"format": FORMAT, "version": FORMAT_VERSION, "gpt": asdict(model.config),
-            "tokenizer": paths["tokenizer"].name, "weights": paths["weights"].name, "training": training or {}}
+            "files": {kind: path.name for kind, path in files.items()},
+            "sha256": {kind: _sha256(path) for kind, path in files.items()}, "training": training or {}}
     text = json.dumps(meta, indent=1) + "\n"
+    paths = files | {"meta": folder / f"{name}.json"}
     atomic_write(paths["meta"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    for stale in old - {path.name for path in paths.values()}:
+        (folder / stale).unlink(missing_ok=True)
     return paths
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r} is not a readable checkpoint record ({err}): the checkpoint is damaged; "
+                         "re-create it with `llmcourse train`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{str(path)!r} is not an llmcourse checkpoint record")
+    return meta
+
+
+def _damaged(path: Path, why: str) -> ValueError:
+    return ValueError(f"checkpoint file {str(path)!r} {why}: the checkpoint is damaged or was changed by hand; "
+                      "re-create it with `llmcourse train`")
 
 
 def load_checkpoint(folder: str | os.PathLike, *, name: str = "tiny_gpt",
                     device: torch.device | str | None = None) -> tuple[GPT, Tokenizer, dict]:
-    """(model in eval mode on `device` (default `get_device()`), tokenizer, NAME.json's contents)."""
+    """(model in eval mode on `device` (default `get_device()`), tokenizer, NAME.json's contents).
+
+    Each file is checked against the SHA-256 that NAME.json records, the weights against the model's shape, and the
+    tokenizer against the embedding table: a damaged or mismatched checkpoint is refused with a one-line error.
+    """
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     paths = checkpoint_paths(folder, name)
     if not paths["meta"].is_file():
         raise FileNotFoundError(f"no checkpoint {name!r} in {str(folder)!r} ({paths['meta'].name} is missing): "
                                 "create one with `llmcourse train --out FOLDER`")
-    meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{str(paths['meta'])!r} is not an llmcourse checkpoint")
-    model = GPT(GPTConfig(**meta["gpt"]))
-    missing, unexpected = model.load_state_dict(load_file(paths["weights"]), strict=False)
+    meta = _read_meta(paths["meta"])
+    for kind, expected in meta.get("sha256", {}).items():
+        if kind not in ("weights", "tokenizer"):
+            continue
+        if not paths[kind].is_file():
+            raise _damaged(paths[kind], f"is missing (named by {paths['meta'].name})")
+        if _sha256(paths[kind]) != expected:
+            raise _damaged(paths[kind], "does not match the SHA-256 recorded in " + paths["meta"].name)
+    try:
+        config = GPTConfig(**meta["gpt"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise _damaged(paths["meta"], f"has no valid model shape ({err})") from None
+    try:
+        with safe_open(str(paths["weights"]), "pt") as weights_file:
+            stored = (weights_file.metadata() or {}).get(FORMAT)
+        state = load_file(paths["weights"])
+    except (OSError, SafetensorError) as err:
+        raise _damaged(paths["weights"], f"cannot be read ({err})") from None
+    if stored is not None and json.loads(stored) != asdict(config):
+        raise _damaged(paths["meta"], f"describes the model {asdict(config)}, but the weights were saved for {stored}")
+    model = GPT(config)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:
+        raise _damaged(paths["weights"], "does not fit the model's shape: " + str(err).splitlines()[-1].strip()) \
+            from None
     if missing != [TIED] or unexpected:
-        raise ValueError(f"{paths['weights'].name} does not fit the model in {paths['meta'].name}: missing "
-                         f"{[k for k in missing if k != TIED]}, unexpected {unexpected}")
+        raise _damaged(paths["weights"], f"does not fit the model in {paths['meta'].name}: missing "
+                       f"{[k for k in missing if k != TIED]}, unexpected {unexpected}")
+    tokenizer = load_tokenizer(paths["tokenizer"])
+    if tokenizer.vocab_size != config.vocab_size:
+        raise _damaged(paths["tokenizer"], f"has {tokenizer.vocab_size} tokens but the model's embedding table "
+                       f"has {config.vocab_size} rows")
     model.to(device or get_device()).eval()
-    return model, load_tokenizer(paths["tokenizer"]), meta
+    return model, tokenizer, meta
 
 
 # -- the whole recipe: what `llmcourse train` runs ---------------------------------------------------------------
@@ -305,13 +424,27 @@ def run(out: str | os.PathLike, *, name: str = "tiny_gpt", corpus: str | os.Path
         tokenizer: str = "bpe", vocab_size: int = 512, gpt: dict | None = None,
         config: TrainConfig = TrainConfig(), command: str | None = None, progress: bool = True) -> dict:
     """Train a tokenizer and a GPT on the corpus, evaluate on the held-out part, save the checkpoint; its record."""
+    _check_name(name)
+    _check_writable(Path(out))
     set_seed(config.seed)
     text = load_corpus(corpus)
     train_text, val_text = train_val_split(text)
     tok = make_tokenizer(tokenizer, train_text, text, vocab_size)
     train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, **(gpt or {}))).to(get_device())
-    history = train(model, train_ids, val_ids, config, progress=progress)
+    saved: list[int] = []
+
+    def keep(steps_done: int) -> None:  # a checkpoint at every evaluation: a diverging or killed run loses little
+        save_checkpoint(out, model, tok, name=name, training={"command": command, "steps_done": steps_done,
+                                                              "status": f"in progress ({config.steps} steps)"})
+        saved.append(steps_done)
+
+    try:
+        history = train(model, train_ids, val_ids, config, progress=progress, on_eval=keep)
+    except TrainingDiverged as err:
+        kept = (f"the last good checkpoint (after step {saved[-1]}) is {checkpoint_paths(out, name)['meta']}"
+                if saved else "this run wrote no checkpoint")
+        raise TrainingDiverged(f"{err}; {kept}") from None
     final = evaluate(model, val_ids)
     record = {
         "command": command,

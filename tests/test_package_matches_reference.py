@@ -25,10 +25,11 @@ from llmcourse.gradcheck import TOLERANCE, layer_checks
 from llmcourse.loader import reference
 from llmcourse.mlp_lm import Layers, adam_step, momentum_step, sgd_step
 from llmcourse.ngram import BigramModel
-from llmcourse.pretrained import ASSETS
+from llmcourse.pretrained import ASSETS, NAME
 from llmcourse.quantization import (QuantizedLinear, QuantizedTensor, dequantize_groupwise_torch, pack_int4_torch,
                                     quantize_groupwise_torch, unpack_int4_torch)
 from llmcourse.tokenizer import BPETokenizer, apply_merges, load_tokenizer, split_chunks
+from llmcourse.train import checkpoint_paths
 from llmcourse.train import perplexity, training_step
 from llmcourse.widgets.attention import SENTENCES, attention_maps, random_model
 
@@ -52,7 +53,7 @@ def approx(expected: float, dtype):
 @pytest.fixture(scope="module")
 def shipped_merges() -> dict[tuple[int, int], int]:
     """The 256 merges of the tokenizer shipped with the model: real merges, learned on the course corpus."""
-    return load_tokenizer(ASSETS / "tiny_gpt.tokenizer.json").merges
+    return load_tokenizer(checkpoint_paths(ASSETS, NAME)["tokenizer"]).merges
 
 
 texts = st.text(st.sampled_from("aab bc\n  .,'s的是一🙂") | st.characters(), max_size=300)

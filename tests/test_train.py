@@ -143,14 +143,15 @@ def test_checkpoint_round_trip(tmp_path):
     tok = CharTokenizer.train(TEXT)
     model = tiny_gpt(tok.vocab_size)
     paths = save_checkpoint(tmp_path, model, tok, name="m", training={"note": "test"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors", "m.tokenizer.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths.values())
+    assert paths["weights"].name.startswith("m.") and paths["tokenizer"].name.endswith(".tokenizer.json")
     loaded, loaded_tok, meta = load_checkpoint(tmp_path, name="m", device="cpu")
     assert meta["training"] == {"note": "test"} and loaded_tok.chars == tok.chars
     assert not loaded.training
     assert loaded.lm_head.weight is loaded.transformer.wte.weight, "the output head stays tied to the embedding"
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), f"{name} changed in the round trip"
-    assert paths["meta"].stat().st_mode & 0o777 == 0o644
+    assert {p.stat().st_mode & 0o777 for p in paths.values()} == {0o644}, "every file of a checkpoint is 0644"
 
 
 def test_load_checkpoint_says_what_is_missing(tmp_path):
