@@ -20,7 +20,8 @@ from typing import Sequence
 
 import torch
 
-from llmcourse.generate import check_sampling_args, hold_eos, next_token
+from llmcourse.generate import (check_max_new_tokens, check_sampling_args, check_token_id, check_token_ids, hold_eos,
+                                next_token)
 from llmcourse.gpt import GPT, KVCache
 
 
@@ -28,14 +29,16 @@ def _device(model: GPT) -> torch.device:
     return next(model.parameters()).device
 
 
-def _as_list(prompt, what: str) -> list[int]:
-    if isinstance(prompt, torch.Tensor):
-        if prompt.dim() != 1:
+def _as_list(prompt, what: str, vocab_size: int) -> list[int]:
+    if hasattr(prompt, "ndim") and hasattr(prompt, "tolist"):  # a torch tensor or a NumPy array
+        if prompt.ndim != 1:
             raise ValueError(f"{what} must be a 1-D sequence of token ids, got shape {tuple(prompt.shape)}")
         prompt = prompt.tolist()
+    if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Sequence):
+        raise TypeError(f"{what} must be a list of token ids, got {type(prompt).__name__}: use tokenizer.encode(text)")
     if len(prompt) == 0:
         raise ValueError(f"{what} is empty: every prompt needs at least one token")
-    return [int(t) for t in prompt]
+    return check_token_ids(prompt, vocab_size, what)
 
 
 def left_padded(prompts: Sequence[Sequence[int]], device: torch.device,
@@ -80,10 +83,11 @@ def generate_batch(model: GPT, prompts: Sequence[Sequence[int]], max_new_tokens:
     its `max_new_tokens` new tokens), equal to `generate(model, torch.tensor(prompt), max_new_tokens, ...)`."""
     if isinstance(prompts, torch.Tensor) or len(prompts) == 0:
         raise ValueError("prompts must be a non-empty list of token-id lists (one per row of the batch)")
-    prompts = [_as_list(p, f"prompt {i}") for i, p in enumerate(prompts)]
+    prompts = [_as_list(p, f"prompt {i}", model.config.vocab_size) for i, p in enumerate(prompts)]
     check_sampling_args(temperature, top_k, top_p)
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    max_new_tokens = check_max_new_tokens(max_new_tokens)
+    eos_id = check_token_id(eos_id, model.config.vocab_size, "eos_id")
+    pad_id = check_token_id(pad_id, model.config.vocab_size, "pad_id")
     device = _device(model)
     ids, mask, positions = left_padded(prompts, device, pad_id)  # (B, S) each
     B, S = ids.shape
@@ -173,8 +177,12 @@ def _check_requests(model: GPT, requests: Sequence[Request], max_batch: int) -> 
     if len(set(ids)) != len(ids):
         raise ValueError("request ids must be unique")
     for r in requests:
+        if not isinstance(r, Request):
+            raise TypeError(f"requests must be Request objects, got {type(r).__name__}")
         if len(r.prompt) == 0:
             raise ValueError(f"request {r.id} has an empty prompt: give at least one token")
+        _as_list(r.prompt, f"the prompt of request {r.id}", model.config.vocab_size)
+        check_max_new_tokens(r.max_new_tokens)
         if r.max_new_tokens < 1:
             raise ValueError(f"request {r.id} asks for {r.max_new_tokens} new tokens; ask for at least 1")
         _check_model_room(model, len(r.prompt) + r.max_new_tokens - 1, f"request {r.id}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -213,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a tokenizer and a small GPT on the corpus; save a checkpoint",
                         description="Train a byte-level BPE (or character) tokenizer and a GPT on the corpus "
-                        "(default: Python's pydoc topics), report the held-out perplexity per character, and write "
-                        "OUT/NAME.safetensors, OUT/NAME.tokenizer.json and OUT/NAME.json atomically.")
+                        "(default: Python's pydoc topics), report the held-out perplexity per character, and save the "
+                        "checkpoint OUT/NAME.json (with the weights and tokenizer files it names) at every evaluation, "
+                        "as one unit. A NaN or infinite loss stops the run and keeps the last good checkpoint.")
     tr.add_argument("--out", required=True, metavar="DIR", help="folder for the checkpoint")
     tr.add_argument("--name", default="tiny_gpt", help="file name stem of the checkpoint (tiny_gpt)")
     tr.add_argument("--corpus", metavar="FILE", help="a UTF-8 text file instead of the default corpus")
@@ -230,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--warmup", type=int, default=50, help="linear warm-up steps (50)")
     tr.add_argument("--eval-every", type=int, default=100, help="held-out loss every this many steps (100)")
     tr.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batches (0)")
-    tr.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    tr.add_argument("--threads", type=_processes, help="CPU threads for PyTorch (default: PyTorch's choice)")
     tr.set_defaults(func=cmd_train)
 
     be = sub.add_parser("bench", help="measure KV-cache, batching and quantization speed against this machine's limits",
@@ -242,11 +244,25 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--quick", action="store_true", help="fewer sizes and repeats (about a minute on 2 cores)")
     be.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     be.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
-    be.add_argument("--threads", type=int, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    be.add_argument("--threads", type=_processes, help="CPU threads for PyTorch (default: PyTorch's choice)")
     be.set_defaults(func=cmd_bench)
     return parser
 
 
+DEBUG_ENV = "LLMCOURSE_DEBUG"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A mistake of the user's (a bad file, value or setting) prints one line and exits 2;
+    `LLMCOURSE_DEBUG=1` shows the whole traceback instead."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"llmcourse {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, ArithmeticError) as err:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"llmcourse {args.command}: error: {err}", file=sys.stderr)
+        return 2

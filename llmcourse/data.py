@@ -20,10 +20,13 @@ def load_corpus(path: str | os.PathLike | None = None) -> str:
         if not file.is_file():
             raise FileNotFoundError(f"corpus file {str(file)!r} does not exist: pass the path of a UTF-8 text file")
         try:
-            return file.read_text(encoding="utf-8")
+            text = file.read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise ValueError(f"corpus file {str(file)!r} is not UTF-8 text ({err.reason} at byte {err.start})") \
                 from None
+        if not text.strip():
+            raise ValueError(f"corpus file {str(file)!r} is empty: pass a UTF-8 text file with some text in it")
+        return text
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[key].strip() for key in sorted(topics)) + "\n"

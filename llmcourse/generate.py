@@ -85,6 +85,43 @@ def hold_eos(token: torch.Tensor, finished: torch.Tensor, eos_id: int | None) ->
     return token
 
 
+MAX_NEW_TOKENS = 100_000  # per call: more would run for hours on a laptop
+
+
+def check_max_new_tokens(value) -> int:
+    """`value` as an int in 0..MAX_NEW_TOKENS; a one-line TypeError/ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"max_new_tokens must be a whole number of tokens, got {value!r}")
+    if value < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {value}")
+    if value > MAX_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens={value} is more than one call generates (at most {MAX_NEW_TOKENS:,}): even "
+                         f"at 1,000 tokens/s it would take {value / 1000 / 3600:,.1f} hours; ask for fewer")
+    return int(value)
+
+
+def check_token_id(value, vocab_size: int, name: str) -> int | None:
+    """`value` (e.g. eos_id, pad_id) as an int in 0..vocab_size-1, or None; a one-line error otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be a token id (an int), got {value!r}")
+    if not 0 <= value < vocab_size:
+        raise ValueError(f"{name} must be a token id in 0..{vocab_size - 1} (the model's vocabulary), got {value}")
+    return int(value)
+
+
+def check_token_ids(ids: list, vocab_size: int, name: str) -> list[int]:
+    """A list of token ids, each an int in 0..vocab_size-1 (floats such as 1.7 are refused, not truncated)."""
+    for i, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, Integral):
+            raise TypeError(f"{name} must hold token ids (ints), but item {i} is {t!r}")
+        if not 0 <= t < vocab_size:
+            raise ValueError(f"{name} must hold token ids in 0..{vocab_size - 1} (the model's vocabulary), but item "
+                             f"{i} is {t}")
+    return [int(t) for t in ids]
+
+
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -99,10 +136,7 @@ def _check_prompt(prompt_ids, max_new_tokens) -> torch.Tensor:
         raise ValueError(f"prompt_ids must have shape (T,) or (B, T), got {tuple(prompt_ids.shape)}")
     if prompt_ids.numel() == 0:
         raise ValueError(f"the prompt is empty (shape {tuple(prompt_ids.shape)}): give at least one token")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, Integral):
-        raise TypeError(f"max_new_tokens must be an int, got {type(max_new_tokens).__name__}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    check_max_new_tokens(max_new_tokens)
     return prompt_ids
 
 
@@ -129,8 +163,7 @@ def generate(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, *, tempe
     prompt_ids = _check_prompt(prompt_ids, max_new_tokens)
     check_sampling_args(temperature, top_k, top_p)
     vocab_size, block_size = model.config.vocab_size, model.config.block_size
-    if eos_id is not None and not 0 <= eos_id < vocab_size:
-        raise ValueError(f"eos_id must be a token id in 0..{vocab_size - 1}, got {eos_id}")
+    eos_id = check_token_id(eos_id, vocab_size, "eos_id")
     if prompt_ids.min() < 0 or prompt_ids.max() >= vocab_size:
         raise ValueError(f"prompt_ids must lie in 0..{vocab_size - 1} (the model's vocabulary), got "
                          f"{prompt_ids.min().item()}..{prompt_ids.max().item()}")
@@ -192,8 +225,10 @@ def beam_search(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, beam_
     if isinstance(beam_width, bool) or not isinstance(beam_width, Integral) or beam_width < 1:
         raise ValueError(f"beam_width must be an int >= 1, got {beam_width!r}")
     vocab_size, block_size = model.config.vocab_size, model.config.block_size
-    if eos_id is not None and not 0 <= eos_id < vocab_size:
-        raise ValueError(f"eos_id must be a token id in 0..{vocab_size - 1}, got {eos_id}")
+    eos_id = check_token_id(eos_id, vocab_size, "eos_id")
+    if prompt_ids.min() < 0 or prompt_ids.max() >= vocab_size:
+        raise ValueError(f"prompt_ids must lie in 0..{vocab_size - 1} (the model's vocabulary), got "
+                         f"{prompt_ids.min().item()}..{prompt_ids.max().item()}")
     device = _device(model)
     beams = prompt_ids.to(device=device, dtype=torch.int64)[None]  # (1, T): one beam to start from
     scores = torch.zeros(1, device=device)  # (W,)

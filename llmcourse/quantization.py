@@ -35,6 +35,18 @@ _SCHEME = re.compile(r"^(fp32|int8|int8-kernel|int4-g(\d+))$")
 
 # -- torch counterparts of the NumPy pieces (tested equal to them) -------------------------------------------------
 
+def _check_weight(w, name: str) -> None:
+    """A one-line error unless w is a non-empty, finite, floating-point matrix."""
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch tensor, got "
+                        f"{w.dtype if isinstance(w, torch.Tensor) else type(w).__name__}")
+    if w.dim() != 2 or w.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty (rows, cols) matrix, got shape {tuple(w.shape)}")
+    if not torch.isfinite(w).all():
+        raise ValueError(f"{name} holds {int((~torch.isfinite(w)).sum())} NaN or infinite value(s): a scale cannot be "
+                         "computed from them; fix the weights (a diverged training run?) before quantizing")
+
+
 def quantize_groupwise_torch(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric quantization of each run of `group_size` columns of w (rows, cols) with its own scale.
 
@@ -42,6 +54,12 @@ def quantize_groupwise_torch(w: torch.Tensor, bits: int, group_size: int) -> tup
     [-qmax, qmax], qmax = 2**(bits - 1) - 1. Returns (codes int8 (rows, cols), scale (rows, cols // group_size) in
     w's dtype); group_size = cols is per-channel quantization.
     """
+    _check_weight(w, "w")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits must be an int from 2 to 8, got {bits!r}")
+    cols = w.shape[-1]
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 or cols % group_size:
+        raise ValueError(f"group_size must be a positive divisor of the {cols} columns of w, got {group_size!r}")
     qmax = 2 ** (bits - 1) - 1
     groups = w.unflatten(-1, (-1, group_size))  # (rows, groups, group_size)
     scale = groups.abs().amax(dim=-1) / qmax  # (rows, groups)
@@ -78,15 +96,18 @@ class QuantizedTensor(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = None):
         super().__init__()
+        _check_weight(weight, "the weight")
         rows, cols = weight.shape
         if bits not in (4, 8):
             raise ValueError(f"bits must be 8 or 4, got {bits}")
         self.group_size = cols if bits == 8 else group_size  # int8: per channel, one group spanning the row
-        if cols % self.group_size:
-            raise ValueError(f"group_size {group_size} does not divide the {cols} columns of the weight")
         # On the CPU, whose division is correctly rounded, so that the codes are the same on every device.
         codes, scale = quantize_groupwise_torch(weight.detach().cpu().float(), bits, self.group_size)
         if bits == 4:
+            if scale.max() > torch.finfo(torch.float16).max:
+                raise ValueError(f"a weight of magnitude {weight.abs().max().item():.3g} needs an int4 scale of "
+                                 f"{scale.max().item():.3g}, beyond float16's largest value 65504 (weights up to "
+                                 "about 4.6e5 fit): scale the weights down, or use int8")
             codes = pack_int4_torch(codes)  # (rows, cols // 2) uint8
             scale = scale.half()  # 2 bytes per group: what int4 formats store
         self.bits, self.shape = bits, (rows, cols)
@@ -176,6 +197,10 @@ def quantize_model(model: GPT, scheme: str) -> nn.Module:
     Raises ValueError for an unknown scheme, or an int4 group size that does not divide n_embd (and 4 n_embd).
     """
     kind, group = parse_scheme(scheme)
+    for name, param in model.named_parameters():
+        if not torch.isfinite(param).all():
+            raise ValueError(f"the model's {name} holds NaN or infinite values: quantize a model whose weights are "
+                             "finite (a diverged training run?)")
     if kind == "int4" and model.config.n_embd % group:
         raise ValueError(f"group size {group} does not divide n_embd = {model.config.n_embd}: choose a divisor "
                          f"of {model.config.n_embd}, such as 32 or 64")

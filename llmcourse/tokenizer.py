@@ -290,8 +290,13 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         raise ValueError(f"{str(file)!r} is not a tokenizer file written by CharTokenizer.save or "
                          f"BPETokenizer.save") from None
-    if kind == "char":
-        return CharTokenizer(data["chars"])
-    if kind == "bpe":
+    if kind not in ("char", "bpe"):
+        raise ValueError(f"{str(file)!r} holds an unknown tokenizer type {kind!r} (expected 'char' or 'bpe')")
+    try:
+        if kind == "char":
+            return CharTokenizer(data["chars"])
         return BPETokenizer({(a, b): 256 + rank for rank, (a, b) in enumerate(data["merges"])})
-    raise ValueError(f"{str(file)!r} holds an unknown tokenizer type {kind!r} (expected 'char' or 'bpe')")
+    except (KeyError, TypeError, ValueError) as err:
+        field = "chars" if kind == "char" else "merges"
+        raise ValueError(f"{str(file)!r} is a damaged {kind} tokenizer file: its {field!r} entry is missing or "
+                         f"malformed ({type(err).__name__}: {err}); re-create it with the tokenizer's save") from None

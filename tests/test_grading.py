@@ -181,7 +181,9 @@ def test_gradescope_and_json_files_are_written_by_the_cli(course_tests, submissi
 def test_grader_error_is_reported_not_raised(tmp_path):
     report = grade(submission=tmp_path / "does-not-exist")
     assert report.exit_code == 2
-    assert "does not exist" in report.error
+    assert "does-not-exist' is not there" in report.error
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    assert "a file, not a folder" in grade(submission=tmp_path / "notes.txt").error
     results = gradescope_results(report)
     assert results["score"] == 0 and len(results["tests"]) == 1
     assert "could not run" in results["tests"][0]["output"]

@@ -292,7 +292,9 @@ def grade(impl: str = "exercises", *, submission: str | os.PathLike | None = Non
         if submission is not None:
             source = Path(submission).expanduser()
             if not source.is_dir():
-                raise GraderError(f"the submission folder {str(source)!r} does not exist")
+                raise GraderError(f"the submission {str(source)!r} is " + ("a file, not a folder: give the folder "
+                                  "that holds the learner's exercise files" if source.exists() else
+                                  "not there: give the path of the learner's exercises folder"))
         elif impl in NAMED_IMPLEMENTATIONS:
             source = resolve_impl(impl)
         else:
