@@ -324,8 +324,15 @@ def simulate_schedule(output_lengths: Sequence[int], max_batch: int, *, continuo
     `max_batch` requests at a time and starts the next batch only when the longest one is done.
     Returns (request, row, first step, last step + 1) for each request.
     """
+    lengths = list(output_lengths)
+    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+        raise ValueError(f"output_lengths must be a non-empty list of ints >= 1 (new tokens per request), "
+                         f"got {output_lengths!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
     step_fn = scheduler_step or schedule_step
-    spans, remaining = [], {i: n for i, n in enumerate(output_lengths)}
+    spans, remaining = [], {i: n for i, n in enumerate(lengths)}
+    output_lengths = lengths
     if not continuous:
         t = 0
         for first in range(0, len(output_lengths), max_batch):
@@ -335,6 +342,9 @@ def simulate_schedule(output_lengths: Sequence[int], max_batch: int, *, continuo
         return spans
     slots, finished, waiting, started, t = [None] * max_batch, [False] * max_batch, list(remaining), {}, 0
     while waiting or any(s is not None for s in slots):
+        if t > sum(lengths) + len(lengths):  # every request done one at a time would have finished by now
+            raise RuntimeError(f"the scheduler made no progress after {t} steps: check that scheduler_step fills "
+                               "free rows from `waiting` and frees the rows flagged `finished`")
         slots, joined, left = step_fn(slots, finished, waiting)
         waiting = waiting[len(joined):]
         for row, r in joined:

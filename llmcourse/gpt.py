@@ -205,6 +205,9 @@ class GPT(nn.Module):
         `positions` (B, T) default to past, past + 1, ... where past is the number of cached tokens;
         `attention_mask` (B, past + T) marks real tokens True and padding False.
         """
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"idx must be a torch tensor of token ids (B, T), got {type(idx).__name__}: use "
+                            "torch.tensor([ids])")
         if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"idx must be integer token ids of shape (B, T), got {idx.dtype} of shape "
                              f"{tuple(idx.shape)}")
@@ -212,6 +215,10 @@ class GPT(nn.Module):
         past = 0 if cache is None else cache.length
         if T == 0:
             raise ValueError("idx holds no tokens (T = 0): give at least one token")
+        low, high = idx.min().item(), idx.max().item()  # one look at the ids, so that a wrong one is named here
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(f"idx must hold token ids in 0..{self.config.vocab_size - 1} (the model's vocabulary), "
+                             f"got {low}..{high}")
         if cache is not None:
             cache.check_room(B, T)
         if positions is None:
@@ -256,6 +263,9 @@ class GPT(nn.Module):
 def attention_weights(model: GPT, ids: torch.Tensor, layer: int) -> torch.Tensor:
     """Each head's attention weights (B, n_head, T, T) in block `layer` for token ids (B, T): the causal softmax that
     the block's attention applies, recomputed from the block's input (captured by a hook during a forward pass)."""
+    n_layer = model.config.n_layer
+    if isinstance(layer, bool) or not isinstance(layer, Integral) or not -n_layer <= layer < n_layer:
+        raise ValueError(f"layer must be a block index in 0..{n_layer - 1} (or -1 for the last), got {layer!r}")
     block = model.transformer.h[layer]
     captured: list[torch.Tensor] = []
     handle = block.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
@@ -304,6 +314,9 @@ def _read_checkpoint(source) -> tuple[dict[str, torch.Tensor], str, bool]:
     if isinstance(source, Mapping):
         state, what = dict(source), "the state dict"
     else:
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError(f"source must be a state dict or the path of a checkpoint file, got "
+                            f"{type(source).__name__}")
         path = os.fspath(source)
         what = f"checkpoint file {path!r}"
         if not os.path.isfile(path):

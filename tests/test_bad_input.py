@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from llmcourse import cli, runtime
-from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static
+from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static, simulate_schedule
 from llmcourse.generate import MAX_NEW_TOKENS, beam_search, generate
-from llmcourse.gpt import GPT, GPTConfig, random_gpt
+from llmcourse.gpt import GPT, GPTConfig, attention_weights, load_gpt2, random_gpt
 from llmcourse.quantization import QuantizedTensor, quantize_groupwise_torch, quantize_model
 from llmcourse.tokenizer import load_tokenizer
 from llmcourse.train import TrainConfig
@@ -64,6 +64,18 @@ CASES = [
      ["max_new_tokens", "2.5"]),
     ("serve_continuous float ids", lambda: serve_continuous(MODEL, [Request(0, (1.5,), 2)], 2), TypeError,
      ["request 0", "1.5"]),
+    ("the model's forward with an out-of-vocab id", lambda: MODEL(torch.tensor([[1, 99]])), ValueError,
+     ["idx", "0..49"]),
+    ("the model's forward with a list", lambda: MODEL([[1, 2]]), TypeError, ["idx", "torch.tensor"]),
+    ("attention_weights of a missing layer", lambda: attention_weights(MODEL, torch.tensor([[1, 2]]), layer=5),
+     ValueError, ["layer", "0..0"]),
+    ("load_gpt2 of a number", lambda: load_gpt2(5), TypeError, ["source", "int"]),
+    ("simulate_schedule with a negative length", lambda: simulate_schedule([3, -1], 2), ValueError,
+     ["output_lengths", "-1"]),
+    ("simulate_schedule with no requests", lambda: simulate_schedule([], 2), ValueError, ["output_lengths"]),
+    ("simulate_schedule with a scheduler that never frees a row",
+     lambda: simulate_schedule([3, 2], 2, scheduler_step=lambda slots, finished, waiting: (slots, [], [])),
+     RuntimeError, ["no progress", "scheduler_step"]),
     # quantization
     ("quantize a (4, 0) tensor", lambda: quantize_groupwise_torch(torch.zeros(4, 0), 8, 1), ValueError,
      ["non-empty", "(4, 0)"]),
