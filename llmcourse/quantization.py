@@ -12,6 +12,10 @@ Schemes (`quantize_model(model, scheme)` returns a new model; the original is un
   on int8 x int8 with int32 accumulation, per-channel weight scales. Embeddings are int8 as in "int8".
 - "int4-g<N>", e.g. "int4-g32": weight-only int4, a float16 scale for each group of N consecutive inputs of a row
   (symmetric, codes in [-7, 7]), two codes packed per byte (as the exercise `quantization.pack_int4`).
+- "int4-g<N>-mse": the same bytes, a better scale. Each group uses all 16 codes [-8, 7] (its largest-magnitude
+  weight maps towards -8), and its scale is the one, among clipping ratios 0.70 .. 1.00 of that weight, that
+  minimises the group's squared rounding error (`search_int4_scales`; the idea of llama.cpp's Q4 formats): clipping a
+  rare large weight a little makes the steps finer for all the others.
 
 Weights are quantized once, in PyTorch on the CPU (`quantize_groupwise_torch`, `pack_int4_torch`: the codes and
 scales of notebook 09's NumPy exercises, bit for bit); a forward pass only dequantizes, on the model's device.
@@ -29,8 +33,9 @@ import torch.nn.functional as F
 
 from llmcourse.gpt import GPT
 
-SCHEMES = ("fp32", "int8", "int8-kernel", "int4-g32")  # what the report compares by default
-_SCHEME = re.compile(r"^(fp32|int8|int8-kernel|int4-g(\d+))$")
+SCHEMES = ("fp32", "int8", "int8-kernel", "int4-g32", "int4-g32-mse")  # what the report compares by default
+_SCHEME = re.compile(r"^(fp32|int8|int8-kernel|int4-g(\d+)(-mse)?)$")
+CLIP_RATIOS = tuple(round(0.7 + 0.02 * i, 2) for i in range(16))  # 0.70, 0.72, ..., 1.00
 
 
 # -- torch counterparts of the NumPy pieces (tested equal to them) -------------------------------------------------
@@ -90,19 +95,61 @@ def unpack_int4_torch(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack([low, high], dim=-1).flatten(-2)  # (..., m, 2) -> (..., 2 m)
 
 
+def _signed_max(groups: torch.Tensor) -> torch.Tensor:
+    """The largest-magnitude weight of each group (..., group_size), with its sign: (...)."""
+    return groups.gather(-1, groups.abs().argmax(-1, keepdim=True)).squeeze(-1)
+
+
+def _int4_scale(signed_max: torch.Tensor, ratio: float | torch.Tensor) -> torch.Tensor:
+    """Scales that map ratio x each group's largest-magnitude weight to code -8, rounded to float16 (as stored)."""
+    scale = (signed_max * ratio / -8.0).half().float()
+    return torch.where(scale != 0, scale, torch.ones_like(scale))
+
+
+def int4_clip_errors(w: torch.Tensor, group_size: int, ratios=CLIP_RATIOS) -> torch.Tensor:
+    """Squared rounding error of each group of w (rows, cols) at each clipping ratio: (len(ratios), rows, groups)."""
+    groups = w.unflatten(-1, (-1, group_size))  # (rows, groups, group_size)
+    signed_max = _signed_max(groups)  # (rows, groups)
+    errors = []
+    for ratio in ratios:
+        scale = _int4_scale(signed_max, ratio)[..., None]  # (rows, groups, 1)
+        errors.append(((torch.round(groups / scale).clamp(-8, 7) * scale - groups) ** 2).sum(-1))
+    return torch.stack(errors)
+
+
+def search_int4_scales(w: torch.Tensor, group_size: int, ratios=CLIP_RATIOS) -> tuple[torch.Tensor, torch.Tensor]:
+    """int4 codes (rows, cols) int8 in [-8, 7] and float16-exact scales (rows, cols // group_size) float32 whose
+    rounding error is the smallest over CLIP_RATIOS, group by group (ties: the larger ratio, i.e. less clipping)."""
+    _check_weight(w, "w")
+    if w.shape[-1] % group_size:
+        raise ValueError(f"group_size must be a positive divisor of the {w.shape[-1]} columns of w, got {group_size}")
+    groups = w.unflatten(-1, (-1, group_size))  # (rows, groups, group_size)
+    ratios = sorted(ratios, reverse=True)  # largest first, so argmin's first minimum prefers less clipping
+    chunk = max(1, (1 << 18) // w.shape[-1])  # rows at a time: the search's temporaries stay in the CPU's cache
+    best = torch.cat([torch.tensor(ratios)[int4_clip_errors(rows, group_size, ratios).argmin(0)]
+                      for rows in w.split(chunk)])  # (rows, groups)
+    scale = _int4_scale(_signed_max(groups), best)  # (rows, groups)
+    codes = torch.round(groups / scale[..., None]).clamp(-8, 7).to(torch.int8)
+    return codes.flatten(-2), scale
+
+
 class QuantizedTensor(nn.Module):
     """A (rows, cols) float matrix stored as int8 codes with one scale per row, or as packed int4 codes with one
     scale per group of `group_size` columns. `dequantize(rows)` gives float32 rows back."""
 
-    def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = None):
+    def __init__(self, weight: torch.Tensor, bits: int, group_size: int | None = None, *, search: bool = False):
         super().__init__()
         _check_weight(weight, "the weight")
         rows, cols = weight.shape
         if bits not in (4, 8):
             raise ValueError(f"bits must be 8 or 4, got {bits}")
+        if search and bits != 4:
+            raise ValueError("the scale search (search=True) is for int4 weights")
         self.group_size = cols if bits == 8 else group_size  # int8: per channel, one group spanning the row
         # On the CPU, whose division is correctly rounded, so that the codes are the same on every device.
-        codes, scale = quantize_groupwise_torch(weight.detach().cpu().float(), bits, self.group_size)
+        w = weight.detach().cpu().float()
+        codes, scale = (search_int4_scales(w, self.group_size) if search
+                        else quantize_groupwise_torch(w, bits, self.group_size))
         if bits == 4:
             if scale.max() > torch.finfo(torch.float16).max:
                 raise ValueError(f"a weight of magnitude {weight.abs().max().item():.3g} needs an int4 scale of "
@@ -176,18 +223,19 @@ def int8_kernel_linears(model: nn.Module) -> nn.Module:
 
 # -- whole models --------------------------------------------------------------------------------------------------
 
-def parse_scheme(scheme: str) -> tuple[str, int | None]:
-    """("fp32" | "int8" | "int8-kernel" | "int4", group size or None); a ValueError names the valid schemes."""
+def parse_scheme(scheme: str) -> tuple[str, int | None, bool]:
+    """("fp32" | "int8" | "int8-kernel" | "int4", group size or None, whether int4 scales are searched ("-mse"));
+    a ValueError names the valid schemes."""
     match = _SCHEME.match(scheme) if isinstance(scheme, str) else None
     if match is None:
-        raise ValueError(f"unknown quantization scheme {scheme!r}: use 'fp32', 'int8', 'int8-kernel' or "
-                         "'int4-g<group size>' such as 'int4-g32'")
+        raise ValueError(f"unknown quantization scheme {scheme!r}: use 'fp32', 'int8', 'int8-kernel', "
+                         "'int4-g<group size>' such as 'int4-g32', or 'int4-g<group size>-mse'")
     if match.group(2) is not None:
         group = int(match.group(2))
         if group < 2 or group % 2:
             raise ValueError(f"the int4 group size must be an even number >= 2, got {group} in {scheme!r}")
-        return "int4", group
-    return match.group(1), None
+        return "int4", group, match.group(3) is not None
+    return match.group(1), None, False
 
 
 @torch.no_grad()
@@ -196,7 +244,7 @@ def quantize_model(model: GPT, scheme: str) -> nn.Module:
 
     Raises ValueError for an unknown scheme, or an int4 group size that does not divide n_embd (and 4 n_embd).
     """
-    kind, group = parse_scheme(scheme)
+    kind, group, search = parse_scheme(scheme)
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise ValueError(f"the model's {name} holds NaN or infinite values: quantize a model whose weights are "
@@ -212,15 +260,16 @@ def quantize_model(model: GPT, scheme: str) -> nn.Module:
         return new.eval()
     bits = 4 if kind == "int4" else 8
     wte, wpe = new.transformer.wte, new.transformer.wpe
-    token_table = QuantizedTensor(wte.weight, bits, group)
+    token_table = QuantizedTensor(wte.weight, bits, group, search=search)
     new.transformer.wte = QuantizedEmbedding(token_table)
-    new.transformer.wpe = QuantizedEmbedding(QuantizedTensor(wpe.weight, bits, group))
+    new.transformer.wpe = QuantizedEmbedding(QuantizedTensor(wpe.weight, bits, group, search=search))
     if kind != "int8-kernel":
         for block in new.transformer.h:
             for parent in (block.attn, block.mlp):
                 for name, child in list(parent.named_children()):
                     if isinstance(child, nn.Linear):
-                        setattr(parent, name, QuantizedLinear(QuantizedTensor(child.weight, bits, group), child.bias))
+                        setattr(parent, name, QuantizedLinear(QuantizedTensor(child.weight, bits, group,
+                                                                              search=search), child.bias))
         new.lm_head = QuantizedLinear(token_table, None)  # still tied: one quantized table, two uses
     return new.eval()
 

@@ -96,8 +96,11 @@ def test_quantization_rows_take_quality_from_the_shipped_model_and_speed_from_th
     model = bench.gpt2_shape_model(GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=64))
     name, rows = bench._quantization(model, "a small random GPT", quick=True, log=lambda line: None)
     assert "shipped tiny GPT" in name and "a small random GPT" in name
-    assert [r["scheme"] for r in rows] == ["fp32", "int8", "int8-kernel", "int4-g32"]
+    assert [r["scheme"] for r in rows] == ["fp32", "int8", "int8-kernel", "int4-g32", "int4-g32-mse"]
     fp32, int8 = rows[0], rows[1]
+    plain, searched = rows[3], rows[4]  # same bytes and kernel, so the speed measured once; better perplexity
+    assert searched["weight_bytes"] == plain["weight_bytes"] and searched["tok_s"] == plain["tok_s"]
+    assert searched["perplexity"] < plain["perplexity"]
     assert fp32["weight_ratio"] == fp32["speedup"] == 1.0 and fp32["perplexity_change"] == 0.0
     assert int8["weight_bytes"] < fp32["weight_bytes"] <= 4 * 64 * 64 * 14  # the small model's bytes, not the shipped
     # The shipped model's held-out perplexity: int8 weights change it by well under a percent (notebook 09).

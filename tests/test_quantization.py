@@ -169,6 +169,51 @@ def test_bytes_read_per_step_skip_the_embedding_tables_unless_the_head_reads_the
     assert 0.25 < Q.bytes_read_per_step(kernel) / Q.bytes_read_per_step(model) < 0.35
 
 
+# -- int4 with searched scales ("-mse") ------------------------------------------------------------------------
+
+@settings(deadline=None, max_examples=30)
+@given(rows=st.integers(1, 6), groups=st.integers(1, 4), seed=st.integers(0, 2 ** 16), spread=st.floats(0.1, 100.0))
+def test_searched_int4_scales_never_do_worse_than_absmax_and_use_all_16_codes(rows, groups, seed, spread):
+    w = torch.from_numpy(np.random.default_rng(seed).standard_t(3, size=(rows, groups * 16)) * spread).float()
+    codes, scale = Q.search_int4_scales(w, 16)
+    assert codes.dtype == torch.int8 and int(codes.min()) >= -8 and int(codes.max()) <= 7
+    assert torch.equal(scale, scale.half().float()), "the scales are exactly what float16 stores"
+    searched = ((Q.dequantize_groupwise_torch(codes, scale) - w) ** 2).unflatten(-1, (groups, 16)).sum(-1)
+    # The ratio 1.00 is among the candidates: the full-range 16-code scale; the search can only lower its error.
+    full_codes, full_scale = Q.search_int4_scales(w, 16, ratios=(1.0,))
+    full = ((Q.dequantize_groupwise_torch(full_codes, full_scale) - w) ** 2).unflatten(-1, (groups, 16)).sum(-1)
+    assert (searched <= full * (1 + 1e-6)).all()
+    # At ratio 1.00 each group's largest-magnitude weight lands on code -8: the 16th code is used.
+    grouped_w, grouped_codes = w.unflatten(-1, (groups, 16)), full_codes.unflatten(-1, (groups, 16))
+    at_max = grouped_codes.gather(-1, grouped_w.abs().argmax(-1, keepdim=True))
+    assert (at_max == -8).all()
+
+
+def test_the_search_picks_the_ratio_of_least_error_per_group():
+    w = torch.tensor([[1.0, 0.9, 0.8, -0.1] * 2 + [10.0, 0.5, 0.4, 0.3] * 2])  # a group without, one with an outlier
+    errors = Q.int4_clip_errors(w, 8)  # (ratios, 1, 2)
+    codes, scale = Q.search_int4_scales(w, 8)
+    for g in range(2):
+        best = min(range(len(Q.CLIP_RATIOS)), key=lambda i: (errors[i, 0, g].item(), -Q.CLIP_RATIOS[i]))
+        expected = (torch.tensor(Q.CLIP_RATIOS[best]) * w[0, 8 * g:8 * g + 8].abs().max() / -8).half().float()
+        # the sign follows the largest-magnitude weight (positive here), so the scale is negative
+        assert scale[0, g].item() == pytest.approx(expected.item(), rel=0, abs=0)
+
+
+def test_int4_mse_halves_the_perplexity_cost_of_plain_int4_on_the_shipped_model():
+    from llmcourse.pretrained import load_tiny_gpt
+    from llmcourse.train import evaluate, held_out_text
+
+    model, tok = load_tiny_gpt("cpu")
+    ids = tok.encode(held_out_text())
+    base, plain, searched = (evaluate(m, ids).perplexity for m in (model, Q.quantize_model(model, "int4-g32"),
+                                                                   Q.quantize_model(model, "int4-g32-mse")))
+    assert searched / base - 1 < 0.05, f"int4-g32-mse costs {100 * (searched / base - 1):.2f}% perplexity"
+    assert searched < plain
+    assert Q.weight_bytes(Q.quantize_model(model, "int4-g32-mse")) == Q.weight_bytes(Q.quantize_model(model,
+                                                                                                      "int4-g32"))
+
+
 def test_bad_schemes_are_clear_errors():
     model = tiny_gpt()
     with pytest.raises(ValueError, match="unknown quantization scheme 'int3'"):
