@@ -45,6 +45,11 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def n_kv_head(self) -> int:
+        """Heads of keys and values: one per query head in GPT-2 (grouped-query attention has fewer, see llama.py)."""
+        return self.n_head
+
     @classmethod
     def gpt2(cls) -> "GPTConfig":
         """The shape of GPT-2 small (124M parameters)."""
@@ -54,8 +59,9 @@ class GPTConfig:
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated for `max_len` tokens.
 
-    Each layer's keys and values have shape (B, n_head, max_len, head_dim); the first `length` positions are filled.
-    Its size is 2 (K and V) x n_layer x n_head x head_dim x max_len x B x bytes per element.
+    Each layer's keys and values have shape (B, n_kv_head, max_len, head_dim); the first `length` positions are
+    filled. Its size is 2 (K and V) x n_layer x n_kv_head x head_dim x max_len x B x bytes per element (n_kv_head is
+    n_head in GPT-2; fewer with grouped-query attention).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None, *,
@@ -66,16 +72,16 @@ class KVCache:
                              f"asked for {max_len}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        shape = (batch_size, config.n_head, max_len, config.head_dim)
+        shape = (batch_size, config.n_kv_head, max_len, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.batch_size, self.max_len, self.length = batch_size, max_len, 0
 
     @staticmethod
     def bytes_needed(config: GPTConfig, batch_size: int, tokens: int, dtype: torch.dtype = torch.float32) -> int:
-        """The formula: 2 x n_layer x n_head x head_dim x tokens x batch_size x bytes per element."""
+        """The formula: 2 x n_layer x n_kv_head x head_dim x tokens x batch_size x bytes per element."""
         element = torch.tensor([], dtype=dtype).element_size()
-        return 2 * config.n_layer * config.n_head * config.head_dim * tokens * batch_size * element
+        return 2 * config.n_layer * config.n_kv_head * config.head_dim * tokens * batch_size * element
 
     @property
     def nbytes(self) -> int:
@@ -91,7 +97,7 @@ class KVCache:
                              "the context")
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write new keys/values (B, n_head, T, head_dim) after the cached ones; return all of them so far."""
+        """Write new keys/values (B, n_kv_head, T, head_dim) after the cached ones; return all of them so far."""
         end = self.length + k.shape[2]
         self.keys[layer][:, :, self.length:end] = k
         self.values[layer][:, :, self.length:end] = v
@@ -122,6 +128,55 @@ class KVCache:
                              f"{source.length}")
         for mine, theirs in zip(self.keys + self.values, source.keys + source.values):
             mine[row, :, self.length - tokens:self.length] = theirs[source_row, :, source.length - tokens:source.length]
+
+
+def check_inputs(config, idx: torch.Tensor, cache: KVCache | None, positions: torch.Tensor | None) -> torch.Tensor:
+    """The checks of a forward pass, with one clear line for each mistake; the positions (B, T) to use."""
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"idx must be a torch tensor of token ids (B, T), got {type(idx).__name__}: use "
+                        "torch.tensor([ids])")
+    if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"idx must be integer token ids of shape (B, T), got {idx.dtype} of shape "
+                         f"{tuple(idx.shape)}")
+    B, T = idx.shape
+    past = 0 if cache is None else cache.length
+    if T == 0:
+        raise ValueError("idx holds no tokens (T = 0): give at least one token")
+    low, high = idx.min().item(), idx.max().item()  # one look at the ids, so that a wrong one is named here
+    if low < 0 or high >= config.vocab_size:
+        raise ValueError(f"idx must hold token ids in 0..{config.vocab_size - 1} (the model's vocabulary), "
+                         f"got {low}..{high}")
+    if cache is not None:
+        cache.check_room(B, T)
+    if positions is None:
+        if past + T > config.block_size:
+            raise ValueError(f"{past + T} tokens do not fit the model's context of {config.block_size}: "
+                             "crop the context to the last block_size tokens")
+        positions = torch.arange(past, past + T, device=idx.device).expand(B, T)
+    elif positions.shape != (B, T):
+        raise ValueError(f"positions must have the shape of idx {(B, T)}, got {tuple(positions.shape)}")
+    elif positions.numel() and (positions.min() < 0 or positions.max() >= config.block_size):
+        raise ValueError(f"positions must lie in [0, {config.block_size}), got {positions.min().item()}.."
+                         f"{positions.max().item()}")
+    return positions
+
+
+def attention_mask_for(B: int, T: int, past: int, attention_mask: torch.Tensor | None,
+                       device: torch.device) -> torch.Tensor | None:
+    """(B, 1, T, S) booleans, True where query i may attend key j; None for plain causal attention."""
+    if attention_mask is None and past == 0:
+        return None
+    S = past + T
+    query_pos = torch.arange(past, S, device=device)[:, None]  # (T, 1) position of each new token
+    key_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+    allowed = (key_pos <= query_pos)[None, None]  # (1, 1, T, S) causal
+    if attention_mask is not None:
+        if attention_mask.shape != (B, S):
+            raise ValueError(f"attention_mask must have shape (B, cached + new tokens) = {(B, S)}, "
+                             f"got {tuple(attention_mask.shape)}")
+        # A padding query would see no key at all (NaN); letting it see itself keeps it finite and harmless.
+        allowed = allowed & attention_mask.bool()[:, None, None, :] | (key_pos == query_pos)[None, None]
+    return allowed
 
 
 class CausalSelfAttention(nn.Module):
@@ -205,33 +260,10 @@ class GPT(nn.Module):
         `positions` (B, T) default to past, past + 1, ... where past is the number of cached tokens;
         `attention_mask` (B, past + T) marks real tokens True and padding False.
         """
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(f"idx must be a torch tensor of token ids (B, T), got {type(idx).__name__}: use "
-                            "torch.tensor([ids])")
-        if idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"idx must be integer token ids of shape (B, T), got {idx.dtype} of shape "
-                             f"{tuple(idx.shape)}")
+        positions = check_inputs(self.config, idx, cache, positions)  # (B, T)
         B, T = idx.shape
         past = 0 if cache is None else cache.length
-        if T == 0:
-            raise ValueError("idx holds no tokens (T = 0): give at least one token")
-        low, high = idx.min().item(), idx.max().item()  # one look at the ids, so that a wrong one is named here
-        if low < 0 or high >= self.config.vocab_size:
-            raise ValueError(f"idx must hold token ids in 0..{self.config.vocab_size - 1} (the model's vocabulary), "
-                             f"got {low}..{high}")
-        if cache is not None:
-            cache.check_room(B, T)
-        if positions is None:
-            if past + T > self.config.block_size:
-                raise ValueError(f"{past + T} tokens do not fit the model's context of {self.config.block_size}: "
-                                 "crop the context to the last block_size tokens")
-            positions = torch.arange(past, past + T, device=idx.device).expand(B, T)
-        elif positions.shape != (B, T):
-            raise ValueError(f"positions must have the shape of idx {(B, T)}, got {tuple(positions.shape)}")
-        elif positions.numel() and (positions.min() < 0 or positions.max() >= self.config.block_size):
-            raise ValueError(f"positions must lie in [0, {self.config.block_size}), got {positions.min().item()}.."
-                             f"{positions.max().item()}")
-        mask = self._attention_mask(B, T, past, attention_mask, idx.device)
+        mask = attention_mask_for(B, T, past, attention_mask, idx.device)
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, mask, cache, layer)
@@ -240,24 +272,6 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C): generation needs only the next token's logits
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
-
-    @staticmethod
-    def _attention_mask(B: int, T: int, past: int, attention_mask: torch.Tensor | None,
-                        device: torch.device) -> torch.Tensor | None:
-        """(B, 1, T, S) booleans, True where query i may attend key j; None for plain causal attention."""
-        if attention_mask is None and past == 0:
-            return None
-        S = past + T
-        query_pos = torch.arange(past, S, device=device)[:, None]  # (T, 1) position of each new token
-        key_pos = torch.arange(S, device=device)[None, :]  # (1, S)
-        allowed = (key_pos <= query_pos)[None, None]  # (1, 1, T, S) causal
-        if attention_mask is not None:
-            if attention_mask.shape != (B, S):
-                raise ValueError(f"attention_mask must have shape (B, cached + new tokens) = {(B, S)}, "
-                                 f"got {tuple(attention_mask.shape)}")
-            # A padding query would see no key at all (NaN); letting it see itself keeps it finite and harmless.
-            allowed = allowed & attention_mask.bool()[:, None, None, :] | (key_pos == query_pos)[None, None]
-        return allowed
 
 
 def attention_weights(model: GPT, ids: torch.Tensor, layer: int) -> torch.Tensor:
