@@ -358,6 +358,23 @@ def _read_checkpoint(source) -> tuple[dict[str, torch.Tensor], str, bool]:
     return state, what, isinstance(source, Mapping)
 
 
+def _gpt2_folder(folder, n_head: int | None) -> tuple[str, int | None]:
+    """The weights file of a Hugging Face GPT-2 folder, and n_head from its config.json (unless given)."""
+    import json
+
+    config_file = os.path.join(folder, "config.json")
+    if n_head is None and os.path.isfile(config_file):
+        try:
+            n_head = json.loads(open(config_file, encoding="utf-8").read()).get("n_head")
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{config_file!r} is not valid JSON ({err})") from None
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name), n_head
+    raise FileNotFoundError(f"{os.fspath(folder)!r} holds no model.safetensors or pytorch_model.bin: put GPT-2's "
+                            "weights there (nothing is downloaded)")
+
+
 class _SkipInit(torch.overrides.TorchFunctionMode):
     """Makes weight initialisation a no-op (on the meta device there is nothing to fill, and PyTorch's meta
     kernels for random init are slow to load)."""
@@ -383,8 +400,9 @@ def gpt_skeleton(config: GPTConfig) -> GPT:
 def load_gpt2(source, n_head: int | None = None) -> GPT:
     """A GPT with the weights of a GPT-2 state dict in the Hugging Face layout. Nothing is downloaded.
 
-    `source` is a dict name -> tensor or the path (str or Path) of a local `.safetensors`, `.bin`, `.pt` or `.pth`
-    file. Keys may carry the `transformer.` prefix (HF's GPT2LMHeadModel) or not (GPT2Model); `lm_head.weight`, if
+    `source` is a dict name -> tensor, the path (str or Path) of a local `.safetensors`, `.bin`, `.pt` or `.pth`
+    file, or a Hugging Face model folder (its `model.safetensors` or `pytorch_model.bin`, and `n_head` from its
+    `config.json`). Keys may carry the `transformer.` prefix (HF's GPT2LMHeadModel) or not (GPT2Model); `lm_head.weight`, if
     present, must equal the token embeddings (GPT-2 ties them); the mask buffers `attn.bias`/`attn.masked_bias` are
     ignored. HF's Conv1D weights are stored (in, out) and are transposed into nn.Linear's (out, in).
 
@@ -392,6 +410,8 @@ def load_gpt2(source, n_head: int | None = None) -> GPT:
     n_embd // 64, as in every GPT-2 size. The model is float32, on the CPU: move it with `.to(get_device())`.
     Raises KeyError naming a missing key, ValueError naming a wrong shape, an unexpected key or an unreadable file.
     """
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        source, n_head = _gpt2_folder(source, n_head)
     state, what, callers = _read_checkpoint(source)
     weights, head = {}, None
     for key, value in state.items():

@@ -1,7 +1,9 @@
-"""The small GPT shipped with the course (`llmcourse/assets/tiny_gpt.*`), so notebooks 06-10 need no training.
+"""The small GPT shipped with the course (`llmcourse/assets/tiny_gpt.*`), so notebooks 06-10 need no training, and
+the real GPT-2 where a learner has its files.
 
     model, tokenizer = load_tiny_gpt()        # eval mode, on llmcourse.runtime.get_device()
     tiny_gpt_record()["command"]             # the `llmcourse train ...` command that recreates it
+    load_local_gpt2()                         # (GPT-2, its tokenizer) from $LLMCOURSE_GPT2, or None
 
 It was trained by the course's own code (`llmcourse.train`) on the default corpus; its record (settings, loss
 curves, held-out perplexity) is `assets/tiny_gpt.json`.
@@ -10,16 +12,20 @@ curves, held-out perplexity) is `assets/tiny_gpt.json`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
-from llmcourse.gpt import GPT
+from llmcourse.gpt import GPT, load_gpt2
+from llmcourse.gpt2_tokenizer import GPT2Tokenizer, load_gpt2_tokenizer
+from llmcourse.runtime import get_device
 from llmcourse.tokenizer import Tokenizer
 from llmcourse.train import checkpoint_paths, load_checkpoint
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 NAME = "tiny_gpt"
+GPT2_ENV = "LLMCOURSE_GPT2"  # a folder with GPT-2's model.safetensors, config.json, vocab.json and merges.txt
 
 
 def load_tiny_gpt(device: torch.device | str | None = None) -> tuple[GPT, Tokenizer]:
@@ -31,3 +37,18 @@ def load_tiny_gpt(device: torch.device | str | None = None) -> tuple[GPT, Tokeni
 def tiny_gpt_record() -> dict:
     """How the shipped GPT was trained: command, settings, loss curves and held-out perplexities."""
     return json.loads(checkpoint_paths(ASSETS, NAME)["meta"].read_text(encoding="utf-8"))["training"]
+
+
+def load_local_gpt2(folder: str | os.PathLike | None = None) -> tuple[GPT, GPT2Tokenizer] | None:
+    """GPT-2 (eval mode, on `get_device()`) and its own tokenizer from a local Hugging Face folder: `folder`, else
+    `$LLMCOURSE_GPT2`; None when neither is set. Nothing is downloaded: fetch the files of the `gpt2` model yourself
+    (model.safetensors, config.json, vocab.json, merges.txt) and point the variable at their folder."""
+    folder = folder or os.environ.get(GPT2_ENV)
+    if not folder:
+        return None
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{GPT2_ENV}={str(folder)!r} is not a folder: point it at the folder that holds "
+                                "GPT-2's model.safetensors, config.json, vocab.json and merges.txt")
+    tokenizer = load_gpt2_tokenizer(folder / "vocab.json", folder / "merges.txt")
+    return load_gpt2(folder).to(get_device()), tokenizer
