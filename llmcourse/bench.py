@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 
 from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static
+from llmcourse.costmodel import matmul_weights
 from llmcourse.generate import generate
 from llmcourse.gpt import GPT, GPTConfig, KVCache, random_gpt
 from llmcourse.kernels import prepack_available, prepack_linears
-from llmcourse.model_stats import formula_parameters
 from llmcourse.quantization import bytes_read_per_step, decoding_speed
 from llmcourse.runtime import get_device
 from llmcourse.timing import (Measurement, decode_bound_tok_s, interleaved, matmul_gflops, measure,
@@ -61,16 +61,11 @@ def machine() -> dict:
             "processor": platform.processor() or platform.machine()}
 
 
-def matmul_weights(model: GPT) -> int:
-    """Weights a token multiplies (2 FLOPs each): every Linear and the output head, not the embedding lookups."""
-    return formula_parameters(model.config) - model.config.block_size * model.config.n_embd
-
-
 def roofline_tok_s(model: GPT, batch_size: int, bandwidth_gbs: float, gflops: float, context: int = 0) -> float:
     """The limit of decoding at `batch_size`: min(memory bound, compute bound), in tokens/s."""
     step_bytes = bytes_read_per_step(model) + KVCache.bytes_needed(model.config, batch_size, context)
     memory = batch_size * decode_bound_tok_s(step_bytes, bandwidth_gbs)
-    compute = gflops * 1e9 / (2 * matmul_weights(model))
+    compute = gflops * 1e9 / (2 * matmul_weights(model.config))
     return min(memory, compute)
 
 

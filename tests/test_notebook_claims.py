@@ -45,9 +45,14 @@ CORRECTIONS = [
      "that only approximates recomputing the window: the cached keys of deeper layers were computed while attending "
      "to the dropped tokens"),
     ("07", "fewer positions with a cache", "Why is the speedup so much smaller than the count of positions"),
+    ("07", "The speedup therefore grows roughly linearly with the number of new tokens",
+     "Weights are read once per step, either way."),
     ("08", "throughput grows almost linearly", "measured, it climbs more slowly"),
     ("09", "for 2/32 of a byte more per weight", "for 1/32 of a byte more per weight"),
     ("09", "int4 costs several percent", "int4 costs far more than int8"),
+    ("09", "and the fused op runs a scalar loop here", "9 bytes per weight against 4, so slower than float32 when both "
+     "stream from memory"),
+    ("09", "more than the CPU's caches hold, as in a real decoding step", "more than most CPUs' caches hold"),
     ("10", "Generation speed is bounded by bytes per step / bandwidth",
      "a step takes at least bytes per step / bandwidth, so tokens/s is at most bandwidth / bytes per step"),
 ]
