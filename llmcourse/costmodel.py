@@ -150,7 +150,8 @@ def plot_roofline(points: dict[str, tuple[float, float]], bandwidth_gbs: float, 
     ridge = gflops / bandwidth_gbs
     lo, hi = min(xs + [ridge]) / 3, max(xs + [ridge]) * 3
     grid = np.geomspace(lo, hi, 200)
-    ax.plot(grid, np.minimum(bandwidth_gbs * grid, gflops), "k-", lw=1.5, label="roof: min(bandwidth x intensity, peak)")
+    ax.plot(grid, np.minimum(bandwidth_gbs * grid, gflops), "k-", lw=1.5,
+            label="roof: min(bandwidth x intensity, peak)")
     ax.axvline(ridge, color="grey", ls=":", lw=1, label=f"ridge point {ridge:.1f} FLOPs/byte")
     markers = "osD^vP*Xhp<>"
     for i, (name, (x, y)) in enumerate(points.items()):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def write_then_name(folder: str | os.PathLike, write: Callable[[str], None], name: Callable[[Path], str],
@@ -39,3 +40,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """
     target = Path(path)
     write_then_name(target.parent, write, lambda _: target.name, hint=target.name)
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """The JSON in `path`; a one-line ValueError naming the file when it is not UTF-8 JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON ({err})") from None

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llmcourse.files import read_json
+
 
 @dataclass(frozen=True)
 class GPTConfig:
@@ -225,7 +227,25 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
+def init_weights(module: nn.Module) -> None:
+    """GPT-2's initialisation, used by `apply`: N(0, 0.02) for Linear and Embedding weights, zero biases."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+class LanguageModel(nn.Module):
+    """What the course's language models share: `config` (vocab_size, block_size, ...) and a parameter count."""
+
+    config: GPTConfig
+
+    def num_parameters(self) -> int:
+        """Parameters counted once (a tied head is the embedding matrix)."""
+        return sum(p.numel() for p in self.parameters())
+
+
+class GPT(LanguageModel):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -237,21 +257,10 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: the output head reuses the token embeddings
-        self.apply(self._init_weights)
+        self.apply(init_weights)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: residual projections scaled down by depth
                 nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    def num_parameters(self) -> int:
-        """Parameters counted once (the tied head is the embedding matrix)."""
-        return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
@@ -360,14 +369,9 @@ def _read_checkpoint(source) -> tuple[dict[str, torch.Tensor], str, bool]:
 
 def _gpt2_folder(folder, n_head: int | None) -> tuple[str, int | None]:
     """The weights file of a Hugging Face GPT-2 folder, and n_head from its config.json (unless given)."""
-    import json
-
     config_file = os.path.join(folder, "config.json")
     if n_head is None and os.path.isfile(config_file):
-        try:
-            n_head = json.loads(open(config_file, encoding="utf-8").read()).get("n_head")
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{config_file!r} is not valid JSON ({err})") from None
+        n_head = read_json(config_file, "the model's config").get("n_head")
     for name in ("model.safetensors", "pytorch_model.bin"):
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name), n_head
@@ -402,9 +406,10 @@ def load_gpt2(source, n_head: int | None = None) -> GPT:
 
     `source` is a dict name -> tensor, the path (str or Path) of a local `.safetensors`, `.bin`, `.pt` or `.pth`
     file, or a Hugging Face model folder (its `model.safetensors` or `pytorch_model.bin`, and `n_head` from its
-    `config.json`). Keys may carry the `transformer.` prefix (HF's GPT2LMHeadModel) or not (GPT2Model); `lm_head.weight`, if
-    present, must equal the token embeddings (GPT-2 ties them); the mask buffers `attn.bias`/`attn.masked_bias` are
-    ignored. HF's Conv1D weights are stored (in, out) and are transposed into nn.Linear's (out, in).
+    `config.json`). Keys may carry the `transformer.` prefix (HF's GPT2LMHeadModel) or not (GPT2Model);
+    `lm_head.weight`, if present, must equal the token embeddings (GPT-2 ties them); the mask buffers
+    `attn.bias`/`attn.masked_bias` are ignored. HF's Conv1D weights are stored (in, out) and are transposed into
+    nn.Linear's (out, in).
 
     The config comes from the tensors' shapes, except `n_head`, which shapes cannot tell: it defaults to
     n_embd // 64, as in every GPT-2 size. The model is float32, on the CPU: move it with `.to(get_device())`.

@@ -15,7 +15,6 @@ It is the byte-level BPE of notebook 01 with three conventions of GPT-2's files:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import regex
 
+from llmcourse.files import read_json
 from llmcourse.tokenizer import apply_merges
 
 GPT2_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
@@ -155,10 +155,7 @@ def load_gpt2_tokenizer(vocab_json: str | os.PathLike, merges_txt: str | os.Path
         if not path.is_file():
             raise FileNotFoundError(f"{str(path)!r} does not exist: give the local vocab.json and merges.txt of a "
                                     "GPT-2 style tokenizer")
-    try:
-        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{str(vocab_path)!r} is not a JSON vocabulary ({err})") from None
+    vocab = read_json(vocab_path, "the vocabulary")
     if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
         raise ValueError(f"{str(vocab_path)!r} must map token strings to int ids")
     merges = []

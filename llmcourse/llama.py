@@ -17,7 +17,6 @@ dicts, and Qwen2's (the same architecture with biases on q, k and v), load as th
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -28,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llmcourse.gpt import KVCache, attention_mask_for, check_inputs
+from llmcourse.files import read_json
+from llmcourse.gpt import KVCache, LanguageModel, attention_mask_for, check_inputs, init_weights
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ class LlamaBlock(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class Llama(nn.Module):
+class Llama(LanguageModel):
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config = config
@@ -177,15 +177,7 @@ class Llama(nn.Module):
         cos, sin = rope_tables(config)
         self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, head_dim): not weights
         self.register_buffer("rope_sin", sin, persistent=False)
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-
-    def num_parameters(self) -> int:
-        """Parameters counted once (a tied head is the embedding matrix)."""
-        return sum(p.numel() for p in self.parameters())
+        self.apply(init_weights)
 
     def forward(self, idx: torch.Tensor, *, cache: KVCache | None = None, positions: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
@@ -221,10 +213,7 @@ def _read_folder(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not config_file.is_file():
         raise FileNotFoundError(f"{str(folder)!r} has no config.json: load_llama reads a Hugging Face model folder "
                                 "(config.json and *.safetensors) from disk; nothing is downloaded")
-    try:
-        hf = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{str(config_file)!r} is not valid JSON ({err})") from None
+    hf = read_json(config_file, "the model's config")
     files = sorted(folder.glob("*.safetensors"))  # one file, or the shards of model.safetensors.index.json
     if not files:
         raise FileNotFoundError(f"{str(folder)!r} has no *.safetensors weights")

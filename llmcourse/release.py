@@ -156,7 +156,8 @@ def merge(generated: str, current: str, module: str) -> tuple[str, list[str]]:
         mine = _spans(current)
     except SyntaxError:
         return current, ["(the whole file: it does not parse)"]
-    theirs, new_lines, my_lines = _spans(generated), generated.splitlines(keepends=True), current.splitlines(keepends=True)
+    theirs = _spans(generated)
+    new_lines, my_lines = generated.splitlines(keepends=True), current.splitlines(keepends=True)
     kept, out, last = [], [], 0
     for name, (first, body, end) in theirs.items():
         if catalog.exercise_of(module, name) is None or name not in mine:
