@@ -12,6 +12,7 @@ as a ratio against a baseline measured in the same run, and next to its limit (t
 
 from __future__ import annotations
 
+import os
 import platform
 import statistics
 from pathlib import Path
@@ -59,6 +60,56 @@ def machine() -> dict:
     return {"memory_bandwidth_gbs": memory_bandwidth_gbs(), "matmul_gflops": matmul_gflops(),
             "threads": torch.get_num_threads(), "device": str(get_device()), "torch": torch.__version__,
             "processor": platform.processor() or platform.machine()}
+
+
+SPREAD_LIMIT = 0.15  # repeats whose range exceeds +-15% of their median disagree: something else ran meanwhile
+DRIFT_LIMIT = 0.15  # a bandwidth reading that moved by more than 15% between the start and the end of the run
+
+
+def _load_per_core() -> float | None:
+    """The 1-minute load average over the number of cores (Unix): above ~1, other programs compete for the CPU."""
+    try:
+        return os.getloadavg()[0] / (os.cpu_count() or 1)
+    except (AttributeError, OSError):  # Windows has no load average
+        return None
+
+
+def _spreads(results: dict) -> dict[str, float]:
+    """Every recorded spread of the run, named by the figure it belongs to."""
+    found: dict[str, float] = {}
+    kv = results.get("kv_cache", {})
+    for n, a, b in zip(kv.get("new_tokens", []), kv.get("no_cache_spread", []), kv.get("cache_spread", [])):
+        found[f"KV-cache, {n} tokens, no cache"], found[f"KV-cache, {n} tokens, cache"] = a, b
+    bt = results.get("batching", {})
+    for b, spread in zip(bt.get("batch_sizes", []), bt.get("spread", [])):
+        found[f"batch {b}"] = spread
+    rf = results.get("roofline", {})
+    for kernel in rf.get("kernels", []):
+        found[f"batch-1 decoding, {kernel} kernels"] = rf[f"{kernel}_spread"]
+    return found
+
+
+def interference(results: dict, bandwidth_end_gbs: float, load_start: float | None,
+                 load_end: float | None) -> dict:
+    """Can the run's ratios be trusted? Three signs of other programs on the machine: repeats that disagree (a
+    spread over SPREAD_LIMIT), a bandwidth that moved between the start and the end of the run (DRIFT_LIMIT), and a
+    load average above one per core."""
+    start = results["machine"]["memory_bandwidth_gbs"]
+    noisy = {name: spread for name, spread in _spreads(results).items() if spread > SPREAD_LIMIT}
+    drift = bandwidth_end_gbs / start - 1
+    loaded = [load for load in (load_start, load_end) if load is not None and load > 1.0]
+    reasons = []
+    if abs(drift) > DRIFT_LIMIT:
+        reasons.append(f"memory bandwidth {start:.1f} GB/s at the start, {bandwidth_end_gbs:.1f} at the end "
+                       f"({100 * drift:+.0f}%)")
+    if noisy:
+        reasons.append(f"repeats disagree by more than +-{100 * SPREAD_LIMIT:.0f}% in {len(noisy)} figure(s) "
+                       f"(worst: {max(noisy, key=noisy.get)}, +-{100 * max(noisy.values()):.0f}%)")
+    if loaded:
+        reasons.append(f"load average {max(loaded):.1f} per core: other programs compete for the CPU")
+    return {"trusted": not reasons, "reasons": reasons, "bandwidth_start_gbs": start,
+            "bandwidth_end_gbs": bandwidth_end_gbs, "bandwidth_drift": drift, "noisy_figures": noisy,
+            "load_per_core": [load_start, load_end]}
 
 
 def roofline_tok_s(model: GPT, batch_size: int, bandwidth_gbs: float, gflops: float, context: int = 0) -> float:
@@ -298,6 +349,7 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     name = GPT2_NAME if config is None else f"GPTConfig({config.n_layer} layers, {config.n_embd} wide), random"
     block = model.config.block_size
     log(f"model: {name}, {model.num_parameters() / 1e6:.1f}M parameters, {torch.get_num_threads()} thread(s)")
+    load_start = _load_per_core()
     results = {"quick": quick, "machine": machine()}
     limits = results["machine"]
     log(f"machine: {limits['memory_bandwidth_gbs']:.1f} GB/s, {limits['matmul_gflops']:.0f} GFLOP/s")
@@ -334,6 +386,9 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
         found = _quantization(model, name, quick, log)
         if found is not None:
             results["quantization_model"], results["quantization"] = found
+    results["interference"] = interference(results, memory_bandwidth_gbs(), load_start, _load_per_core())
+    if not results["interference"]["trusted"]:
+        log("interference: " + "; ".join(results["interference"]["reasons"]))
     return results
 
 
@@ -341,8 +396,13 @@ def format_table(results: dict) -> str:
     """The results as a plain-text table, one figure per line with its baseline or limit."""
     m, kv, bt, rf = results["machine"], results["kv_cache"], results["batching"], results["roofline"]
     sv = results.get("serving", {})
+    check = results.get("interference")
+    quality = ([] if check is None else ["measurements: no sign of interference"] if check["trusted"] else
+               ["WARNING: other programs seem to have run during the measurements, so the ratios below may not hold:",
+                *[f"  - {reason}" for reason in check["reasons"]],
+                "  Close other programs (or wait for them) and run `llmcourse bench` again."])
     lines = [f"machine: memory bandwidth {m['memory_bandwidth_gbs']:.1f} GB/s, matmul {m['matmul_gflops']:.0f} "
-             f"GFLOP/s, {m['threads']} thread(s), {m['device']}, torch {m['torch']}", "",
+             f"GFLOP/s, {m['threads']} thread(s), {m['device']}, torch {m['torch']}", *quality, "",
              f"KV-cache ({kv['model']}, prompt {kv['prompt_tokens']} tokens, greedy; identical tokens: "
              f"{kv['identical_tokens']})",
              f"  {'new tokens':>10}  {'no cache tok/s':>14}  {'cache tok/s':>11}  {'speedup':>7}"]

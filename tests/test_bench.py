@@ -51,6 +51,30 @@ def test_table_and_plots(results, tmp_path):
     assert all(p.stat().st_size > 0 for p in paths)
 
 
+def test_the_run_says_whether_its_ratios_can_be_trusted(results):
+    check = results["interference"]
+    assert set(check) >= {"trusted", "reasons", "bandwidth_start_gbs", "bandwidth_end_gbs", "noisy_figures"}
+    assert check["trusted"] == (not check["reasons"])
+    assert ("no sign of interference" in bench.format_table(results)) == check["trusted"]
+
+
+def test_interference_is_reported_with_its_reasons(results):
+    quiet = {**results, "machine": dict(LIMITS), "kv_cache": {**results["kv_cache"]},
+             "batching": {**results["batching"], "spread": [0.01] * len(results["batching"]["batch_sizes"])},
+             "roofline": {**results["roofline"], **{f"{k}_spread": 0.02 for k in results["roofline"]["kernels"]}}}
+    quiet["kv_cache"]["no_cache_spread"] = quiet["kv_cache"]["cache_spread"] = [0.05] * len(quiet["kv_cache"]
+                                                                                            ["new_tokens"])
+    assert bench.interference(quiet, 10.5, 0.5, 0.6)["trusted"]
+    slowed = bench.interference(quiet, 6.0, 0.5, 0.6)  # the bandwidth fell by 40% during the run
+    assert not slowed["trusted"] and "10.0 GB/s at the start, 6.0 at the end (-40%)" in slowed["reasons"][0]
+    quiet["batching"]["spread"][1] = 0.4
+    noisy = bench.interference(quiet, 10.0, 0.5, 2.5)
+    assert not noisy["trusted"] and noisy["noisy_figures"] == {f"batch {quiet['batching']['batch_sizes'][1]}": 0.4}
+    assert any("load average 2.5 per core" in reason for reason in noisy["reasons"])
+    table = bench.format_table({**results, "interference": noisy})
+    assert "WARNING" in table and "batch 4, +-40%" in table
+
+
 def test_cache_memory_formula_equals_allocation():
     memory = bench.kv_cache_memory(GPTConfig.gpt2(), [16, 256], batch_size=2)
     assert memory["formula_bytes"] == memory["allocated_bytes"] == [KVCache.bytes_needed(GPTConfig.gpt2(), 2, n)
