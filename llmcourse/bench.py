@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,7 +26,7 @@ from llmcourse.batching import Request, generate_batch, serve_continuous, serve_
 from llmcourse.costmodel import matmul_weights
 from llmcourse.generate import generate
 from llmcourse.gpt import GPT, GPTConfig, KVCache, random_gpt
-from llmcourse.kernels import prepack_available, prepack_linears
+from llmcourse.kernels import choose_linear_kernels, prepack_available, prepack_linears, tuned_linears
 from llmcourse.quantization import bytes_read_per_step, decoding_speed
 from llmcourse.runtime import get_device
 from llmcourse.timing import (Measurement, decode_bound_tok_s, interleaved, matmul_gflops, measure,
@@ -197,7 +198,6 @@ def measured_cache_bytes(config: GPTConfig, batch_size: int, tokens: int) -> int
     (pages count only once written; a fresh process has no freed memory lying around to reuse)."""
     import subprocess
     import sys
-    from dataclasses import asdict
 
     script = ("import psutil, torch\n"
               "from llmcourse.gpt import GPTConfig, KVCache\n"
@@ -284,16 +284,15 @@ def continuous_vs_static(model: GPT, requests: Sequence[Request], max_batch: int
 # -- 08/10: the roofline of batch-1 decoding ------------------------------------------------------------------------
 
 def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, repeats: int = 3, name: str = "",
-                    prepacked: nn.Module | None = None) -> dict:
+                    variants: dict[str, nn.Module] | None = None) -> dict:
     """Cached greedy decoding at batch 1 (a 1-token prompt, so `new_tokens` forward passes of one token) against
     the memory-bandwidth bound for the bytes a step reads (weights and, on average, half the final cache).
 
-    Timed in turns with PyTorch's default kernels ("default") and, given `prepacked` (`model` with its weights
-    prepacked for oneDNN by `llmcourse.kernels.prepack_linears`), with that: the same function computed by a
-    kernel that streams the weights faster. The headline figures (batch1_tok_s, fraction, kernel) are the faster
-    path's.
+    Timed in turns with PyTorch's default kernels ("default") and each of `variants`, the same function on other
+    kernels (e.g. "prepacked": `llmcourse.kernels.prepack_linears`; "chosen": `tuned_linears`, each layer on the
+    kernel measured fastest for its shape). The headline figures (batch1_tok_s, fraction, kernel) are the fastest.
     """
-    models = {"default": model} if prepacked is None else {"default": model, "prepacked": prepacked}
+    models = {"default": model, **(variants or {})}
     speed = decoding_speed({kernel: (m, 1, True) for kernel, m in models.items()}, new_tokens=new_tokens,
                            repeats=repeats)
     prompt = torch.zeros(1, 1, dtype=torch.int64, device=get_device())
@@ -380,7 +379,13 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     log("roofline: batch-1 decoding ...")
     # The limit is the best bandwidth seen: measured again here, since other programs may have slowed the first try.
     bandwidth = max(limits["memory_bandwidth_gbs"], memory_bandwidth_gbs())
-    results["roofline"] = batch1_roofline(model, bandwidth, repeats=repeats, name=name, prepacked=packed)
+    choices = choose_linear_kernels(model, rows=1)  # measured once per machine, remembered
+    results["kernel_choice"] = [asdict(choice) for choice in choices.values()]
+    variants = {"prepacked": packed} if packed is not None else {}
+    if any(choice.chosen != "default" for choice in choices.values()) and len(set(
+            choice.chosen for choice in choices.values())) > 1:  # a mix: neither all-default nor all-prepacked
+        variants["chosen"] = tuned_linears(model, choices)
+    results["roofline"] = batch1_roofline(model, bandwidth, repeats=repeats, name=name, variants=variants)
     if quantization:
         log("quantization ...")
         found = _quantization(model, name, quick, log)
@@ -430,10 +435,17 @@ def format_table(results: dict) -> str:
     lines += ["", f"Roofline of batch-1 cached decoding ({rf['model']}): bound {rf['bound_tok_s']:.1f} tok/s "
                   f"({rf['bytes_per_token'] / 1e6:.0f} MB read per token at {rf['bandwidth_gbs']:.1f} GB/s; "
                   f"identical tokens: {rf['identical_tokens']})"]
-    labels = {"default": "PyTorch's default kernels", "prepacked": "weights prepacked for oneDNN"}
+    labels = {"default": "PyTorch's default kernels", "prepacked": "weights prepacked for oneDNN",
+              "chosen": "each shape on its measured kernel"}
     for kernel in rf["kernels"]:
         lines.append(f"  {labels[kernel]:<30}  {rf[f'{kernel}_tok_s']:6.1f} tok/s = "
                      f"{100 * rf[f'{kernel}_fraction']:3.0f}% of the bound")
+    if results.get("kernel_choice"):
+        lines += ["", "Kernels measured per Linear shape at batch 1 (median per call; the fastest that computes the "
+                      "same function is chosen, and remembered for this machine)"]
+        for c in results["kernel_choice"]:
+            timed = ", ".join(f"{kernel} {1e6 * sec:.0f} us" for kernel, sec in c["seconds"].items())
+            lines.append(f"  {c['in_features']:>5} -> {c['out_features']:<6} {timed}: {c['chosen']}")
     if "quantization" in results:
         lines += ["", f"Quantization ({results['quantization_model']})",
                   f"  {'scheme':<12}  {'MB':>7}  {'x fp32':>6}  {'perplexity':>10}  {'change':>7}  {'tok/s':>7}  "

@@ -1,4 +1,5 @@
-"""The same matmuls, a faster kernel: fp32 Linear layers with weights prepacked once for oneDNN (CPU only).
+"""The same matmuls, a faster kernel: fp32 Linear layers with weights prepacked once for oneDNN (CPU only), and
+the choice between kernels made by measuring them on the machine at hand (`choose_linear_kernels`).
 
 Decoding at batch 1 is a chain of matrix-vector products, so its speed is how fast a kernel streams the weights
 from memory. PyTorch's default CPU matmul calls Intel's MKL, which on some CPUs (AMD's, for one) takes a generic
@@ -19,11 +20,21 @@ PyTorch has them. On a GPU there is nothing to do: cuBLAS already streams weight
 from __future__ import annotations
 
 import copy
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from llmcourse.files import atomic_write
 from llmcourse.runtime import get_device
+from llmcourse.timing import interleaved
+
+CACHE_ENV = "LLMCOURSE_CACHE"  # where kernel choices are remembered (default ~/.cache/llmcourse)
 
 
 def prepack_available(device: torch.device | str | None = None) -> bool:
@@ -72,4 +83,104 @@ def prepack_linears(model: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(parent, name, PrepackedLinear(child))
+    return new
+
+
+# -- choosing a kernel by measurement -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KernelChoice:
+    """The kernels timed for one Linear shape at `rows` input rows, their median seconds per call, and the choice."""
+
+    in_features: int
+    out_features: int
+    rows: int
+    seconds: dict[str, float]
+    chosen: str
+
+
+def _machine_key() -> str:
+    """What a kernel choice depends on: the CPU model, the thread count and the PyTorch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def _cache_file() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llmcourse") / "kernels.json"
+
+
+def linear_candidates(weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, nn.Module]:
+    """The fp32 kernels that compute `F.linear(x, weight, bias)` on this machine: PyTorch's default, and oneDNN with
+    the weight prepacked where this PyTorch has it."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if bias is not None:
+            linear.bias.copy_(bias)
+    candidates: dict[str, nn.Module] = {"default": linear.eval()}
+    if prepack_available(weight.device):
+        candidates["prepacked"] = PrepackedLinear(linear)
+    return candidates
+
+
+@torch.no_grad()
+def time_linear_kernels(in_features: int, out_features: int, rows: int = 1, *, repeats: int = 30,
+                        seed: int = 0) -> KernelChoice:
+    """Time every candidate kernel on a random (out, in) weight and `rows` input rows, interleaved, and choose the
+    fastest among those whose output equals the default's within float32 tolerance (rtol 1.3e-6, atol 1e-5)."""
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=generator) * 0.02
+    bias = torch.randn(out_features, generator=generator) * 0.02
+    x = torch.randn(rows, in_features, generator=generator)
+    candidates = linear_candidates(weight, bias)
+    reference = F.linear(x, weight, bias)
+    exact = {name: k for name, k in candidates.items() if torch.allclose(k(x), reference, rtol=1.3e-6, atol=1e-5)}
+    timings = interleaved({name: (lambda k=k: k(x)) for name, k in exact.items()}, repeats)
+    seconds = {name: m.median for name, m in timings.items()}
+    return KernelChoice(in_features, out_features, rows, seconds, min(seconds, key=seconds.get))
+
+
+def choose_linear_kernels(model: nn.Module, rows: int = 1, *,
+                          remember: bool = True) -> dict[tuple[int, int], KernelChoice]:
+    """The kernel to use for each distinct (in, out) shape of the model's nn.Linear layers at `rows` input rows,
+    measured once per machine (CPU model, threads, PyTorch version) and remembered in $LLMCOURSE_CACHE/kernels.json
+    (default ~/.cache/llmcourse), like an autotuner. `remember=False` measures afresh and stores nothing."""
+    shapes = sorted({(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)})
+    file, key = _cache_file(), _machine_key()
+    stored: dict = {}
+    if remember and file.is_file():
+        try:
+            stored = json.loads(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            stored = {}  # a damaged cache is measured again and rewritten
+    known = stored.get(key, {})
+    choices = {}
+    for shape in shapes:
+        entry = known.get(f"{shape[0]}x{shape[1]}@{rows}")
+        choices[shape] = KernelChoice(**entry) if entry else time_linear_kernels(*shape, rows)
+        known[f"{shape[0]}x{shape[1]}@{rows}"] = asdict(choices[shape])
+    if remember:
+        stored[key] = known
+        text = json.dumps(stored, indent=1) + "\n"
+        atomic_write(file, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return choices
+
+
+@torch.no_grad()
+def tuned_linears(model: nn.Module, choices: dict[tuple[int, int], KernelChoice]) -> nn.Module:
+    """A copy of `model` (eval mode) whose nn.Linear layers run the kernel chosen for their shape."""
+    new = copy.deepcopy(model).eval()
+    for parent in list(new.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                choice = choices[(child.in_features, child.out_features)].chosen
+                if choice == "prepacked":
+                    setattr(parent, name, PrepackedLinear(child))
     return new

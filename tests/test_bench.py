@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llmcourse import bench, cli
+from llmcourse import bench, cli, kernels
 from llmcourse.gpt import GPTConfig, KVCache
 from llmcourse.kernels import prepack_available
 
@@ -14,8 +14,9 @@ LIMITS = {"memory_bandwidth_gbs": 10.0, "matmul_gflops": 100.0, "threads": 1, "d
 
 
 @pytest.fixture(scope="module")
-def results():
+def results(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:  # the machine's limits are measured elsewhere; here the schema
+        patch.setenv(kernels.CACHE_ENV, str(tmp_path_factory.mktemp("kernel_cache")))
         patch.setattr(bench, "machine", lambda: dict(LIMITS))
         patch.setattr(bench, "memory_bandwidth_gbs", lambda: LIMITS["memory_bandwidth_gbs"])
         return bench.run(quick=True, config=TINY, quantization=False, log=lambda line: None)
@@ -49,6 +50,14 @@ def test_table_and_plots(results, tmp_path):
     paths = bench.save_plots(results, tmp_path)
     assert [p.name for p in paths] == ["bench_kv_cache.png", "bench_batching.png"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_the_kernel_of_each_linear_shape_is_chosen_by_measurement_and_reported(results):
+    shapes = {(c["in_features"], c["out_features"]) for c in results["kernel_choice"]}
+    assert shapes == {(16, 48), (16, 16), (16, 64), (64, 16)}  # c_attn, attn/mlp projections, c_fc, and the head
+    for choice in results["kernel_choice"]:
+        assert choice["chosen"] == min(choice["seconds"], key=choice["seconds"].get)
+    assert "Kernels measured per Linear shape" in bench.format_table(results)
 
 
 def test_the_run_says_whether_its_ratios_can_be_trusted(results):
@@ -110,6 +119,7 @@ def test_cli_bench_writes_json_and_plots(tmp_path, monkeypatch):
                                                         log=lambda line: None))
     monkeypatch.setattr(bench, "machine", lambda: dict(LIMITS))
     monkeypatch.setattr(bench, "memory_bandwidth_gbs", lambda: LIMITS["memory_bandwidth_gbs"])
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path / "cache"))
     out = tmp_path / "bench.json"
     assert cli.main(["bench", "--quick", "--json", str(out), "--plots", str(tmp_path), "--threads", "1"]) == 0
     assert json.loads(out.read_text())["quick"] is True

@@ -65,3 +65,42 @@ def test_the_roofline_counts_the_same_bytes_for_a_prepacked_model(models):
     plain, packed = models
     assert bytes_read_per_step(packed) == bytes_read_per_step(plain)
     assert bench.roofline_tok_s(packed, 4, 10.0, 100.0) == bench.roofline_tok_s(plain, 4, 10.0, 100.0)
+
+
+# -- kernels chosen by measurement -------------------------------------------------------------------------------
+
+def test_every_candidate_kernel_computes_the_same_linear():
+    weight, bias = torch.randn(48, 32) * 0.1, torch.randn(48)
+    x = torch.randn(5, 32)
+    expected = torch.nn.functional.linear(x, weight, bias)
+    for name, kernel in kernels.linear_candidates(weight, bias).items():
+        torch.testing.assert_close(kernel(x), expected, rtol=1.3e-6, atol=1e-5, msg=f"kernel {name}")
+
+
+def test_the_choice_is_the_fastest_timed_and_remembered_per_machine(tmp_path, monkeypatch, models):
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    plain = models[0]
+    first = kernels.choose_linear_kernels(plain)
+    for choice in first.values():
+        assert set(choice.seconds) == {"default", "prepacked"}
+        assert choice.chosen == min(choice.seconds, key=choice.seconds.get)
+    calls = []
+    monkeypatch.setattr(kernels, "time_linear_kernels", lambda *a, **k: calls.append(a))
+    assert kernels.choose_linear_kernels(plain) == first and not calls, "a remembered choice is not measured again"
+    (tmp_path / "kernels.json").write_text("{damaged")
+    monkeypatch.undo()
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    assert set(kernels.choose_linear_kernels(plain)) == set(first), "a damaged cache is measured again"
+
+
+def test_a_model_on_its_chosen_kernels_computes_the_same_function(models):
+    plain = models[0]
+    choices = {shape: kernels.KernelChoice(*shape, 1, {"default": 2.0, "prepacked": 1.0},
+                                           "prepacked" if i % 2 else "default")
+               for i, shape in enumerate(sorted({(m.in_features, m.out_features) for m in plain.modules()
+                                                 if isinstance(m, torch.nn.Linear)}))}
+    tuned = kernels.tuned_linears(plain, choices)
+    kinds = {type(m).__name__ for m in tuned.modules()}
+    assert {"PrepackedLinear", "Linear"} <= kinds, "a mix of kernels, as chosen"
+    ids = torch.randint(0, plain.config.vocab_size, (2, 9))
+    torch.testing.assert_close(tuned(ids), plain(ids), rtol=1e-5, atol=1e-5)
