@@ -144,3 +144,68 @@ class PagedBatch:
     def advance(self, new_tokens: int) -> None:
         for seq in self.seqs:
             self.pool.lengths[seq] += new_tokens
+
+
+# -- how many requests fit a KV budget: contiguous reservations against pages (a simulation, no model) -----------
+
+def simulate_kv_budget(prompt_lengths: Sequence[int], output_lengths: Sequence[int], max_new_tokens: int,
+                       budget_tokens: int, *, paged: bool, block_size: int = 16) -> dict:
+    """Serve requests (all waiting at step 0, in order) with continuous batching in a KV memory of `budget_tokens`
+    positions, one new token per running request per step; a request ends after its `output_lengths` tokens (an
+    end-of-text the server cannot foresee: it only knows the cap `max_new_tokens`).
+
+    Contiguous: a request is admitted when prompt + max_new_tokens positions are free, and holds them to the end.
+    Paged: it is admitted when the blocks of its prompt and first token are free, with one block to spare for
+    every running request, and takes a block whenever it needs one; when the pool runs dry, the request admitted last is preempted (its blocks freed, its tokens
+    recomputed later), as vLLM does. Returns the mean and peak number of requests running, the steps to serve
+    them all, the fraction of reserved memory that held no token (fragmentation, averaged over steps), and the
+    preemptions.
+    """
+    if len(prompt_lengths) != len(output_lengths) or not prompt_lengths:
+        raise ValueError("give one prompt length and one output length per request")
+    if any(n > max_new_tokens or n < 1 for n in output_lengths):
+        raise ValueError(f"output lengths must lie in 1..max_new_tokens={max_new_tokens}")
+    unit = block_size if paged else 1
+    capacity = budget_tokens // unit  # blocks (paged) or positions (contiguous)
+    waiting = list(range(len(prompt_lengths)))
+    running: dict[int, int] = {}  # request -> tokens generated so far
+    held: dict[int, int] = {}  # request -> units reserved
+    steps, concurrency, fragmentation, preemptions = 0, [], [], 0
+
+    def need(request: int, tokens: int) -> int:
+        return math.ceil((prompt_lengths[request] + tokens) / block_size) if paged else \
+            prompt_lengths[request] + max_new_tokens
+
+    while waiting or running:
+        # Admit in order while the request fits, keeping (paged) one spare block per running request, so that a
+        # new request does not at once push out older ones that are about to need their next block.
+        while waiting and sum(held.values()) + need(waiting[0], 1) + (len(running) if paged else 0) <= capacity:
+            request = waiting.pop(0)
+            running[request], held[request] = 0, need(request, 1)
+        if not running:
+            raise ValueError(f"request {waiting[0]} alone needs more than the budget of {budget_tokens} positions")
+        for request in list(running):  # one token each; a paged request takes a block when it needs one
+            if request not in running:
+                continue
+            while paged and need(request, running[request] + 1) > held[request]:
+                if sum(held.values()) < capacity:
+                    held[request] += 1
+                    continue
+                victim = max(running)  # the request admitted last gives its blocks back and starts over later
+                del running[victim], held[victim]
+                waiting.insert(0, victim)
+                preemptions += 1
+                if victim == request:
+                    break
+            if request in running:
+                running[request] += 1
+        filled = sum(prompt_lengths[r] + n for r, n in running.items())
+        reserved = sum(held.values()) * unit
+        concurrency.append(len(running))
+        fragmentation.append(1 - filled / reserved if reserved else 0.0)
+        for request in [r for r, n in running.items() if n == output_lengths[r]]:
+            del running[request], held[request]
+        steps += 1
+    return {"paged": paged, "block_size": block_size if paged else None, "budget_tokens": budget_tokens,
+            "mean_running": sum(concurrency) / steps, "peak_running": max(concurrency), "steps": steps,
+            "fragmentation": sum(fragmentation) / steps, "preemptions": preemptions}

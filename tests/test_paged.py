@@ -69,3 +69,34 @@ def test_a_sequence_reads_back_what_was_written_across_blocks():
     pool.write(0, "s", 4, k[:, 4:], v[:, 4:])
     got_k, got_v = pool.read(0, "s", 7)
     assert torch.equal(got_k, k) and torch.equal(got_v, v)
+
+
+def mixed_workload(count=200, seed=0):
+    """Prompts of 8-64 tokens; answers that end at an end-of-text after 8-256 tokens, under a cap of 256."""
+    rng = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(8, 65, (count,), generator=rng).tolist()
+    outputs = torch.randint(8, 257, (count,), generator=rng).tolist()
+    return prompts, outputs
+
+
+def test_pages_fit_at_least_twice_the_requests_of_contiguous_reservations_in_the_same_memory():
+    from llmcourse.paged import simulate_kv_budget
+
+    prompts, outputs = mixed_workload()
+    budget = 16 * (64 + 256)  # room for 16 requests reserved at their longest
+    contiguous = simulate_kv_budget(prompts, outputs, 256, budget, paged=False)
+    paged = simulate_kv_budget(prompts, outputs, 256, budget, paged=True, block_size=16)
+    assert contiguous["preemptions"] == 0  # reservations never run out
+    assert paged["mean_running"] >= 2 * contiguous["mean_running"], (paged, contiguous)
+    assert paged["steps"] < contiguous["steps"]  # the same work served sooner
+    assert paged["fragmentation"] < 0.10 < contiguous["fragmentation"], (paged, contiguous)
+
+
+def test_a_dry_pool_preempts_and_still_serves_everything():
+    from llmcourse.paged import simulate_kv_budget
+
+    prompts, outputs = mixed_workload(40, seed=1)
+    tight = simulate_kv_budget(prompts, outputs, 256, 2 * (64 + 256), paged=True, block_size=16)
+    assert tight["preemptions"] > 0 and tight["steps"] > 0
+    with pytest.raises(ValueError, match="alone needs more"):
+        simulate_kv_budget([100], [10], 256, 64, paged=False)
