@@ -284,7 +284,8 @@ def plot_loss_curves(histories: dict[str, History], baseline_loss: float | None 
         w = min(window, len(losses))
         smooth = np.convolve(losses, np.ones(w) / w, mode="valid")  # (steps - w + 1,)
         ax.plot(np.arange(w, len(losses) + 1), smooth, color=color, label=f"{name} (train, mean of {w} steps)")
-        ax.plot(h.val_steps, h.val_loss, "o", color=color, label=f"{name} (held out)")
+        if h.val_steps:
+            ax.plot(h.val_steps, h.val_loss, "o", color=color, label=f"{name} (held out)")
     if baseline_loss is not None:
         ax.axhline(baseline_loss, color="gray", linestyle="--", label="bigram baseline (held out)")
     ax.set_xlabel("step")
