@@ -1,4 +1,5 @@
-"""Notebook 03: the layers of an MLP with their hand-written backward passes, and the optimisers that use them.
+"""Notebooks 03 and 03b: the layers of an MLP with their hand-written backward passes, and the optimisers that use
+them.
 
 Each layer has a forward (provided) and a backward (the exercises, except where marked provided). A backward takes
 `dout` = dL/d(output), the gradient of the scalar loss L with respect to the layer's output, and returns dL/d(input)

@@ -148,8 +148,8 @@ def momentum_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, *, 
                   momentum: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
     """New (param, velocity): velocity <- momentum velocity + grad, param <- param - lr velocity (torch.optim.SGD
     with momentum)."""
-    velocity = momentum * velocity + grad
-    return param - lr * velocity, velocity
+    new_velocity = grad + momentum * velocity
+    return param - lr * new_velocity, new_velocity
 
 
 def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, t: int, *, lr: float,
