@@ -1,4 +1,5 @@
-"""Notebook 03: the layers of an MLP with their hand-written backward passes, and the optimisers that use them.
+"""Notebooks 03 and 03b: the layers of an MLP with their hand-written backward passes, and the optimisers that use
+them.
 
 Each layer has a forward (provided) and a backward (the exercises, except where marked provided). A backward takes
 `dout` = dL/d(output), the gradient of the scalar loss L with respect to the layer's output, and returns dL/d(input)
@@ -216,19 +217,67 @@ def cross_entropy_backward(logits: np.ndarray, targets: np.ndarray) -> np.ndarra
 # Optimisers: one update of one parameter array, in the form torch.optim uses
 # ---------------------------------------------------------------------------------------------------------------
 
+def _check_step(param, grad, velocity=None) -> tuple[np.ndarray, np.ndarray]:
+    param, grad = _float_array(param, "param"), _float_array(grad, "grad")
+    for name, value in (("grad", grad), ("velocity", velocity)):
+        if value is not None and np.shape(value) != param.shape:
+            raise ValueError(f"{name} has shape {np.shape(value)} but param has shape {param.shape}; an optimiser "
+                             f"step needs them alike (one {name} entry per parameter entry)")
+    return param, grad
+
+
 def sgd_step(param: np.ndarray, grad: np.ndarray, *, lr: float) -> np.ndarray:
-    """Plain gradient descent, param - lr * grad (as `torch.optim.SGD(lr=lr)`); returns a new array."""
-    return param - lr * grad
+    """One step of plain (stochastic) gradient descent, exactly as `torch.optim.SGD(params, lr=lr)`.
+
+    Args:
+        param: float array of any shape, the parameter before the step.
+        grad: float array of param's shape and dtype, dL/dparam (from one mini-batch, or the whole data set).
+        lr: the learning rate, >= 0.
+
+    Returns:
+        the parameter after the step, a NEW array of param's shape and dtype. Do not modify param or grad in place
+        (no `-=`): the caller still holds them.
+
+    Raises:
+        TypeError / ValueError: for a non-float array, shapes that differ or lr < 0 (checked for you before your
+        code runs).
+
+    Hint: walk downhill: the gradient points to where the loss grows fastest.
+    More: `llmcourse hint sgd_step`.
+    """
+    param, grad = _check_step(param, grad)
+    if not lr >= 0:
+        raise ValueError(f"lr must be >= 0, got {lr}")
+    raise NotImplementedError("sgd_step: sgd_step is not implemented yet; write your code here")
 
 
 def momentum_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, *, lr: float,
                   momentum: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
-    """SGD with momentum as `torch.optim.SGD(lr=lr, momentum=momentum)`; returns new (param, velocity).
+    """One step of SGD with momentum, exactly as `torch.optim.SGD(params, lr=lr, momentum=momentum)`.
 
-    velocity <- momentum * velocity + grad;  param <- param - lr * velocity. Start with velocity = zeros.
+    Args:
+        param: float array of any shape, the parameter before the step.
+        grad: float array of param's shape and dtype, dL/dparam.
+        velocity: float array of param's shape, the running sum of past gradients (zeros before the first step).
+        lr: the learning rate, >= 0.
+        momentum: how much of the old velocity is kept, in [0, 1) (0 gives plain SGD).
+
+    Returns:
+        (param, velocity) after the step, NEW arrays of param's shape and dtype. Do not modify the inputs in place.
+
+    Raises:
+        TypeError / ValueError: for a non-float array, shapes that differ, lr < 0 or momentum outside [0, 1)
+        (checked for you before your code runs).
+
+    Hint: the velocity is a decaying sum of the gradients so far; the parameter moves along the velocity, not the
+    gradient.
+    More: `llmcourse hint momentum_step`.
     """
-    velocity = momentum * velocity + grad
-    return param - lr * velocity, velocity
+    param, grad = _check_step(param, grad, velocity)
+    velocity = _float_array(velocity, "velocity")
+    if not lr >= 0 or not 0 <= momentum < 1:
+        raise ValueError(f"need lr >= 0 and 0 <= momentum < 1, got lr={lr}, momentum={momentum}")
+    raise NotImplementedError("momentum_step: momentum_step is not implemented yet; write your code here")
 
 
 def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, t: int, *, lr: float,

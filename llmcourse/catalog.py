@@ -42,7 +42,7 @@ EXERCISES: tuple[Exercise, ...] = (
              ("split_heads", "merge_heads"), points=2),
     Exercise("multihead_attention", "Multi-head attention forward", "02_self_attention", "attention",
              ("multihead_attention",), points=2),
-    # -- 03 MLP and backpropagation -----------------------------------------------------------------------------
+    # -- 03 MLP and backpropagation, 03b gradient descent -----------------------------------------------------
     Exercise("linear_backward", "Linear layer backward", "03_mlp_and_backprop", "backprop",
              ("linear_backward",), points=2),
     Exercise("gelu_backward", "GELU backward", "03_mlp_and_backprop", "backprop", ("gelu_backward",), points=2),
@@ -50,7 +50,10 @@ EXERCISES: tuple[Exercise, ...] = (
              ("layernorm_backward",), points=4),
     Exercise("cross_entropy_backward", "Softmax cross-entropy backward", "03_mlp_and_backprop", "backprop",
              ("cross_entropy_backward",), points=2),
-    Exercise("adam_step", "One Adam(W) step", "03_mlp_and_backprop", "backprop", ("adam_step",), points=3),
+    Exercise("sgd_step", "One SGD step", "03b_gradient_descent", "backprop", ("sgd_step",), points=1),
+    Exercise("momentum_step", "One SGD-with-momentum step", "03b_gradient_descent", "backprop", ("momentum_step",),
+             points=1),
+    Exercise("adam_step", "One Adam(W) step", "03b_gradient_descent", "backprop", ("adam_step",), points=3),
     # -- 04 a GPT from NumPy to PyTorch -------------------------------------------------------------------------
     Exercise("block_forward", "Transformer block forward (NumPy)", "04_gpt_numpy_to_pytorch", "gpt_numpy",
              ("block_forward",), points=2),

@@ -35,7 +35,8 @@ class ExecutedNotebook:
 
 
 def notebook_paths() -> list[Path]:
-    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    """The chapters in order: 00_welcome.ipynb, ..., 03_x.ipynb, 03b_y.ipynb, 04_z.ipynb (a letter inserts a chapter)."""
+    return sorted(p for pattern in ("[0-9][0-9]_*.ipynb", "[0-9][0-9][a-z]_*.ipynb") for p in NOTEBOOKS.glob(pattern))
 
 
 def stored_outputs(path: Path) -> list[int]:

@@ -23,6 +23,8 @@ from llmcourse.batching import schedule_step
 from llmcourse.generate import beam_step as _beam_step
 from llmcourse.generate import check_sampling_args, filtered_logits
 from llmcourse.mlp_lm import adam_step as _adam_step
+from llmcourse.mlp_lm import momentum_step as _momentum_step
+from llmcourse.mlp_lm import sgd_step as _sgd_step
 from llmcourse.ngram import BigramModel, _token_ids
 from llmcourse.quantization import pack_int4_torch, quantize_groupwise_torch, unpack_int4_torch
 from llmcourse.tokenizer import apply_merges
@@ -249,6 +251,30 @@ def cross_entropy_backward(logits: np.ndarray, targets: np.ndarray) -> np.ndarra
     if targets.shape != logits.shape[:1]:
         raise ValueError(f"targets must have shape (N,) = {logits.shape[:1]}, got {targets.shape}")
     return nl.cross_entropy_backward(logits, targets)
+
+
+def _step_arrays(lr: float, **arrays: Any) -> list[np.ndarray]:
+    """The arrays of an optimiser step as floats of param's shape; lr >= 0."""
+    out = _floats(list(arrays.items()))
+    for name, value in zip(list(arrays)[1:], out[1:]):
+        if value.shape != out[0].shape:
+            raise ValueError(f"{name} has shape {value.shape} but param has shape {out[0].shape}")
+    if not lr >= 0:
+        raise ValueError(f"lr must be >= 0, got {lr}")
+    return out
+
+
+def sgd_step(param: np.ndarray, grad: np.ndarray, *, lr: float) -> np.ndarray:
+    """param - lr * grad as a new array, as torch.optim.SGD."""
+    return _sgd_step(*_step_arrays(lr, param=param, grad=grad), lr=lr)
+
+
+def momentum_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, *, lr: float,
+                  momentum: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """New (param, velocity) of SGD with momentum, as torch.optim.SGD(momentum=momentum)."""
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+    return _momentum_step(*_step_arrays(lr, param=param, grad=grad, velocity=velocity), lr=lr, momentum=momentum)
 
 
 def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, t: int, *, lr: float,

@@ -130,3 +130,23 @@ def format_rows(rows: list[dict[str, object]]) -> str:
     lines = ["  ".join(c.ljust(wd) for c, wd in zip(columns, widths))]
     lines += ["  ".join(v.ljust(wd) for v, wd in zip(line, widths)) for line in cells]
     return "\n".join(lines)
+
+
+def optimizer_errors(optimizer, make_torch: Callable[[list[torch.Tensor]], torch.optim.Optimizer], *,
+                     steps: int = 5, seed: int = 0) -> list[float]:
+    """Relative error, after each of `steps` updates, between `optimizer` (an object with `update(params, grads)`
+    on dicts of arrays, like `llmcourse.mlp_lm.SGD`) and a torch optimiser, `make_torch(tensors)`, fed the same
+    random float64 gradients from the same start."""
+    rng = np.random.default_rng(seed)
+    params = {"w": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    tensors = {name: torch.tensor(value, requires_grad=True) for name, value in params.items()}
+    torch_optimizer = make_torch(list(tensors.values()))
+    errors = []
+    for _ in range(steps):
+        grads = {name: rng.normal(size=value.shape) for name, value in params.items()}
+        optimizer.update(params, grads)
+        for name, tensor in tensors.items():
+            tensor.grad = torch.tensor(grads[name])
+        torch_optimizer.step()
+        errors.append(max(relative_error(params[name], tensors[name].detach().numpy()) for name in params))
+    return errors

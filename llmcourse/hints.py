@@ -89,6 +89,16 @@ HINTS: dict[str, tuple[str, str]] = {
         'for one row, d(-log softmax(z)[y]) / dz = softmax(z) - onehot(y); then remember the mean over N rows. '
         'Use `softmax` (your exercise of notebook 02, imported at the top of this file).',
     ),
+    'backprop.sgd_step': (
+        'walk downhill: the gradient points to where the loss grows fastest.',
+        'param - lr * grad, written as a new array: `param -= ...` would change the caller\'s array in place.',
+    ),
+    'backprop.momentum_step': (
+        'the velocity is a decaying sum of the gradients so far; the parameter moves along the velocity, not the '
+        'gradient.',
+        'velocity <- momentum * velocity + grad (no (1 - momentum) factor, as in torch); param <- param - lr * '
+        'velocity; return both, as new arrays.',
+    ),
     'backprop.adam_step': (
         'keep running averages of the gradient and of its square, correct their start-up bias, and step by '
         'their ratio.',

@@ -148,8 +148,8 @@ def momentum_step(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, *, 
                   momentum: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
     """New (param, velocity): velocity <- momentum velocity + grad, param <- param - lr velocity (torch.optim.SGD
     with momentum)."""
-    velocity = momentum * velocity + grad
-    return param - lr * velocity, velocity
+    new_velocity = grad + momentum * velocity
+    return param - lr * new_velocity, new_velocity
 
 
 def adam_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray, v: np.ndarray, t: int, *, lr: float,
@@ -208,6 +208,34 @@ class Adam:
                                                                  weight_decay=self.weight_decay)
 
 
+def quadratic_path(optimizer, scales, start, steps: int, tol: float | None = None) -> np.ndarray:
+    """The points an optimiser visits on f(p) = sum_i scales_i p_i^2 / 2 (gradient scales * p, minimum at 0), from
+    `start`: an array (k + 1, dim), the start first. It stops after `steps` updates, once every |p_i| < tol, or once
+    some |p_i| > 1e6 (diverged)."""
+    scales = np.asarray(scales, dtype=np.float64)
+    params = {"p": np.asarray(start, dtype=np.float64)}
+    path = [params["p"]]
+    for _ in range(steps):
+        optimizer.update(params, {"p": scales * params["p"]})
+        path.append(params["p"])
+        size = np.abs(params["p"]).max()
+        if (tol is not None and size < tol) or not size <= 1e6:
+            break
+    return np.array(path)
+
+
+def fewest_steps(make_optimizer: Callable[[float], object], lrs, scales, start, *, tol: float,
+                 max_steps: int) -> tuple[float, float]:
+    """(steps, lr): the fewest updates that bring every |p_i| below tol on `quadratic_path`, over the learning
+    rates `lrs` (make_optimizer(lr) makes a fresh optimiser); steps is inf if no lr gets there in max_steps."""
+    best = (np.inf, float("nan"))
+    for lr in lrs:
+        path = quadratic_path(make_optimizer(lr), scales, start, max_steps, tol=tol)
+        if np.abs(path[-1]).max() < tol and len(path) - 1 < best[0]:
+            best = (len(path) - 1, float(lr))
+    return best
+
+
 @dataclass
 class History:
     """Training loss per step and held-out loss at a few steps, in nats per character."""
@@ -217,9 +245,12 @@ class History:
     val_loss: list[float] = field(default_factory=list)
 
 
-def train(model: MLPLanguageModel, optimizer, train_ids: np.ndarray, *, steps: int, batch_size: int = 128,
+def train(model: MLPLanguageModel, optimizer, train_ids: np.ndarray, *, steps: int, batch_size: int | None = 128,
           val_ids: np.ndarray | None = None, evals: int = 5, seed: int = 0, desc: str = "training") -> History:
-    """`steps` updates on random batches of windows of train_ids, with a progress bar; held-out loss `evals` times."""
+    """`steps` updates, each on `batch_size` windows of train_ids drawn at random (mini-batch SGD) or, with
+    batch_size=None, on every window (full-batch gradient descent); a progress bar; held-out loss `evals` times."""
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an int >= 1 (or None for the full batch), got {batch_size!r}")
     rng = np.random.default_rng(seed)
     contexts, targets = windows(train_ids, model.context)
     history = History()
@@ -227,7 +258,7 @@ def train(model: MLPLanguageModel, optimizer, train_ids: np.ndarray, *, steps: i
     bar = tqdm(range(1, steps + 1), desc=desc, mininterval=0.5)
     with one_blas_thread():
         for step in bar:
-            rows = rng.integers(0, len(targets), size=batch_size)
+            rows = slice(None) if batch_size is None else rng.integers(0, len(targets), size=batch_size)
             loss, grads = model.loss_and_grads(contexts[rows], targets[rows])
             optimizer.update(model.params, grads)
             history.train_loss.append(loss)
@@ -253,7 +284,8 @@ def plot_loss_curves(histories: dict[str, History], baseline_loss: float | None 
         w = min(window, len(losses))
         smooth = np.convolve(losses, np.ones(w) / w, mode="valid")  # (steps - w + 1,)
         ax.plot(np.arange(w, len(losses) + 1), smooth, color=color, label=f"{name} (train, mean of {w} steps)")
-        ax.plot(h.val_steps, h.val_loss, "o", color=color, label=f"{name} (held out)")
+        if h.val_steps:
+            ax.plot(h.val_steps, h.val_loss, "o", color=color, label=f"{name} (held out)")
     if baseline_loss is not None:
         ax.axhline(baseline_loss, color="gray", linestyle="--", label="bigram baseline (held out)")
     ax.set_xlabel("step")

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from llmcourse.gradcheck import TOLERANCE, check_gradient
 from llmcourse.loader import reference
-from llmcourse.mlp_lm import SGD, Adam, Layers, MLPLanguageModel, Momentum, bigram_baseline, train, windows
+from llmcourse.mlp_lm import (SGD, Adam, Layers, MLPLanguageModel, Momentum, bigram_baseline, fewest_steps,
+                              quadratic_path, train, windows)
 
 bp = Layers.load(reference)  # the reference layers of solutions/backprop.py
 sgd_step, momentum_step, adam_step = (reference(f"backprop.{n}") for n in ("sgd_step", "momentum_step", "adam_step"))
@@ -240,6 +241,16 @@ def test_bad_inputs_say_what_is_wrong():
         bp.cross_entropy_forward(np.zeros(3), np.array([0]))
     with pytest.raises(ValueError, match="starts at 1"):
         adam_step(np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2), 0, lr=0.1)
+    with pytest.raises(ValueError, match="grad has shape"):
+        sgd_step(np.zeros(2), np.zeros(3), lr=0.1)
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        sgd_step(np.zeros(2), np.zeros(2), lr=-1.0)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        sgd_step(np.arange(2), np.zeros(2), lr=0.1)
+    with pytest.raises(ValueError, match="velocity has shape"):
+        momentum_step(np.zeros(2), np.zeros(2), np.zeros((2, 1)), lr=0.1)
+    with pytest.raises(ValueError, match="0 <= momentum < 1"):
+        momentum_step(np.zeros(2), np.zeros(2), np.zeros(2), lr=0.1, momentum=1.0)
 
 
 # -- the MLP language model -------------------------------------------------------------------------------------------
@@ -296,3 +307,33 @@ def test_sample_continues_the_prompt():
     assert out[:2] == [1, 2] and len(out) == 8 and all(0 <= i < 5 for i in out)
     with pytest.raises(ValueError, match="at least 2"):
         model.sample([1], 3, np.random.default_rng(0))
+
+
+def test_full_batch_training_is_gradient_descent_on_every_window():
+    ids = np.random.default_rng(0).integers(0, 5, size=40)
+    model, copy = (MLPLanguageModel(5, context=3, embed_dim=2, hidden=4, dtype=np.float64) for _ in range(2))
+    history = train(model, SGD(0.5), ids, steps=2, batch_size=None)
+    contexts, targets = windows(ids, 3)
+    for step in range(2):
+        loss, grads = copy.loss_and_grads(contexts, targets)  # the gradient of the mean loss over every window
+        assert history.train_loss[step] == pytest.approx(loss)
+        copy.params = {k: v - 0.5 * grads[k] for k, v in copy.params.items()}
+    for k in copy.params:
+        close(model.params[k], copy.params[k], np.float64)
+    with pytest.raises(ValueError, match="batch_size must be an int"):
+        train(model, SGD(0.5), ids, steps=1, batch_size=0)
+
+
+def test_quadratic_path_follows_the_closed_form_and_stops():
+    # SGD on f = s p^2 / 2 multiplies p by (1 - lr s) at every step.
+    path = quadratic_path(SGD(0.1), [1.0, 4.0], [1.0, -2.0], 5)
+    close(path, np.array([[1.0, -2.0]]) * (1 - 0.1 * np.array([1.0, 4.0])) ** np.arange(6)[:, None], np.float64)
+    assert len(quadratic_path(SGD(0.5), [1.0], [1.0], 100, tol=0.1)) == 5  # 1, 0.5, ..., 0.0625: 4 steps
+    assert len(quadratic_path(SGD(3.0), [1.0], [1.0], 100)) < 100  # |1 - 3| = 2 per step: diverges, stops early
+
+
+def test_fewest_steps_picks_the_best_learning_rate():
+    # For SGD on f = p^2 / 2, lr = 1 jumps to the minimum in one step; the others need more.
+    steps, lr = fewest_steps(SGD, [0.5, 1.0, 1.5], [1.0], [1.0], tol=1e-3, max_steps=50)
+    assert (steps, lr) == (1, 1.0)
+    assert fewest_steps(SGD, [2.5], [1.0], [1.0], tol=1e-3, max_steps=50)[0] == np.inf  # diverges

@@ -25,3 +25,11 @@ def test_build_writes_executed_notebooks_html_and_index(tmp_path, monkeypatch):
     index = (tmp_path / "build" / "index.html").read_text()
     assert "Chapter 00" in index and 'href="notebooks/01_second.html"' in index
     assert "ZeroDivisionError" in index and " s</td>" in index
+
+
+def test_a_lettered_notebook_is_a_chapter_between_its_neighbours(tmp_path, monkeypatch):
+    for name in ("04_after.ipynb", "03_before.ipynb", "03b_inserted.ipynb", "00_welcome.ipynb", "scratch.ipynb"):
+        (tmp_path / name).write_text("{}")
+    monkeypatch.setattr(course, "NOTEBOOKS", tmp_path)
+    assert [p.name for p in course.notebook_paths()] == ["00_welcome.ipynb", "03_before.ipynb", "03b_inserted.ipynb",
+                                                        "04_after.ipynb"]

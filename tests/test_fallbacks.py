@@ -102,6 +102,9 @@ INPUTS: dict[str, Callable] = {  # function -> (rng, float dtype) -> (args, kwar
     "gelu_backward": lambda r, d: ((_normal(r, d, 2, 3), _normal(r, d, 2, 3) * 3), {}),
     "layernorm_backward": lambda r, d: ((_normal(r, d, 2, 3, 4), _normal(r, d, 2, 3, 4), _normal(r, d, 4)), {}),
     "cross_entropy_backward": lambda r, d: ((_normal(r, d, 5, 7) * 3, r.integers(0, 7, size=5)), {}),
+    "sgd_step": lambda r, d: ((_normal(r, d, 3, 2), _normal(r, d, 3, 2)), {"lr": float(r.choice([0.0, 0.1, 2.0]))}),
+    "momentum_step": lambda r, d: ((*(_normal(r, d, 3, 2) for _ in range(3)),),
+                                   {"lr": 0.1, "momentum": float(r.choice([0.0, 0.5, 0.9]))}),
     "adam_step": lambda r, d: ((*(_normal(r, d, 3, 2) for _ in range(3)), np.abs(_normal(r, d, 3, 2)),
                                 int(r.integers(1, 10))), {"lr": 0.01, "weight_decay": float(r.choice([0, 0.1]))}),
     "block_forward": lambda r, d: ((_normal(r, d, 2, 3, 4), _block(r, d, 4), int(r.choice([1, 2, 4]))), {}),
@@ -198,6 +201,10 @@ def test_training_step_equals_the_reference():
         assert torch.equal(a, b)
 
 
+class Keywords(dict):
+    """The keyword arguments of a bad-input case (the last entry of its args)."""
+
+
 @pytest.mark.parametrize("module, function, args, error", [
     ("warmup", "mean_squared_error", (np.zeros(2), np.zeros(3)), ValueError),
     ("tokens", "bpe_encode", (b"abc", {}), TypeError),
@@ -206,7 +213,12 @@ def test_training_step_equals_the_reference():
     ("attention", "softmax", (np.zeros(3), 1), ValueError),
     ("attention", "causal_attention", (np.zeros((2, 3)), np.zeros((3, 3)), np.zeros((3, 3))), ValueError),
     ("attention", "split_heads", (np.zeros((1, 2, 5)), 2), ValueError),
-    ("backprop", "adam_step", (np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2), 0, 0.1), ValueError),
+    ("backprop", "sgd_step", (np.zeros(2), np.zeros(3), Keywords(lr=0.1)), ValueError),
+    ("backprop", "sgd_step", (np.zeros(2), np.zeros(2), Keywords(lr=-0.1)), ValueError),
+    ("backprop", "sgd_step", (np.arange(2), np.zeros(2), Keywords(lr=0.1)), TypeError),
+    ("backprop", "momentum_step", (np.zeros(2), np.zeros(2), np.zeros(3), Keywords(lr=0.1)), ValueError),
+    ("backprop", "momentum_step", (np.zeros(2), np.zeros(2), np.zeros(2), Keywords(lr=0.1, momentum=1.0)), ValueError),
+    ("backprop", "adam_step", (np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(2), 0, Keywords(lr=0.1)), ValueError),
     ("training", "perplexity", ("2.0",), TypeError),
     ("decoding", "top_k_filter", (torch.zeros(3), 0), ValueError),
     ("kv_cache", "cache_append", (np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), 2, np.zeros((1, 1, 3)),
@@ -215,6 +227,7 @@ def test_training_step_equals_the_reference():
     ("quantization", "pack_int4", (np.array([8, 0]),), ValueError),
 ])
 def test_bad_input_raises_like_the_reference(module, function, args, error):
+    *positional, keywords = args if isinstance(args[-1], Keywords) else (*args, {})
     for implementation in (fallbacks.fallback(module, function), reference(f"{module}.{function}")):
         with pytest.raises(error):
-            implementation(*args[:5], lr=args[5]) if function == "adam_step" else implementation(*args)
+            implementation(*positional, **keywords)

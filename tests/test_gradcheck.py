@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmcourse.gradcheck import (TOLERANCE, check_gradient, format_rows, gradient_errors, layer_checks,
-                                 numerical_gradient, relative_error)
+                                 numerical_gradient, optimizer_errors, relative_error)
 from llmcourse.loader import reference
-from llmcourse.mlp_lm import Layers
+from llmcourse.mlp_lm import SGD, Layers, Momentum
 
 linear_forward = reference("backprop.linear_forward")
 linear_backward = reference("backprop.linear_backward")
@@ -123,3 +124,11 @@ def test_layer_checks_table():
         assert r["backward vs torch.autograd"] < 1e-13, r
     text = format_rows(rows)
     assert text.splitlines()[0].startswith("layer") and len(text.splitlines()) == 5
+
+
+def test_optimizer_errors_tell_a_matching_optimiser_from_a_wrong_one():
+    same = optimizer_errors(Momentum(0.1, 0.9), lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), steps=4)
+    assert len(same) == 4 and max(same) < 1e-15
+    # plain SGD against torch's momentum: equal after the first step (velocity = grad), apart from then on
+    wrong = optimizer_errors(SGD(0.1), lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), steps=4)
+    assert wrong[0] < 1e-15 and min(wrong[1:]) > 1e-3

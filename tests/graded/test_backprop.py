@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmcourse.grading import assert_allclose, exercise
+from llmcourse.grading import assert_allclose, exercise, expect_error
 from llmcourse.gradcheck import check_gradient
 
 # float64: the learner's code and PyTorch differ only in the order of their sums, ~1e-16 relative; rtol 1e-7 is
@@ -281,3 +281,104 @@ def test_adam_first_step_moves_by_lr(impl):
     assert_allclose(new, expected, **F64, what="the parameter after the first Adam step (t=1)")
     assert_allclose(m, 0.1 * grad, **F64, what="m after the first step, (1 - beta1) * grad")
     assert_allclose(v, 0.001 * grad**2, **F64, what="v after the first step, (1 - beta2) * grad^2")
+
+
+# ===================================================================================================================
+# sgd_step and momentum_step (notebook 03b): step for step against torch.optim.SGD, without and with momentum
+# ===================================================================================================================
+
+def _sgd_against_torch(impl, *, momentum: float, dtype, steps: int = 6, seed: int = 0) -> None:
+    """Run sgd_step (momentum 0) or momentum_step and torch.optim.SGD on the same gradients; compare every step."""
+    rng = np.random.default_rng(seed)
+    param = rng.normal(size=(3, 4)).astype(dtype)
+    velocity = np.zeros_like(param)
+    p_torch = torch.tensor(param.copy(), requires_grad=True)
+    optimizer = torch.optim.SGD([p_torch], lr=0.3, momentum=momentum)
+    tolerance = F64 if dtype == np.float64 else F32
+    name = "sgd_step" if momentum == 0 else "momentum_step"
+    for t in range(1, steps + 1):
+        grad = rng.normal(size=param.shape).astype(dtype)
+        if momentum == 0:
+            param = impl.backprop.sgd_step(param, grad, lr=0.3)
+        else:
+            param, velocity = impl.backprop.momentum_step(param, grad, velocity, lr=0.3, momentum=momentum)
+        p_torch.grad = torch.tensor(grad)
+        optimizer.step()
+        what = f"{name} ({np.dtype(dtype).name}, momentum {momentum}) at step {t}"
+        assert_allclose(param, p_torch.detach().numpy(), **tolerance, what=f"the parameter after {what}")
+        if momentum:
+            assert_allclose(velocity, optimizer.state[p_torch]["momentum_buffer"].numpy(), **tolerance,
+                            what=f"the velocity after {what} (torch's momentum_buffer)")
+    _check_dtype(param, dtype, f"{name}'s param for {np.dtype(dtype).name} inputs")
+    if momentum:
+        _check_dtype(velocity, dtype, f"momentum_step's velocity for {np.dtype(dtype).name} inputs")
+
+
+@exercise("sgd_step")
+def test_sgd_step_matches_torch_sgd(impl):
+    _sgd_against_torch(impl, momentum=0.0, dtype=np.float64)
+
+
+@exercise("sgd_step")
+def test_sgd_step_float32(impl):
+    _sgd_against_torch(impl, momentum=0.0, dtype=np.float32, seed=1)
+
+
+@exercise("sgd_step")
+def test_sgd_step_leaves_its_inputs_alone(impl):
+    # The caller keeps param and grad (the optimiser classes hold them in dicts): the step returns a new array.
+    param, grad = np.array([1.0, -2.0, 0.5]), np.array([0.5, 0.25, -4.0])
+    new = impl.backprop.sgd_step(param, grad, lr=0.1)
+    assert_allclose(new, [0.95, -2.025, 0.9], **F64, what="sgd_step([1, -2, 0.5], [0.5, 0.25, -4], lr=0.1)")
+    assert_allclose(param, [1.0, -2.0, 0.5], **F64, what="param after sgd_step (it must not change in place)")
+    assert_allclose(grad, [0.5, 0.25, -4.0], **F64, what="grad after sgd_step (it must not change in place)")
+
+
+@exercise("sgd_step")
+def test_sgd_step_rejects_bad_input(impl):
+    assert_allclose(impl.backprop.sgd_step(np.ones(2), np.ones(2), lr=0.5), [0.5, 0.5], **F64,
+                    what="sgd_step(ones(2), ones(2), lr=0.5)")
+    with expect_error(ValueError, match="shape", what="sgd_step with grad of shape (3,) for param of shape (2,)"):
+        impl.backprop.sgd_step(np.ones(2), np.ones(3), lr=0.1)
+    with expect_error(ValueError, match="lr", what="sgd_step with lr=-0.1"):
+        impl.backprop.sgd_step(np.ones(2), np.ones(2), lr=-0.1)
+
+
+@exercise("momentum_step")
+def test_momentum_step_matches_torch_sgd_with_momentum(impl):
+    _sgd_against_torch(impl, momentum=0.9, dtype=np.float64)
+
+
+@exercise("momentum_step")
+def test_momentum_step_float32(impl):
+    _sgd_against_torch(impl, momentum=0.5, dtype=np.float32, seed=1)
+
+
+@exercise("momentum_step")
+def test_momentum_step_with_momentum_zero_is_sgd(impl):
+    # Edge case: momentum 0 forgets the old velocity, so the step is plain SGD whatever the velocity was.
+    param, grad, velocity = np.array([1.0, 2.0]), np.array([0.5, -1.0]), np.array([100.0, -100.0])
+    new, new_velocity = impl.backprop.momentum_step(param, grad, velocity, lr=0.1, momentum=0.0)
+    assert_allclose(new, [0.95, 2.1], **F64, what="the parameter after momentum_step with momentum=0")
+    assert_allclose(new_velocity, grad, **F64, what="the velocity after momentum_step with momentum=0 (= grad)")
+
+
+@exercise("momentum_step")
+def test_momentum_step_leaves_its_inputs_alone(impl):
+    param, grad, velocity = np.array([1.0, -2.0]), np.array([0.5, 0.25]), np.array([1.0, 1.0])
+    new, new_velocity = impl.backprop.momentum_step(param, grad, velocity, lr=0.1, momentum=0.5)
+    assert_allclose(new_velocity, [1.0, 0.75], **F64, what="the velocity, 0.5 * [1, 1] + [0.5, 0.25]")
+    assert_allclose(new, [0.9, -2.075], **F64, what="the parameter, [1, -2] - 0.1 * velocity")
+    for name, value, before in (("param", param, [1.0, -2.0]), ("grad", grad, [0.5, 0.25]),
+                                ("velocity", velocity, [1.0, 1.0])):
+        assert_allclose(value, before, **F64, what=f"{name} after momentum_step (it must not change in place)")
+
+
+@exercise("momentum_step")
+def test_momentum_step_rejects_bad_input(impl):
+    new, _ = impl.backprop.momentum_step(np.ones(2), np.ones(2), np.zeros(2), lr=0.5, momentum=0.9)
+    assert_allclose(new, [0.5, 0.5], **F64, what="momentum_step(ones(2), ones(2), zeros(2), lr=0.5) (first step)")
+    with expect_error(ValueError, match="shape", what="momentum_step with a velocity of shape (3,) for param (2,)"):
+        impl.backprop.momentum_step(np.ones(2), np.ones(2), np.zeros(3), lr=0.1)
+    with expect_error(ValueError, match="momentum", what="momentum_step with momentum=1.5"):
+        impl.backprop.momentum_step(np.ones(2), np.ones(2), np.zeros(2), lr=0.1, momentum=1.5)
