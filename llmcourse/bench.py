@@ -310,6 +310,50 @@ def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, r
     return result
 
 
+# -- beyond the basics: attention without the T x T matrix, and a paged KV-cache ---------------------------------
+
+def tiled_attention_memory(lengths: Sequence[int], *, head_dim: int = 64, block: int = 64, seed: int = 0) -> dict:
+    """Peak memory allocated by causal attention of one head over T tokens (NumPy, measured with tracemalloc):
+    the plain form, which builds the (T, T) scores, against tiled attention (`llmcourse.tiled`), which holds
+    (T, block) at a time; and their largest difference in output."""
+    import numpy as np
+
+    from llmcourse.tiled import peak_bytes, tiled_attention
+
+    result = {"lengths": list(lengths), "block": block, "head_dim": head_dim, "plain_bytes": [], "tiled_bytes": [],
+              "max_abs_difference": 0.0}
+    for T in lengths:
+        rng = np.random.default_rng(seed + T)
+        q, k, v = (rng.normal(size=(T, head_dim)).astype(np.float32) for _ in range(3))
+
+        def plain(q=q, k=k, v=v):
+            scores = np.where(np.tri(len(q), dtype=bool), q @ k.T / np.sqrt(head_dim), -np.inf)  # (T, T)
+            p = np.exp(scores - scores.max(-1, keepdims=True))
+            return (p / p.sum(-1, keepdims=True)) @ v
+
+        result["plain_bytes"].append(peak_bytes(plain))
+        result["tiled_bytes"].append(peak_bytes(lambda: tiled_attention(q, k, v, block)))
+        difference = float(np.abs(plain() - tiled_attention(q, k, v, block)).max())
+        result["max_abs_difference"] = max(result["max_abs_difference"], difference)
+    return result
+
+
+def paged_kv(requests: int = 200, *, cap: int = 256, slots: int = 16, block_size: int = 16, seed: int = 0) -> dict:
+    """Requests served at once in a KV budget of `slots` requests reserved at their longest: contiguous
+    reservations against a paged cache (`llmcourse.paged.simulate_kv_budget`), on prompts of 8-64 tokens and
+    answers that end after 8-`cap` tokens."""
+    from llmcourse.paged import simulate_kv_budget
+
+    rng = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(8, 65, (requests,), generator=rng).tolist()
+    outputs = torch.randint(8, cap + 1, (requests,), generator=rng).tolist()
+    budget = slots * (64 + cap)
+    contiguous = simulate_kv_budget(prompts, outputs, cap, budget, paged=False)
+    paged = simulate_kv_budget(prompts, outputs, cap, budget, paged=True, block_size=block_size)
+    return {"requests": requests, "budget_tokens": budget, "contiguous": contiguous, "paged": paged,
+            "running_ratio": paged["mean_running"] / contiguous["mean_running"]}
+
+
 # -- `llmcourse bench` ---------------------------------------------------------------------------------------------
 
 def _quantization(model: GPT, name: str, quick: bool, log: Callable[[str], None]) -> tuple[str, list[dict]] | None:
@@ -391,6 +435,9 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
         found = _quantization(model, name, quick, log)
         if found is not None:
             results["quantization_model"], results["quantization"] = found
+    log("attention without the T x T matrix, and a paged KV-cache ...")
+    results["tiled_attention"] = tiled_attention_memory([512, 1024, 2048] if quick else [512, 1024, 2048, 4096])
+    results["paged_kv"] = paged_kv(60 if quick else 200)
     results["interference"] = interference(results, memory_bandwidth_gbs(), load_start, _load_per_core())
     if not results["interference"]["trusted"]:
         log("interference: " + "; ".join(results["interference"]["reasons"]))
@@ -440,6 +487,20 @@ def format_table(results: dict) -> str:
     for kernel in rf["kernels"]:
         lines.append(f"  {labels[kernel]:<30}  {rf[f'{kernel}_tok_s']:6.1f} tok/s = "
                      f"{100 * rf[f'{kernel}_fraction']:3.0f}% of the bound")
+    if "tiled_attention" in results:
+        ta = results["tiled_attention"]
+        lines += ["", f"Causal attention of one head (head size {ta['head_dim']}), peak memory allocated, plain "
+                      f"against tiled in blocks of {ta['block']} (largest difference {ta['max_abs_difference']:.1e})"]
+        for T, plain, tiled in zip(ta["lengths"], ta["plain_bytes"], ta["tiled_bytes"]):
+            lines.append(f"  T = {T:>5}: plain {plain / 1e6:8.1f} MB, tiled {tiled / 1e6:6.1f} MB")
+    if "paged_kv" in results:
+        pk = results["paged_kv"]
+        lines += ["", f"KV budget of {pk['budget_tokens']:,} positions, {pk['requests']} mixed requests: requests "
+                      f"running at once, paged / contiguous = {pk['running_ratio']:.2f}x"]
+        for kind in ("contiguous", "paged"):
+            r = pk[kind]
+            lines.append(f"  {kind:<10} mean {r['mean_running']:5.1f} running, {r['steps']} steps, fragmentation "
+                         f"{100 * r['fragmentation']:4.1f}%, {r['preemptions']} preemptions")
     if results.get("kernel_choice"):
         lines += ["", "Kernels measured per Linear shape at batch 1 (median per call; the fastest that computes the "
                       "same function is chosen, and remembered for this machine)"]

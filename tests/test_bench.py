@@ -60,6 +60,16 @@ def test_the_kernel_of_each_linear_shape_is_chosen_by_measurement_and_reported(r
     assert "Kernels measured per Linear shape" in bench.format_table(results)
 
 
+def test_tiled_attention_and_paged_kv_figures(results):
+    ta, pk = results["tiled_attention"], results["paged_kv"]
+    assert ta["max_abs_difference"] < 1e-5
+    assert ta["plain_bytes"][-1] / ta["plain_bytes"][0] > 10  # T x 4: the (T, T) scores grow 16x
+    assert ta["tiled_bytes"][-1] / ta["tiled_bytes"][0] < 6  # (T, block): about 4x
+    assert pk["running_ratio"] > 1.5 and pk["paged"]["fragmentation"] < pk["contiguous"]["fragmentation"]
+    table = bench.format_table(results)
+    assert "peak memory allocated" in table and "paged / contiguous" in table
+
+
 def test_the_run_says_whether_its_ratios_can_be_trusted(results):
     check = results["interference"]
     assert set(check) >= {"trusted", "reasons", "bandwidth_start_gbs", "bandwidth_end_gbs", "noisy_figures"}
