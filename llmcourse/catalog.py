@@ -87,6 +87,9 @@ EXERCISES: tuple[Exercise, ...] = (
              ("pack_int4", "unpack_int4"), points=2),
     Exercise("quantized_matmul", "Matmul with int8 weights", "09_quantization", "quantization",
              ("quantized_matmul",), points=2),
+    # -- 11 from GPT-2 to Llama (Part 4) ------------------------------------------------------------------------
+    # -- 12 attention without the T x T matrix (Part 5) ---------------------------------------------------------
+    # -- 13 serving many requests (Part 5) ----------------------------------------------------------------------
 )
 
 BY_ID: dict[str, Exercise] = {ex.id: ex for ex in EXERCISES}

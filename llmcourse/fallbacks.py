@@ -573,6 +573,15 @@ def quantized_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bias: np.n
     return y if bias is None else y + np.asarray(bias).astype(x.dtype)
 
 
+# -- 11 from GPT-2 to Llama ----------------------------------------------------------------------------------------
+
+
+# -- 12 attention without the T x T matrix -------------------------------------------------------------------------
+
+
+# -- 13 serving many requests --------------------------------------------------------------------------------------
+
+
 def gpt_forward(params: Mapping[str, Any], ids: np.ndarray, *, block: Callable[..., np.ndarray] = block_forward
                 ) -> np.ndarray:
     """Logits (B, T, V) of the NumPy GPT whose weights `load_weights` gave, for token ids (B, T): code the course

@@ -190,6 +190,9 @@ HINTS: dict[str, tuple[str, str]] = {
         'product.',
         "convert q to x's dtype (`q.astype(x.dtype)`) before the matmul; scale broadcasts over the last axis.",
     ),
+    # -- 11 from GPT-2 to Llama --
+    # -- 12 attention without the T x T matrix --
+    # -- 13 serving many requests --
 }
 
 
