@@ -82,3 +82,11 @@ def test_glossary_says_where_each_term_first_appears():
         linked = re.findall(r"\]\(([^)]+\.md)\)", where)
         assert linked and all(name in guides for name in linked), \
             f"glossary row {zh} | {en}: 'first appears' must link a guide of notebooks/zh/, got {where!r}"
+
+
+@pytest.mark.parametrize("stem", notebook_stems())
+def test_every_notebook_opens_with_a_link_to_its_guide(stem):
+    import json
+
+    first = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text(encoding="utf-8"))["cells"][0]
+    assert f"](zh/{stem}.md)" in "".join(first["source"]), f"{stem}.ipynb's first cell should link zh/{stem}.md"
