@@ -24,7 +24,8 @@ from llmcourse.generate import beam_step as _beam_step
 from llmcourse.generate import check_sampling_args, filtered_logits
 from llmcourse.mlp_lm import adam_step as _adam_step
 from llmcourse.ngram import BigramModel, _token_ids
-from llmcourse.quantization import pack_int4_torch, quantize_groupwise_torch, unpack_int4_torch
+from llmcourse.quantization import (QuantizedTensor, pack_int4_torch, parse_scheme, quantize_groupwise_torch,
+                                    unpack_int4_torch)
 from llmcourse.tokenizer import apply_merges
 from llmcourse.train import perplexity as _perplexity
 from llmcourse.train import training_step as _training_step
@@ -545,6 +546,29 @@ def quantized_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bias: np.n
                          f"{q.shape}, scale {scale.shape}, bias {np.shape(bias)}")
     y = (x @ q.T.astype(x.dtype)) * scale.astype(x.dtype)
     return y if bias is None else y + np.asarray(bias).astype(x.dtype)
+
+
+_QUANTIZED = ("transformer.wte.weight", "transformer.wpe.weight", "attn.c_attn.weight", "attn.c_proj.weight",
+              "mlp.c_fc.weight", "mlp.c_proj.weight")  # the matrices quantize_model stores quantized
+
+
+def quantize_state_dict(state_dict: Mapping[str, torch.Tensor], scheme: str) -> dict[str, Any]:
+    """What `quantization.quantize_model` stores, as data: (codes, scale) of each QuantizedTensor it makes, the other
+    weights as they are, the tied output head left out."""
+    if scheme == "int8-kernel":
+        raise ValueError("'int8-kernel' is PyTorch's int8 kernel, not a way to store weights: use 'fp32', 'int8' or "
+                         "'int4-g<group size>'")
+    kind, group = parse_scheme(scheme)
+    out: dict[str, Any] = {}
+    for name, value in state_dict.items():
+        if name == "lm_head.weight":
+            continue
+        if kind == "fp32" or not name.endswith(_QUANTIZED):
+            out[name] = value
+            continue
+        table = QuantizedTensor(value, 4 if kind == "int4" else 8, group)  # ValueError when group does not divide
+        out[name] = (table.codes, table.scale)
+    return out
 
 
 def gpt_forward(params: Mapping[str, Any], ids: np.ndarray, *, block: Callable[..., np.ndarray] = block_forward

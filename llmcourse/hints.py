@@ -180,6 +180,14 @@ HINTS: dict[str, tuple[str, str]] = {
         'product.',
         "convert q to x's dtype (`q.astype(x.dtype)`) before the matmul; scale broadcasts over the last axis.",
     ),
+    'quantization.quantize_state_dict': (
+        'walk over the state dict once; quantize the embeddings and the blocks\' Linear weights with the exercises '
+        'of this notebook, keep the rest, and leave out the tied output head.',
+        '`name.endswith(("attn.c_attn.weight", ...))` picks the Linear weights; `value.float().numpy()` gives the '
+        'float32 matrix; int8 is `quantize_per_channel(w, 8)` with `scale[:, None]`, int4 is '
+        '`quantize_groupwise(w, 4, N)` then `pack_int4(q)` and `scale.astype(np.float16)`; `torch.from_numpy` '
+        'turns the results back into tensors.',
+    ),
 }
 
 

@@ -22,7 +22,8 @@ FUNCTIONS = [(ex.module, f) for ex in catalog.EXERCISES for f in ex.functions]
 ON_ITS_OWN = {"training_step"}  # it changes a model and an optimizer: test_training_step_equals_the_reference
 COMPARED = [(module, function) for module, function in FUNCTIONS if function not in ON_ITS_OWN]
 SEEDS = range(5)
-TOL = {np.dtype(np.float64): {"rtol": 1e-7, "atol": 1e-12}, np.dtype(np.float32): {"rtol": 1.3e-6, "atol": 1e-5}}
+TOL = {np.dtype(np.float64): {"rtol": 1e-7, "atol": 1e-12}, np.dtype(np.float32): {"rtol": 1.3e-6, "atol": 1e-5},
+       np.dtype(np.float16): {"rtol": 0, "atol": 0}}  # float16: int4 scales, rounded from the same float32: exact
 
 
 def _normal(rng, dtype, *shape):
@@ -128,6 +129,9 @@ INPUTS: dict[str, Callable] = {  # function -> (rng, float dtype) -> (args, kwar
     "pack_int4": lambda r, d: ((r.integers(-8, 8, size=(3, 6)),), {}),
     "unpack_int4": lambda r, d: ((r.integers(0, 256, size=(3, 4)).astype(np.uint8),), {}),
     "quantized_matmul": lambda r, d: ((_normal(r, d, 2, 6), *_codes(r, d), _normal(r, d, 4)), {}),
+    "quantize_state_dict": lambda r, d: ((random_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2,
+                                                               n_embd=8), seed=int(r.integers(99))).state_dict(),
+                                          str(r.choice(["fp32", "int8", "int4-g2", "int4-g4", "int4-g8"]))), {}),
 }
 
 
@@ -143,7 +147,7 @@ def assert_same(got, expected) -> None:
         for a, b in zip(got, expected):
             assert_same(a, b)
     elif isinstance(expected, dict) and expected and isinstance(next(iter(expected.values())),
-                                                                (np.ndarray, torch.Tensor)):
+                                                                (np.ndarray, torch.Tensor, tuple)):
         assert got.keys() == expected.keys()
         for key in expected:
             assert_same(got[key], expected[key])
@@ -213,6 +217,7 @@ def test_training_step_equals_the_reference():
                                   np.zeros((1, 1, 3))), ValueError),
     ("batching", "padding_mask", ([0, 2],), ValueError),
     ("quantization", "pack_int4", (np.array([8, 0]),), ValueError),
+    ("quantization", "quantize_state_dict", ({}, "int8-kernel"), ValueError),
 ])
 def test_bad_input_raises_like_the_reference(module, function, args, error):
     for implementation in (fallbacks.fallback(module, function), reference(f"{module}.{function}")):

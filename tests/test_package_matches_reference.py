@@ -27,7 +27,7 @@ from llmcourse.mlp_lm import Layers, adam_step, momentum_step, sgd_step
 from llmcourse.ngram import BigramModel
 from llmcourse.pretrained import ASSETS
 from llmcourse.quantization import (QuantizedLinear, QuantizedTensor, dequantize_groupwise_torch, pack_int4_torch,
-                                    quantize_groupwise_torch, unpack_int4_torch)
+                                    quantize_groupwise_torch, quantize_model, unpack_int4_torch)
 from llmcourse.tokenizer import BPETokenizer, apply_merges, load_tokenizer, split_chunks
 from llmcourse.train import perplexity, training_step
 from llmcourse.widgets.attention import SENTENCES, attention_maps, random_model
@@ -414,3 +414,21 @@ def test_int8_linear_matches_quantized_matmul(seed, out, inputs, bias):
         None if linear.bias is None else linear.bias.detach().numpy())
     with torch.no_grad():
         close(layer(x).numpy(), expected, np.float32)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4-g8", "int4-g32", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_quantize_model_stores_what_quantize_state_dict_gives(scheme, dtype):
+    model = random_gpt(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32), seed=3).to(dtype)
+    expected = reference("quantization.quantize_state_dict")(model.state_dict(), scheme)
+    packaged = quantize_model(model, scheme)
+    assert list(expected) == [key for key in model.state_dict() if key != "lm_head.weight"]
+    for key, value in expected.items():
+        if isinstance(value, tuple):  # codes and scales: bit for bit
+            stored = packaged.get_submodule(key.removesuffix(".weight")).weight
+            assert torch.equal(stored.codes, value[0]) and torch.equal(stored.scale, value[1]), key
+            assert (stored.codes.dtype, stored.scale.dtype) == (value[0].dtype, value[1].dtype), key
+        else:
+            assert scheme == "fp32" or not key.endswith(("wte.weight", "wpe.weight", "c_attn.weight", "c_proj.weight",
+                                                         "c_fc.weight")), key
+            assert torch.equal(packaged.state_dict()[key], value), key
