@@ -26,7 +26,7 @@ from llmcourse.mlp_lm import adam_step as _adam_step
 from llmcourse.ngram import BigramModel, _token_ids
 from llmcourse.quantization import (QuantizedTensor, pack_int4_torch, parse_scheme, quantize_groupwise_torch,
                                     unpack_int4_torch)
-from llmcourse.tokenizer import apply_merges
+from llmcourse.tokenizer import BPETokenizer, apply_merges
 from llmcourse.train import perplexity as _perplexity
 from llmcourse.train import training_step as _training_step
 
@@ -100,6 +100,20 @@ def bpe_decode(ids: Sequence[int], merges: dict[tuple[int, int], int]) -> str:
     if unknown:
         raise ValueError(f"token id {unknown[0]!r} is not in the vocabulary (0..255 or a merged id)")
     return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def bpe_train(chunk_counts: Mapping[str, int], num_merges: int) -> dict[tuple[int, int], int]:
+    """The merges `BPETokenizer.train` learns from the pre-split chunks {chunk: count}: at most num_merges."""
+    if isinstance(num_merges, bool) or not isinstance(num_merges, numbers.Integral):
+        raise TypeError(f"num_merges must be an int, got {type(num_merges).__name__}")
+    if num_merges < 0:
+        raise ValueError(f"num_merges must be >= 0, got {num_merges}")
+    for chunk, count in chunk_counts.items():
+        if not isinstance(chunk, str):
+            raise TypeError(f"chunks must be str, got {type(chunk).__name__} {chunk!r}")
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+            raise ValueError(f"chunk {chunk!r} has count {count!r}; counts are ints >= 1")
+    return BPETokenizer.train_chunks(chunk_counts, 256 + int(num_merges)).merges
 
 
 def embedding_forward(ids: np.ndarray, weight: np.ndarray) -> np.ndarray:

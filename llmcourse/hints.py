@@ -29,6 +29,13 @@ HINTS: dict[str, tuple[str, str]] = {
         'every id stands for a fixed string of bytes; join them, then decode the bytes as UTF-8 once.',
         'build a table id -> bytes once: the 256 single bytes, then each merge in order as table[a] + table[b].',
     ),
+    'tokens.bpe_train': (
+        'keep a count per pair and, per pair, the set of chunks holding it; a merge updates only those chunks.',
+        'start from `words = [list(chunk.encode("utf-8")) ...]`, `stats = {pair: count}` and `where = {pair: set of '
+        'word indices}`; each merge: `most_frequent_pair(stats)`, then for every index in `where.pop(pair)`, '
+        'subtract the counts of `count_pairs(old)` (times the chunk\'s count), merge with `merge_pair`, add those '
+        'of `count_pairs(new)` and record the new pairs in `where`.',
+    ),
     'tokens.embedding_forward': (
         'a lookup: row `ids[...]` of the table, for every id.',
         "NumPy's integer-array indexing `weight[ids]` does exactly this lookup.",

@@ -120,6 +120,20 @@ def test_training_on_the_corpus_matches_the_reference_building_blocks():
     assert BPETokenizer.train(text, 400).merges == _reference_training(text, 400)
 
 
+@settings(deadline=None, max_examples=40)
+@given(text=st.text(st.sampled_from("aaab bc\n "), max_size=200) | texts, extra=st.integers(0, 40))
+def test_incremental_training_matches_bpe_train(text, extra):
+    chunk_counts = dict(Counter(split_chunks(text)))
+    assert BPETokenizer.train_chunks(chunk_counts, 256 + extra).merges == reference("tokens.bpe_train")(chunk_counts,
+                                                                                                       extra)
+
+
+def test_incremental_training_on_the_corpus_matches_bpe_train():
+    text = load_corpus()[:30_000]
+    expected = list(reference("tokens.bpe_train")(dict(Counter(split_chunks(text))), 300).items())
+    assert list(BPETokenizer.train(text, 556).merges.items()) == expected
+
+
 # -- bigram model ----------------------------------------------------------------------------------------------------
 
 @settings(deadline=None, max_examples=40)
