@@ -22,6 +22,7 @@ from llmcourse import numpy_layers as nl
 from llmcourse.batching import schedule_step
 from llmcourse.generate import beam_step as _beam_step
 from llmcourse.generate import check_sampling_args, filtered_logits
+from llmcourse.gpt import GPT, GPTConfig, KVCache, gpt_skeleton
 from llmcourse.mlp_lm import adam_step as _adam_step
 from llmcourse.ngram import BigramModel, _token_ids
 from llmcourse.quantization import (QuantizedTensor, pack_int4_torch, parse_scheme, quantize_groupwise_torch,
@@ -461,6 +462,38 @@ def cached_attention(q: np.ndarray, cache_k: np.ndarray, cache_v: np.ndarray, le
     dtype = np.result_type(q, cache_k, cache_v)
     q, k, v = (a.astype(dtype, copy=False) for a in (q, cache_k[..., :length, :], cache_v[..., :length, :]))
     return F.scaled_dot_product_attention(*_torch(q, k, v)).numpy()
+
+
+def _gpt(weights: Mapping[str, torch.Tensor], n_head: int) -> GPT:
+    """The llmcourse GPT whose state dict is `weights` (its config read from the shapes), sharing their memory."""
+    (V, C), P = weights["transformer.wte.weight"].shape, weights["transformer.wpe.weight"].shape[0]
+    n_layer = sum(1 for key in weights if key.startswith("transformer.h.") and key.endswith(".ln_1.weight"))
+    model = gpt_skeleton(GPTConfig(vocab_size=V, block_size=P, n_layer=n_layer, n_head=int(n_head), n_embd=C))
+    model.load_state_dict(dict(weights), strict=True, assign=True)
+    return model.to(weights["transformer.wte.weight"].dtype).eval()
+
+
+def gpt_forward_cached(weights: Mapping[str, torch.Tensor], n_head: int, idx: torch.Tensor, cache_k: torch.Tensor,
+                       cache_v: torch.Tensor, length: int, positions: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (B, T, V) of `GPT.forward` on new tokens idx (B, T) with a cache (n_layer, B, n_head, max_len, head_dim)
+    holding `length` positions, written in place."""
+    model = _gpt(weights, n_head)
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError(f"idx must be a (B, T) tensor of token ids, got {idx!r:.80}")
+    config = model.config
+    shape = (config.n_layer, idx.shape[0], config.n_head, cache_k.shape[-2] if cache_k.dim() == 5 else 0,
+             config.head_dim)
+    if cache_k.shape != shape or cache_v.shape != shape:
+        raise ValueError(f"cache_k and cache_v must have shape (n_layer, B, n_head, max_len, head_dim), got "
+                         f"{tuple(cache_k.shape)} and {tuple(cache_v.shape)}")
+    if not 0 <= length <= shape[3]:
+        raise ValueError(f"length must lie in 0..{shape[3]} (the cache's max_len), got {length}")
+    cache = KVCache(config, idx.shape[0], 1, dtype=cache_k.dtype)
+    cache.keys, cache.values = list(cache_k.unbind(0)), list(cache_v.unbind(0))  # views: the model writes into them
+    cache.max_len, cache.length = shape[3], int(length)
+    with torch.no_grad():
+        return model(idx, cache=cache, positions=positions, attention_mask=attention_mask)
 
 
 # -- 08 batching ------------------------------------------------------------------------------------------------------

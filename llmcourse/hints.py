@@ -152,6 +152,15 @@ HINTS: dict[str, tuple[str, str]] = {
         'causal attention for a single query, over the positions the cache holds so far.',
         'slice `cache_k[..., :length, :]` first; use your `softmax`; scores have shape (..., 1, length).',
     ),
+    'kv_cache.gpt_forward_cached': (
+        'the GPT forward of notebook 04 in PyTorch, with one change in attention: keys and values are written into '
+        'the cache first, and the new queries attend over everything the cache holds, under a mask of which '
+        'position may see which.',
+        '`F.layer_norm`, `F.linear` and `F.gelu(..., approximate="tanh")` are the layers; per layer, '
+        '`cache_k[layer, :, :, length:length + T] = k`; the mask is `key <= query` with `query = torch.arange(length, '
+        'length + T)[:, None]` and `key = torch.arange(length + T)[None, :]`, then `& attention_mask[:, None, :] | '
+        '(key == query)`, given to `F.scaled_dot_product_attention(q, keys, values, attn_mask=...)` as (B, 1, T, S).',
+    ),
     'batching.padding_mask': (
         'a row of length L in a batch of width S starts with S - L pad columns.',
         "compare `np.arange(width)` with each row's number of padding columns, broadcasting (1, S) with (B, 1).",

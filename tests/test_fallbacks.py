@@ -73,6 +73,22 @@ def _append_args(rng, dtype):
     return (cache_k, cache_v, length, _normal(rng, dtype, 2, 2, T_new, 3), _normal(rng, dtype, 2, 2, T_new, 3)), {}
 
 
+def _forward_cached_args(rng, dtype):
+    """A prompt, or a few tokens after cached ones, of a plain or a left-padded batch (positions and mask)."""
+    dtype = torch.float64 if dtype == np.float64 else torch.float32
+    model = random_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=int(rng.integers(1, 3)), n_head=2, n_embd=8),
+                       seed=int(rng.integers(99))).to(dtype)
+    B, T, length = 2, int(rng.integers(1, 4)), int(rng.integers(0, 4))
+    cache_k, cache_v = (torch.from_numpy(_normal(rng, np.float64, model.config.n_layer, B, 2, 7, 4)).to(dtype)
+                        for _ in range(2))
+    idx = torch.from_numpy(rng.integers(0, 11, size=(B, T)))
+    kwargs = {}
+    if rng.random() < 0.5:
+        kwargs["attention_mask"] = torch.from_numpy(np.arange(length + T)[None, :] >= rng.integers(0, 2, (B, 1)))
+        kwargs["positions"] = torch.from_numpy(rng.integers(0, 8, size=(B, T)))
+    return (model.state_dict(), 2, idx, cache_k, cache_v, length), kwargs
+
+
 def _scheduler_args(rng, dtype):
     slots = [f"r{i}" if rng.random() < 0.7 else None for i in range(4)]
     finished = [request is not None and bool(rng.random() < 0.5) for request in slots]
@@ -122,6 +138,7 @@ INPUTS: dict[str, Callable] = {  # function -> (rng, float dtype) -> (args, kwar
                                 int(r.integers(1, 13))), {}),  # integers: many ties, broken by beam then token
     "cache_append": _append_args,
     "cached_attention": lambda r, d: ((_normal(r, d, 2, 2, 1, 3), *_cache(r, d), int(r.integers(1, 7))), {}),
+    "gpt_forward_cached": _forward_cached_args,
     "padding_mask": lambda r, d: ((r.integers(1, 5, size=3).tolist(),), {"width": int(r.choice([4, 6]))}),
     "row_positions": lambda r, d: ((np.arange(5)[None, :] >= r.integers(0, 5, size=(3, 1)),), {}),
     "scheduler_step": _scheduler_args,
@@ -204,6 +221,9 @@ def test_training_step_equals_the_reference():
         assert torch.equal(a, b)
 
 
+TINY_STATE = random_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)).state_dict()
+
+
 @pytest.mark.parametrize("module, function, args, error", [
     ("warmup", "mean_squared_error", (np.zeros(2), np.zeros(3)), ValueError),
     ("tokens", "bpe_encode", (b"abc", {}), TypeError),
@@ -218,6 +238,8 @@ def test_training_step_equals_the_reference():
     ("decoding", "top_k_filter", (torch.zeros(3), 0), ValueError),
     ("kv_cache", "cache_append", (np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), 2, np.zeros((1, 1, 3)),
                                   np.zeros((1, 1, 3))), ValueError),
+    ("kv_cache", "gpt_forward_cached", (TINY_STATE, 2, torch.zeros(1, 3, dtype=torch.int64),
+                                        torch.zeros(1, 1, 2, 2, 4), torch.zeros(1, 1, 2, 2, 4), 0), ValueError),
     ("batching", "padding_mask", ([0, 2],), ValueError),
     ("quantization", "pack_int4", (np.array([8, 0]),), ValueError),
     ("quantization", "quantize_state_dict", ({}, "int8-kernel"), ValueError),

@@ -74,5 +74,5 @@ def test_points_named_in_a_notebook_are_the_catalogs(notebook):
 def test_every_challenge_is_introduced_in_its_notebook():
     for ex in catalog.EXERCISES:
         if ex.challenge:
-            assert f"**Challenge `{ex.id}`** ({ex.points:g} points" in _text(ex.notebook[:2]), \
-                f"notebook {ex.notebook} should introduce the challenge as **Challenge `{ex.id}`** ({ex.points:g} points"
+            claim = f"**Challenge `{ex.id}`** ({ex.points:g} points"
+            assert claim in _text(ex.notebook[:2]), f"notebook {ex.notebook} should introduce the challenge: {claim}"

@@ -20,7 +20,7 @@ from llmcourse import numpy_layers as nl
 from llmcourse.batching import left_padded, schedule_step
 from llmcourse.data import load_corpus
 from llmcourse.generate import beam_step, filtered_logits
-from llmcourse.gpt import GPTConfig, random_gpt
+from llmcourse.gpt import GPTConfig, KVCache, random_gpt
 from llmcourse.gradcheck import TOLERANCE, layer_checks
 from llmcourse.loader import reference
 from llmcourse.mlp_lm import Layers, adam_step, momentum_step, sgd_step
@@ -330,6 +330,38 @@ def test_beam_step_matches(seed, W, V, dtype):
     for got, want in zip(ours, expected):  # beam index and token
         assert torch.equal(got, want)
     torch.testing.assert_close(our_scores, expected_scores, **TORCH_TOL[dtype])
+
+
+# -- KV-cache (notebook 07) ------------------------------------------------------------------------------------------
+
+@settings(deadline=None, max_examples=25)
+@given(seed=seeds, B=st.integers(1, 3), steps=st.lists(st.integers(1, 3), min_size=1, max_size=4),
+       padded=st.booleans(), dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_cached_forward_matches_gpt_forward(seed, B, steps, padded, dtype):
+    """Chunks of new tokens, one after the other, into one cache; left-padded rows with positions and a mask or not."""
+    config = GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=2, n_embd=8)
+    model = random_gpt(config, seed=seed % 100).to(dtype)
+    rng = np.random.default_rng(seed)
+    cache = KVCache(model.config, B, sum(steps), dtype=dtype)
+    cache_k, cache_v = (torch.zeros(2, B, 2, sum(steps), 4, dtype=dtype) for _ in range(2))
+    pads = rng.integers(0, steps[0], size=B) if padded else np.zeros(B, dtype=int)
+    mask = torch.from_numpy(np.arange(steps[0])[None, :] >= pads[:, None])  # (B, first step)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    length = 0
+    for T in steps:
+        idx = torch.from_numpy(rng.integers(0, 23, size=(B, T)))
+        if length:  # later chunks are real tokens, after each row's last position
+            mask = torch.cat([mask, torch.ones(B, T, dtype=torch.bool)], dim=1)
+            positions = positions[:, -1:] + torch.arange(1, T + 1)
+        kwargs = dict(positions=positions, attention_mask=mask) if padded else {}
+        with torch.no_grad():
+            expected = model(idx, cache=cache, **kwargs)
+        got = reference("kv_cache.gpt_forward_cached")(model.state_dict(), 2, idx, cache_k, cache_v, length, **kwargs)
+        length += T
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), **TORCH_TOL[dtype])
+        for layer in range(2):
+            np.testing.assert_allclose(cache_k[layer, :, :, :length].numpy(), cache.keys[layer][:, :, :length].numpy(),
+                                       **TORCH_TOL[dtype])
 
 
 # -- batching (notebook 08) ------------------------------------------------------------------------------------------
