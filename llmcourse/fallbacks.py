@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from llmcourse import catalog
 from llmcourse import numpy_layers as nl
+from llmcourse.batching import generate_batch as _generate_batch
 from llmcourse.batching import schedule_step
 from llmcourse.generate import beam_step as _beam_step
 from llmcourse.generate import check_sampling_args, filtered_logits
@@ -533,6 +534,19 @@ def scheduler_step(slots: list, finished: list[bool], waiting: list) -> tuple[li
     if len(set(running + list(waiting))) != len(running) + len(waiting):
         raise ValueError("a request is in two places at once (two rows, or a row and the waiting list)")
     return schedule_step(slots, finished, waiting)
+
+
+def generate_batch(weights: Mapping[str, torch.Tensor], n_head: int, prompts: Sequence[Sequence[int]],
+                   max_new_tokens: int, *, temperature: float = 1.0, seed: int | None = None,
+                   eos_id: int | None = None, pad_id: int = 0) -> list[torch.Tensor]:
+    """`batching.generate_batch` on the GPT whose state dict is `weights`: one int64 tensor per prompt, the prompt
+    and its max_new_tokens new tokens."""
+    if not isinstance(prompts, (list, tuple)):
+        raise ValueError(f"prompts must be a non-empty list of token-id lists, got {type(prompts).__name__}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    return _generate_batch(_gpt(weights, n_head), prompts, max_new_tokens, temperature=temperature, seed=seed,
+                           eos_id=eos_id, pad_id=pad_id)
 
 
 # -- 09 quantization --------------------------------------------------------------------------------------------------

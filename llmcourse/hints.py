@@ -174,6 +174,16 @@ HINTS: dict[str, tuple[str, str]] = {
         'first.',
         'copy `slots` first; then one loop frees rows, and one loop fills free rows from `waiting`.',
     ),
+    'batching.generate_batch': (
+        'pad and mask once, prefill once, then one column per step: choose the tokens, hold the finished rows at '
+        'eos, and grow the mask and the positions by one.',
+        '`left_pad` and `row_positions` give ids, mask and positions (convert them with `torch.from_numpy`); keep '
+        '`length`, the positions the cache holds, and call `gpt_forward_cached(weights, n_head, step_ids, cache_k, '
+        'cache_v, length, positions, mask)[:, -1]`; after the prefill, `step_ids = token[:, None]`, `mask = '
+        'torch.cat([mask, ones(B, 1)], dim=1)` and `positions = real + step` with `real = mask.sum(dim=1, '
+        'keepdim=True)` taken before the loop; eos: `token.masked_fill(finished, eos_id)`, then `finished |= token '
+        '== eos_id`.',
+    ),
     'quantization.quantize_per_channel': (
         'each output row gets the scale that maps its largest magnitude to the largest code.',
         "`np.abs(w).max(axis=1)` gives each row's largest magnitude; `scale[:, None]` broadcasts over the "

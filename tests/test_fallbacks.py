@@ -95,6 +95,15 @@ def _scheduler_args(rng, dtype):
     return (slots, finished, [f"w{i}" for i in range(rng.integers(0, 5))]), {}
 
 
+def _generate_batch_args(rng, dtype):
+    model = random_gpt(GPTConfig(vocab_size=11, block_size=12, n_layer=1, n_head=2, n_embd=8),
+                       seed=int(rng.integers(99))).to(torch.float64 if dtype == np.float64 else torch.float32)
+    prompts = [rng.integers(0, 11, size=rng.integers(1, 5)).tolist() for _ in range(rng.integers(1, 4))]
+    kwargs = {"temperature": float(rng.choice([0.0, 0.7, 1.3])), "seed": int(rng.integers(99)),
+              "eos_id": int(rng.integers(0, 11)) if rng.random() < 0.5 else None, "pad_id": int(rng.integers(0, 11))}
+    return (model.state_dict(), 2, prompts, int(rng.integers(0, 6))), kwargs
+
+
 def _codes(rng, dtype):
     return rng.integers(-127, 128, size=(4, 6)).astype(np.int8), np.abs(_normal(rng, dtype, 4)) + 0.01
 
@@ -142,6 +151,7 @@ INPUTS: dict[str, Callable] = {  # function -> (rng, float dtype) -> (args, kwar
     "padding_mask": lambda r, d: ((r.integers(1, 5, size=3).tolist(),), {"width": int(r.choice([4, 6]))}),
     "row_positions": lambda r, d: ((np.arange(5)[None, :] >= r.integers(0, 5, size=(3, 1)),), {}),
     "scheduler_step": _scheduler_args,
+    "generate_batch": _generate_batch_args,
     "quantize_per_channel": lambda r, d: ((_normal(r, d, 4, 6) * (r.random((4, 1)) < 0.8),),
                                           {"bits": int(r.integers(2, 9))}),  # a row of zeros now and then
     "dequantize_per_channel": lambda r, d: (_codes(r, d), {}),
@@ -241,6 +251,7 @@ TINY_STATE = random_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head
     ("kv_cache", "gpt_forward_cached", (TINY_STATE, 2, torch.zeros(1, 3, dtype=torch.int64),
                                         torch.zeros(1, 1, 2, 2, 4), torch.zeros(1, 1, 2, 2, 4), 0), ValueError),
     ("batching", "padding_mask", ([0, 2],), ValueError),
+    ("batching", "generate_batch", (TINY_STATE, 2, [[1], []], 3), ValueError),
     ("quantization", "pack_int4", (np.array([8, 0]),), ValueError),
     ("quantization", "quantize_state_dict", ({}, "int8-kernel"), ValueError),
 ])

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmcourse import numpy_layers as nl
-from llmcourse.batching import left_padded, schedule_step
+from llmcourse.batching import generate_batch, left_padded, schedule_step
 from llmcourse.data import load_corpus
 from llmcourse.generate import beam_step, filtered_logits
 from llmcourse.gpt import GPTConfig, KVCache, random_gpt
@@ -389,6 +389,19 @@ def test_scheduler_step_matches(seed, rows, n_waiting):
     before = (list(slots), list(finished), list(waiting))
     assert schedule_step(slots, finished, waiting) == reference("batching.scheduler_step")(slots, finished, waiting)
     assert (slots, finished, waiting) == before  # neither changes its inputs
+
+
+@settings(deadline=None, max_examples=25)
+@given(seed=seeds, prompts=st.lists(st.lists(st.integers(0, 22), min_size=1, max_size=6), min_size=1, max_size=4),
+       max_new_tokens=st.integers(0, 6), temperature=st.sampled_from([0.0, 0.7, 1.5]),
+       eos_id=st.none() | st.integers(0, 22), dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_generate_batch_matches_the_reference_loop(seed, prompts, max_new_tokens, temperature, eos_id, dtype):
+    config = GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=2, n_embd=8)
+    model = random_gpt(config, seed=seed % 100).to(dtype)
+    kwargs = dict(temperature=temperature, seed=seed % 1000, eos_id=eos_id)
+    expected = reference("batching.generate_batch")(model.state_dict(), 2, prompts, max_new_tokens, **kwargs)
+    got = generate_batch(model, prompts, max_new_tokens, **kwargs)
+    assert [row.tolist() for row in got] == [row.tolist() for row in expected]  # token ids: exactly
 
 
 # -- quantization (notebook 09) --------------------------------------------------------------------------------------
