@@ -107,14 +107,14 @@ def bpe_decode(ids: Sequence[int], merges: dict[tuple[int, int], int]) -> str:
 def bpe_train(chunk_counts: Mapping[str, int], num_merges: int) -> dict[tuple[int, int], int]:
     """The merges `BPETokenizer.train` learns from the pre-split chunks {chunk: count}: at most num_merges."""
     if isinstance(num_merges, bool) or not isinstance(num_merges, numbers.Integral):
-        raise TypeError(f"num_merges must be an int, got {type(num_merges).__name__}")
+        raise TypeError(f"num_merges is a number of merges, an int; got {type(num_merges).__name__}")
     if num_merges < 0:
-        raise ValueError(f"num_merges must be >= 0, got {num_merges}")
-    for chunk, count in chunk_counts.items():
-        if not isinstance(chunk, str):
-            raise TypeError(f"chunks must be str, got {type(chunk).__name__} {chunk!r}")
+        raise ValueError(f"num_merges is a number of merges, >= 0; got {num_merges}")
+    for text, count in chunk_counts.items():
+        if not isinstance(text, str):
+            raise TypeError(f"chunks must be str, got {type(text).__name__} {text!r}")
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
-            raise ValueError(f"chunk {chunk!r} has count {count!r}; counts are ints >= 1")
+            raise ValueError(f"chunk {text!r} has count {count!r}; counts are ints >= 1")
     return BPETokenizer.train_chunks(chunk_counts, 256 + int(num_merges)).merges
 
 
@@ -468,7 +468,7 @@ def cached_attention(q: np.ndarray, cache_k: np.ndarray, cache_v: np.ndarray, le
 def _gpt(weights: Mapping[str, torch.Tensor], n_head: int) -> GPT:
     """The llmcourse GPT whose state dict is `weights` (its config read from the shapes), sharing their memory."""
     (V, C), P = weights["transformer.wte.weight"].shape, weights["transformer.wpe.weight"].shape[0]
-    n_layer = sum(1 for key in weights if key.startswith("transformer.h.") and key.endswith(".ln_1.weight"))
+    n_layer = 1 + max(int(key.split(".")[2]) for key in weights if key.startswith("transformer.h."))
     model = gpt_skeleton(GPTConfig(vocab_size=V, block_size=P, n_layer=n_layer, n_head=int(n_head), n_embd=C))
     model.load_state_dict(dict(weights), strict=True, assign=True)
     return model.to(weights["transformer.wte.weight"].dtype).eval()
@@ -544,7 +544,7 @@ def generate_batch(weights: Mapping[str, torch.Tensor], n_head: int, prompts: Se
     if not isinstance(prompts, (list, tuple)):
         raise ValueError(f"prompts must be a non-empty list of token-id lists, got {type(prompts).__name__}")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+        raise ValueError(f"max_new_tokens is a number of tokens, an int; got {max_new_tokens!r}")
     return _generate_batch(_gpt(weights, n_head), prompts, max_new_tokens, temperature=temperature, seed=seed,
                            eos_id=eos_id, pad_id=pad_id)
 
@@ -621,14 +621,14 @@ def quantize_state_dict(state_dict: Mapping[str, torch.Tensor], scheme: str) -> 
                          "'int4-g<group size>'")
     kind, group = parse_scheme(scheme)
     out: dict[str, Any] = {}
-    for name, value in state_dict.items():
-        if name == "lm_head.weight":
+    for key, tensor in state_dict.items():
+        if key == "lm_head.weight":
             continue
-        if kind == "fp32" or not name.endswith(_QUANTIZED):
-            out[name] = value
+        if kind == "fp32" or not key.endswith(_QUANTIZED):
+            out[key] = tensor
             continue
-        table = QuantizedTensor(value, 4 if kind == "int4" else 8, group)  # ValueError when group does not divide
-        out[name] = (table.codes, table.scale)
+        table = QuantizedTensor(tensor, 4 if kind == "int4" else 8, group)  # ValueError when group does not divide
+        out[key] = (table.codes, table.scale)
     return out
 
 

@@ -228,7 +228,7 @@ def generate_batch(weights: dict[str, torch.Tensor], n_head: int, prompts: Seque
     """
     # BEGIN SOLUTION
     if isinstance(prompts, torch.Tensor) or not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
-        raise ValueError("prompts must be a non-empty list of token-id lists (one per row of the batch)")
+        raise ValueError("prompts must be a non-empty list with one list of token ids per row")
     prompts = [[int(t) for t in prompt] for prompt in prompts]
     for i, prompt in enumerate(prompts):
         if not prompt:
@@ -236,7 +236,7 @@ def generate_batch(weights: dict[str, torch.Tensor], n_head: int, prompts: Seque
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+        raise ValueError(f"temperature must be >= 0 (0 is greedy decoding), got {temperature}")
     ids, mask = left_pad(prompts, pad_id)  # (B, S) each
     B, S = ids.shape
     wte = weights["transformer.wte.weight"]
@@ -252,7 +252,7 @@ def generate_batch(weights: dict[str, torch.Tensor], n_head: int, prompts: Seque
     step_ids, positions, mask = torch.from_numpy(ids), torch.from_numpy(row_positions(mask)), torch.from_numpy(mask)
     real = mask.sum(dim=1, keepdim=True)  # (B, 1) real tokens of each row: the position of its first new token
     length = 0
-    for step in range(max_new_tokens):
+    for column in range(max_new_tokens):
         logits = gpt_forward_cached(weights, n_head, step_ids, cache_k, cache_v, length, positions, mask)[:, -1]
         length += step_ids.shape[1]
         if temperature == 0:
@@ -261,14 +261,14 @@ def generate_batch(weights: dict[str, torch.Tensor], n_head: int, prompts: Seque
             token = torch.cat([torch.multinomial(torch.softmax(logits[b:b + 1].float() / temperature, dim=-1), 1,
                                                  generator=g)[:, 0] for b, g in enumerate(generators)])
         if eos_id is not None:
-            token = token.masked_fill(finished, eos_id)
+            token = torch.where(finished, eos_id, token)
             finished |= token == eos_id
-        new[:, step] = token
-        if eos_id is not None and bool(finished.all()):
-            new[:, step + 1:] = eos_id
+        new[:, column] = token
+        if eos_id is not None and finished.all():
+            new[:, column + 1:] = eos_id
             break
         step_ids = token[:, None]  # (B, 1)
         mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool)], dim=1)
-        positions = real + step
+        positions = real + column
     return [torch.cat([torch.tensor(prompt, dtype=torch.int64), new[b]]) for b, prompt in enumerate(prompts)]
     # END SOLUTION

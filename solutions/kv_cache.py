@@ -228,7 +228,7 @@ def gpt_forward_cached(weights: dict[str, torch.Tensor], n_head: int, idx: torch
                          "given")
     if positions is None:
         positions = torch.arange(length, S).expand(B, T)
-    elif positions.shape != (B, T):
+    elif tuple(positions.shape) != (B, T):
         raise ValueError(f"positions must have shape (B, T) = {(B, T)}, got {tuple(positions.shape)}")
     if positions.min() < 0 or positions.max() >= wpe.shape[0]:
         raise ValueError(f"positions must lie in 0..{wpe.shape[0] - 1} (the context), got "
@@ -237,7 +237,7 @@ def gpt_forward_cached(weights: dict[str, torch.Tensor], n_head: int, idx: torch
     key = torch.arange(S)[None, :]  # (1, S)
     allowed = key <= query  # (T, S): causal
     if attention_mask is not None:
-        if attention_mask.shape != (B, S):
+        if tuple(attention_mask.shape) != (B, S):
             raise ValueError(f"attention_mask must have shape (B, length + T) = {(B, S)}, got "
                              f"{tuple(attention_mask.shape)}")
         allowed = (allowed & attention_mask.bool()[:, None, :] | (key == query))[:, None]  # (B, 1, T, S)

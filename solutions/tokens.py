@@ -216,18 +216,18 @@ def bpe_train(chunk_counts: dict[str, int], num_merges: int) -> dict[tuple[int, 
     stats: dict[tuple[int, int], int] = {}  # pair -> occurrences in the whole text
     where: dict[tuple[int, int], set[int]] = {}  # pair -> indices of the chunks that contain it (or did)
     for index, word in enumerate(words):
-        for pair, n in count_pairs(word).items():
-            stats[pair] = stats.get(pair, 0) + n * freqs[index]
+        for pair, times in count_pairs(word).items():
+            stats[pair] = stats.get(pair, 0) + times * freqs[index]
             where.setdefault(pair, set()).add(index)
-    merges: dict[tuple[int, int], int] = {}
+    learned: dict[tuple[int, int], int] = {}
     for new_id in range(256, 256 + num_merges):
         if not stats:
             break
-        pair = most_frequent_pair(stats)
-        merges[pair] = new_id
-        for index in where.pop(pair):
+        best = most_frequent_pair(stats)
+        learned[best] = new_id
+        for index in where.pop(best):
             old = words[index]
-            words[index] = new = merge_pair(old, pair, new_id)
+            words[index] = new = merge_pair(old, best, new_id)
             for p, n in count_pairs(old).items():  # the chunk's old pairs leave the counts...
                 stats[p] -= n * freqs[index]
                 if stats[p] == 0:
@@ -235,7 +235,7 @@ def bpe_train(chunk_counts: dict[str, int], num_merges: int) -> dict[tuple[int, 
             for p, n in count_pairs(new).items():  # ...and its new pairs join them
                 stats[p] = stats.get(p, 0) + n * freqs[index]
                 where.setdefault(p, set()).add(index)
-    return merges
+    return learned
     # END SOLUTION
 
 
