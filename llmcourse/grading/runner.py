@@ -363,10 +363,10 @@ def format_table(report: GradeReport) -> str:
     for ex in report.exercises:
         lines.append(f"{ex.id:<{width}}  {ex.shown_title:<{title_width}}  {ex.points:>5g} / {ex.max_points:<3g}  "
                      f"{ex.status_line}")
-    challenges = (f"; challenges {report.challenge_total:g} / {report.challenge_max_total:g} of it"
+    challenges = (f"{report.challenge_total:g} / {report.challenge_max_total:g} of it from challenges; "
                   if report.challenge_max_total else "")
     lines.append(f"{'total':<{width}}  {'':<{title_width}}  {report.total:>5g} / {report.max_total:<3g}  "
-                 f"({report.execution_time:.1f} s{challenges})")
+                 f"({challenges}{report.execution_time:.1f} s)")
     return notices + "\n".join(lines)
 
 
@@ -393,4 +393,4 @@ def gradescope_results(report: GradeReport) -> dict:
 def _challenge_note(report: GradeReport) -> str:
     if not report.challenge_max_total:
         return ""
-    return f" (challenge exercises: {report.challenge_total:g} / {report.challenge_max_total:g} of them)"
+    return f" ({report.challenge_total:g} / {report.challenge_max_total:g} of them from challenge exercises)"
