@@ -5,6 +5,7 @@ Prompts of different lengths share one (B, S) tensor by *left* padding: each row
 next token of every row lands in the same last column. The padding must be invisible to the model: the attention
 mask hides pad keys, and positions count only real tokens, so a row computes exactly what it would alone.
 The checks of bad input are provided (they run before your code), so each exercise is only the computation itself.
+The challenge at the end, `generate_batch`, is the whole batched decoding loop, and checks its own input.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ Symmetric quantization has zero = 0 and codes in [-qmax, qmax] with qmax = 2**(b
 int4); the scale maps the largest |x| to qmax, so nothing is clipped and every error |x - x_hat| is at most scale / 2.
 Asymmetric quantization maps [min, max] onto all 2**bits codes; it pays off when values are not centred on 0.
 Per tensor, one scale serves every value; per channel, each row of a weight matrix (one output channel of a Linear
-layer) gets its own; group-wise, each run of `group_size` consecutive values in a row gets its own.
+layer) gets its own; group-wise, each run of `group_size` consecutive values in a row gets its own. The challenge
+`quantize_state_dict` quantizes a whole GPT's weights as `llmcourse.quantization.quantize_model` stores them.
 
 Weight matrices have the layout of `torch.nn.Linear`: (out_features, in_features), so a row is an output channel.
 """

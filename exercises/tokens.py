@@ -4,7 +4,8 @@ Byte-level BPE starts from the 256 byte values of UTF-8 text (ids 0..255), so an
 included, has a token sequence. Training repeatedly merges the most frequent adjacent pair into a new id; the
 merges are kept in an ordered dict `{(a, b): new_id}` whose ids are 256, 257, ... in the order they were learned.
 
-Provided (not exercises): `most_frequent_pair`, `bigram_counts` and `sinusoidal_positions`.
+Provided (not exercises): `most_frequent_pair`, `bigram_counts` and `sinusoidal_positions`. The challenge
+`bpe_train` is the whole trainer, with pair counts updated after each merge instead of recounted.
 """
 
 from __future__ import annotations

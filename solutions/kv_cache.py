@@ -5,6 +5,8 @@ A cache holds, for one attention layer, the keys and values of every token seen 
 `length` positions are filled. Generating one more token then costs one position's work: compute the new token's
 query, key and value, append the key and value, and let the query attend over the `length + 1` cached positions.
 The checks of bad input are provided (they run before your code), so each exercise is only the computation itself.
+The challenge at the end, `gpt_forward_cached`, is the whole PyTorch GPT's forward pass with a cache, and checks its
+own input.
 """
 
 from __future__ import annotations
