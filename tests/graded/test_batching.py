@@ -197,6 +197,7 @@ def test_generate_batch_rejects_bad_input(impl):
     weights = model.state_dict()
     impl.batching.generate_batch(weights, 2, PROMPTS, 2, temperature=0.0)  # a valid call first
     bad = [("no prompts", ([], 2), {}), ("an empty prompt", ([[1, 2], []], 2), {}),
+           ("a tensor of prompts", (torch.tensor([[1, 2]]), 2), {}),
            ("max_new_tokens -1", (PROMPTS, -1), {}), ("temperature -0.5", (PROMPTS, 2), {"temperature": -0.5}),
            ("a prompt of 14 tokens and 4 new ones in 16 positions", ([list(range(14))], 4), {"temperature": 0.0})]
     for what, args, kwargs in bad:

@@ -266,7 +266,9 @@ def test_gpt_forward_cached_rejects_bad_input(impl):
            ("an idx of T = 0", (idx[:, :0], cache_k, cache_v, 0, None, None)),
            ("a cache of the wrong head_dim", (idx, cache_k[..., :4], cache_v[..., :4], 0, None, None)),
            ("a cache for another batch size", (idx, cache_k[:, :1], cache_v[:, :1], 0, None, None)),
+           ("a negative length", (idx, cache_k, cache_v, -1, None, None)),
            ("positions of the wrong shape", (idx, cache_k, cache_v, 0, torch.zeros(2, 2, dtype=torch.int64), None)),
+           ("positions past the context", (idx, cache_k, cache_v, 0, torch.full((2, 3), 16), None)),
            ("an attention_mask of the wrong width",
             (idx, cache_k, cache_v, 0, None, torch.ones(2, 4, dtype=torch.bool)))]
     for what, args in bad:
