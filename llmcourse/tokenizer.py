@@ -162,12 +162,17 @@ class BPETokenizer:
         most frequent pair, its entries checked against the current counts when they reach the top.
         """
         _check_text(text, "BPETokenizer.train")
+        return cls.train_chunks(Counter(split_chunks(text)), vocab_size, verbose=verbose)
+
+    @classmethod
+    def train_chunks(cls, chunk_counts: dict[str, int], vocab_size: int = 512, *,
+                     verbose: bool = False) -> "BPETokenizer":
+        """`train` on text already pre-split: {chunk: how often it occurs}, e.g. Counter(split_chunks(text))."""
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
             raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
         if vocab_size < 256:
             raise ValueError(f"vocab_size must be at least 256 for byte-level BPE (one token per byte value), "
                              f"got {vocab_size}")
-        chunk_counts = Counter(split_chunks(text))
         words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
         freqs = list(chunk_counts.values())
         stats: Counter[tuple[int, int]] = Counter()  # pair -> occurrences in the whole text

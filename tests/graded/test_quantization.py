@@ -156,3 +156,86 @@ def test_quantized_matmul_single_vector_and_zero_codes(impl):
     got = impl.quantization.quantized_matmul(x, q, scale, bias)
     # Hand-computed: row 0: (1 - 3) * 0.5 + 0.25 = -0.75; row 1: zero codes leave only the bias -1. Exact in float64.
     assert_allclose(got, [-0.75, -1.0], rtol=0, atol=0, what="quantized_matmul of a 1-D x")
+
+
+# -- quantize_state_dict (challenge) -------------------------------------------------------------------------------
+
+def _tiny_gpt(seed: int, n_embd: int = 16):
+    from llmcourse.gpt import GPTConfig, random_gpt
+    return random_gpt(GPTConfig(vocab_size=40, block_size=12, n_layer=2, n_head=2, n_embd=n_embd), seed=seed)
+
+
+QUANTIZED = ["transformer.wte.weight", "transformer.wpe.weight"] + [
+    f"transformer.h.{i}.{name}.weight" for i in range(2) for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                                      "mlp.c_proj")]
+
+
+def _check_against_quantize_model(got, model, scheme: str) -> None:
+    """Codes and scales of every quantized matrix exactly those `quantize_model` stores; the rest unchanged."""
+    from llmcourse.quantization import quantize_model
+
+    state = model.state_dict()
+    packaged = quantize_model(model, scheme)
+    assert isinstance(got, dict), f"quantize_state_dict should return a dict, got {type(got).__name__}"
+    expected_keys = [key for key in state if key != "lm_head.weight"]
+    assert list(got) == expected_keys, f"quantize_state_dict({scheme!r}) should keep every key but " \
+                                       f"'lm_head.weight', in order; got {list(got)}"
+    for key in expected_keys:
+        if key in QUANTIZED:
+            assert isinstance(got[key], tuple) and len(got[key]) == 2, \
+                f"{key} should become a tuple (codes, scale) under {scheme!r}, got {type(got[key]).__name__}"
+            stored = packaged.get_submodule(key.removesuffix(".weight")).weight
+            for what, mine, theirs in (("codes", got[key][0], stored.codes), ("scale", got[key][1], stored.scale)):
+                assert isinstance(mine, torch.Tensor) and mine.dtype == theirs.dtype, \
+                    f"{what} of {key} should be a {theirs.dtype} tensor, got {getattr(mine, 'dtype', type(mine))}"
+                # Integer codes, and scales computed by the same float32 operations: exact equality.
+                assert_allclose(mine.float(), theirs.float(), rtol=0, atol=0, what=f"{what} of {key} ({scheme})")
+        else:
+            assert isinstance(got[key], torch.Tensor) and got[key].dtype == state[key].dtype, \
+                f"{key} is not quantized: it should stay a {state[key].dtype} tensor"
+            assert_allclose(got[key], state[key], rtol=0, atol=0, what=f"{key} (kept as it is)")
+
+
+@exercise("quantize_state_dict")
+def test_quantize_state_dict_int8_stores_what_quantize_model_stores(impl):
+    model = _tiny_gpt(0)
+    _check_against_quantize_model(impl.quantization.quantize_state_dict(model.state_dict(), "int8"), model, "int8")
+
+
+@exercise("quantize_state_dict")
+def test_quantize_state_dict_int4_groups_packed_with_float16_scales(impl):
+    model = _tiny_gpt(1)
+    for scheme in ("int4-g8", "int4-g2", "int4-g16"):  # several groups per row, the smallest group, one per row
+        _check_against_quantize_model(impl.quantization.quantize_state_dict(model.state_dict(), scheme), model,
+                                      scheme)
+
+
+@exercise("quantize_state_dict")
+def test_quantize_state_dict_quantizes_float64_weights_from_float32(impl):
+    model = _tiny_gpt(2).double()
+    with torch.no_grad():  # a row of zeros: scale 1, codes 0
+        model.transformer.h[0].mlp.c_fc.weight[3] = 0.0
+    for scheme in ("int8", "int4-g4"):
+        _check_against_quantize_model(impl.quantization.quantize_state_dict(model.state_dict(), scheme), model,
+                                      scheme)
+
+
+@exercise("quantize_state_dict")
+def test_quantize_state_dict_fp32_keeps_every_weight(impl):
+    model = _tiny_gpt(3)
+    state = model.state_dict()
+    got = impl.quantization.quantize_state_dict(state, "fp32")
+    assert list(got) == [key for key in state if key != "lm_head.weight"], \
+        "quantize_state_dict(..., 'fp32') should keep every key but 'lm_head.weight', in order"
+    for key, value in got.items():
+        assert isinstance(value, torch.Tensor), f"{key} should stay a tensor under 'fp32'"
+        assert_allclose(value, state[key], rtol=0, atol=0, what=f"{key} under 'fp32' (unchanged)")
+
+
+@exercise("quantize_state_dict")
+def test_quantize_state_dict_rejects_bad_schemes(impl):
+    state = _tiny_gpt(4).state_dict()
+    impl.quantization.quantize_state_dict(state, "int4-g8")  # a valid call first
+    for scheme in ("int3", "int8-kernel", "int4", "int4-g3", "int4-g0", "int4-g12", 8):
+        with expect_error(ValueError, what=f"quantize_state_dict(state_dict, {scheme!r})"):
+            impl.quantization.quantize_state_dict(state, scheme)

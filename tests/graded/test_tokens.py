@@ -232,3 +232,118 @@ def test_bigram_perplexity_unseen_pair_without_smoothing_is_inf(impl):
     assert got == float("inf"), f"an unseen pair with smoothing 0 has probability 0: perplexity inf, got {got}"
     with expect_error(ValueError, what="bigram_perplexity of a text of one token (no pair)"):
         impl.tokens.bigram_perplexity(counts, [0], 1.0)
+
+
+# -- bpe_train (challenge) ---------------------------------------------------------------------------------------
+
+def _package_merges(chunk_counts: dict[str, int], num_merges: int) -> list[tuple[tuple[int, int], int]]:
+    from llmcourse.tokenizer import BPETokenizer
+    return list(BPETokenizer.train_chunks(chunk_counts, 256 + num_merges).merges.items())
+
+
+def _check_bpe_train(impl, chunk_counts: dict[str, int], num_merges: int, what: str) -> None:
+    got = impl.tokens.bpe_train(chunk_counts, num_merges)
+    assert isinstance(got, dict), f"bpe_train should return a dict {{(a, b): new_id}}, got {type(got).__name__}"
+    expected = _package_merges(chunk_counts, num_merges)
+    got = list(got.items())
+    # Merges are integers: exactly the package's, in the same order.
+    assert got == expected, f"bpe_train({what}, {num_merges}) differs from BPETokenizer.train's merges" + next(
+        (f" first at merge {i}: got {g}, expected {e}" for i, (g, e) in enumerate(zip(got, expected)) if g != e),
+        f": got {len(got)} merges, expected {len(expected)}")
+
+
+@exercise("bpe_train")
+def test_bpe_train_learns_the_tokenizers_merges_on_the_corpus(impl):
+    from llmcourse.data import load_corpus
+    from llmcourse.tokenizer import split_chunks
+
+    chunk_counts = Counter(split_chunks(load_corpus()[:8000]))
+    _check_bpe_train(impl, dict(chunk_counts), 120, "the chunk counts of 8,000 characters of the corpus")
+
+
+@exercise("bpe_train")
+def test_bpe_train_weights_pairs_by_chunk_counts_and_breaks_ties_by_the_smallest_pair(impl):
+    got = impl.tokens.bpe_train({"ab": 1, "bc": 3}, 1)
+    assert got == {(98, 99): 256}, f"bpe_train({{'ab': 1, 'bc': 3}}, 1) should merge (b, c), which occurs 3 " \
+                                   f"times, got {got}"
+    for chunk_counts in ({"ba": 2, "ab": 2, "c": 5}, {" the": 4, " cat": 4, " 的是": 3, "🙂🙂": 2, "\n": 9},
+                         {"aaab": 3, " bc": 2, "\n ": 1, "aab": 3}):  # equal counts, multi-byte characters
+        _check_bpe_train(impl, chunk_counts, 12, repr(chunk_counts))
+
+
+@exercise("bpe_train")
+def test_bpe_train_merges_overlapping_pairs_left_to_right(impl):
+    assert impl.tokens.bpe_train({"aaaa": 1}, 2) == {(97, 97): 256, (256, 256): 257}, \
+        "bpe_train({'aaaa': 1}, 2): 'aaaa' -> [256, 256] -> [257]"
+    assert impl.tokens.bpe_train({"aaa": 2}, 2) == {(97, 97): 256, (256, 97): 257}, \
+        "bpe_train({'aaa': 2}, 2): 'aaa' -> [256, 97] (left to right) -> [257]"
+
+
+@exercise("bpe_train")
+def test_bpe_train_stops_when_no_pair_is_left(impl):
+    got = impl.tokens.bpe_train({"a": 3, "ab": 1}, 10)
+    assert got == {(97, 98): 256}, f"bpe_train({{'a': 3, 'ab': 1}}, 10) has one merge to learn, got {got}"
+    assert impl.tokens.bpe_train({"abc": 2}, 0) == {}, "bpe_train(..., 0) learns no merge: {}"
+    assert impl.tokens.bpe_train({}, 5) == {}, "bpe_train({}, 5): no text, no merge: {}"
+
+
+def _text_where_most_chunks_take_no_part() -> tuple[dict[str, int], dict[str, int]]:
+    """(main, main + filler): 40 frequent words, and 300 rare chunks of 400 letters from "WXYZ", whose 16 pairs
+    (about 300 * 399 / 16 = 7500 occurrences each) never reach the count of a pair of the words (20,000 or more)."""
+    rng = np.random.default_rng(0)
+    main = {"".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 12)): int(rng.integers(20_000, 50_000))
+            for _ in range(40)}
+    filler: set[str] = set()
+    while len(filler) < 300:
+        filler.add("".join(rng.choice(list("WXYZ"), 400)))
+    return main, main | dict.fromkeys(sorted(filler), 1)
+
+
+@exercise("bpe_train")
+def test_bpe_train_updates_counts_instead_of_recounting(impl):
+    """The filler chunks cost an incremental trainer their first count only, whatever the number of merges; a
+    trainer that recounts (or scans every chunk for the pair) pays for them at every merge. So the time the filler
+    adds must not grow with the merges. Timings of one run are compared with each other, never with a fixed time.
+    Measured from 1 to 200 merges, the filler's cost stayed within 0.4-1.0x for incremental trainers (the reference,
+    and one calling merge_pair through the grader at every merge), and grew 20x for a trainer that scans every chunk
+    and about 100x for one that recounts; 5x lies between. A slow run is tried again, in case the machine was busy."""
+    import time
+
+    main, with_filler = _text_where_most_chunks_take_no_part()
+    K = 200
+    expected = _package_merges(with_filler, K)
+    assert expected == _package_merges(main, K)  # the filler takes part in none of the K merges
+
+    def seconds(chunk_counts: dict[str, int], num_merges: int, repeats: int = 3) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            got = impl.tokens.bpe_train(chunk_counts, num_merges)
+            best = min(best, time.perf_counter() - start)
+        assert list(got.items()) == expected[:num_merges], "bpe_train learns other merges than BPETokenizer.train"
+        return best
+
+    filler_1 = max(seconds(with_filler, 1) - seconds(main, 1), 1e-3)
+    main_k = seconds(main, K)
+    for _ in range(3):
+        filler_k = seconds(with_filler, K, repeats=1) - main_k
+        if filler_k < 5 * filler_1:
+            return
+        if filler_k > 20 * filler_1:  # far beyond what a busy machine does
+            break
+    raise AssertionError(
+        f"bpe_train is not incremental: 300 chunks that no merge touches added {1e3 * filler_1:.0f} ms to 1 merge but "
+        f"{1e3 * filler_k:.0f} ms to {K} merges; count the pairs once, then update only the chunks that hold the "
+        "merged pair")
+
+
+@exercise("bpe_train")
+def test_bpe_train_rejects_bad_input(impl):
+    impl.tokens.bpe_train({"ab": 1}, 1)  # a valid call first
+    for num_merges, error in (("3", TypeError), (2.0, TypeError), (True, TypeError), (-1, ValueError)):
+        with expect_error(error, what=f"bpe_train({{'ab': 1}}, {num_merges!r})"):
+            impl.tokens.bpe_train({"ab": 1}, num_merges)
+    for chunk_counts, error in (({"ab": 0}, ValueError), ({"ab": -2}, ValueError), ({"ab": 1.5}, ValueError),
+                                ({b"ab": 1}, TypeError), ({3: 1}, TypeError)):
+        with expect_error(error, what=f"bpe_train({chunk_counts!r}, 3)"):
+            impl.tokens.bpe_train(chunk_counts, 3)
