@@ -19,6 +19,7 @@ import json
 import operator
 import os
 import re
+from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -173,7 +174,52 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
 
 
-class BPETokenizer:
+class PreSplitEncoder(ABC):
+    """Encoding shared by the byte-level BPE tokenizers (this module's and GPT-2's): special tokens are found first,
+    the rest is pre-split by `pattern` into chunks, and each chunk's ids come from `_chunk_ids`."""
+
+    pattern: re.Pattern = SPLIT_PATTERN
+    special: dict[str, int]
+    _splitter: re.Pattern | None
+
+    @abstractmethod
+    def _chunk_ids(self, chunk: str) -> list[int]:
+        """The ids of one pre-split chunk."""
+
+    def encode(self, text: str, *, allowed_special: bool = True) -> list[int]:
+        """The ids of text; a special token in the text is its one id when `allowed_special`, else ordinary text."""
+        _check_text(text, "encode")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"text is not valid Unicode: {err.reason} at character {err.start}") from None
+        ids: list[int] = []
+        start = 0
+        if allowed_special and self._splitter is not None:
+            for match in self._splitter.finditer(text):
+                for chunk in self.pattern.findall(text, start, match.start()):
+                    ids.extend(self._chunk_ids(chunk))
+                ids.append(self.special[match.group()])
+                start = match.end()
+        for chunk in self.pattern.findall(text, start):
+            ids.extend(self._chunk_ids(chunk))
+        return ids
+
+    def encode_iterable(self, pieces: Iterable[str]) -> Iterator[int]:
+        """The ids of a text given in pieces (a file's lines, say), one at a time, equal to `encode("".join(pieces))`
+        without holding the whole text: the settled part of a buffer is encoded and dropped (`settled_parts`)."""
+        buffer = ""
+        for piece in pieces:
+            _check_text(piece, "encode_iterable")
+            buffer += piece
+            parts, cut = settled_parts(buffer, self.pattern, self.special, self._splitter)
+            for part, is_special in parts:
+                yield from [self.special[part]] if is_special else self._chunk_ids(part)
+            buffer = buffer[cut:]
+        yield from self.encode(buffer)
+
+
+class BPETokenizer(PreSplitEncoder):
     """Byte-level BPE: 256 byte tokens, one token per learned merge (ids 256, 257, ... in merge order), then the
     special tokens, such as "<|endoftext|>", each one id that no merge produces."""
 
@@ -276,38 +322,6 @@ class BPETokenizer:
         if chunk_ids is None:
             chunk_ids = self._cache[chunk] = apply_merges(list(chunk.encode("utf-8")), self.merges)
         return chunk_ids
-
-    def encode(self, text: str, *, allowed_special: bool = True) -> list[int]:
-        """The ids of text; a special token in the text is its one id when `allowed_special`, else ordinary text."""
-        _check_text(text, "encode")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise ValueError(f"text is not valid Unicode: {err.reason} at character {err.start}") from None
-        ids: list[int] = []
-        start = 0
-        if allowed_special and self._splitter is not None:
-            for match in self._splitter.finditer(text):
-                for chunk in split_chunks(text[start:match.start()]):
-                    ids.extend(self._chunk_ids(chunk))
-                ids.append(self.special[match.group()])
-                start = match.end()
-        for chunk in split_chunks(text[start:]):
-            ids.extend(self._chunk_ids(chunk))
-        return ids
-
-    def encode_iterable(self, pieces: Iterable[str]) -> Iterator[int]:
-        """The ids of a text given in pieces (a file's lines, say), one at a time, equal to `encode("".join(pieces))`
-        without holding the whole text: the settled part of a buffer is encoded and dropped (`settled_parts`)."""
-        buffer = ""
-        for piece in pieces:
-            _check_text(piece, "encode_iterable")
-            buffer += piece
-            parts, cut = settled_parts(buffer, SPLIT_PATTERN, self.special, self._splitter)
-            for part, is_special in parts:
-                yield from [self.special[part]] if is_special else self._chunk_ids(part)
-            buffer = buffer[cut:]
-        yield from self.encode(buffer)
 
     def decode(self, ids) -> str:
         """Text of the ids; a byte sequence that is not valid UTF-8 (a cut character) shows as U+FFFD."""
