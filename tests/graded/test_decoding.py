@@ -145,7 +145,10 @@ def test_top_p_on_a_hand_made_distribution(impl):
     probs = torch.tensor([0.125, 0.5, 0.125, 0.25], dtype=torch.float64)  # sorted: 0.5, 0.25, 0.125, 0.125
     logits = torch.log(probs)[None]
     # p = 0.76: the third token is kept, and the fourth too because it ties with it (0.125 each).
-    for p, keep in ((0.3, [1]), (0.49, [1]), (0.6, [1, 3]), (0.74, [1, 3]), (0.76, [0, 1, 2, 3]), (1.0, [0, 1, 2, 3])):
+    # p = 0.5 and 0.75 exactly: the mass before the 2nd (3rd) token is exactly p (float64 softmax of these logits
+    # gives 0.5 and 0.25 exactly), which is not < p: that token is not kept, the mass has reached p without it.
+    for p, keep in ((0.3, [1]), (0.49, [1]), (0.5, [1]), (0.6, [1, 3]), (0.74, [1, 3]), (0.75, [1, 3]),
+                    (0.76, [0, 1, 2, 3]), (1.0, [0, 1, 2, 3])):
         got = impl.decoding.top_p_filter(logits, p)
         kept = torch.isfinite(got[0]).nonzero()[:, 0]
         assert_equal_ids(kept, np.array(keep), what=f"the tokens top_p_filter(p={p}) keeps for probs {probs.tolist()}")
