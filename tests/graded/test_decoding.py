@@ -108,6 +108,11 @@ def test_top_k_at_least_vocabulary_keeps_everything(impl):
         got = impl.decoding.top_k_filter(logits, k)
         # nothing is removed, kept entries are copied: exact.
         assert_same_filter(got, logits, what=f"top_k_filter(logits, {k}) with V = 6")
+    logits = _distinct_logits(2, 3, 5, seed=9)  # 3-D: the vocabulary is the last axis (5), not axis 1 (3)
+    for k in (4, 7):
+        got = impl.decoding.top_k_filter(logits, k)
+        # kept entries are copied: exact.
+        assert_same_filter(got, _topk_expected(logits, min(k, 5)), what=f"top_k_filter of (2, 3, 5) logits, k={k}")
 
 
 @exercise("top_k")
@@ -172,6 +177,14 @@ def test_top_p_ignores_removed_tokens_and_keeps_the_shape(impl):
     assert_same_filter(got, expected, what="top_p_filter(p=0.55) on logits with -inf entries")
     assert got.dtype == torch.float64, f"top_p_filter should keep the dtype float64, got {got.dtype}"
     assert torch.equal(logits, before), "top_p_filter modified its input in place; return a new tensor"
+
+
+@exercise("top_p")
+def test_top_p_one_keeps_even_the_least_likely_tokens(impl):
+    # probabilities 1, 2e-22, 4e-44: the mass before the last tokens rounds to exactly 1.0, yet p = 1 keeps all
+    logits = torch.tensor([[0.0, -50.0, -100.0], [-100.0, 0.0, -50.0]], dtype=torch.float64)
+    got = impl.decoding.top_p_filter(logits, 1.0)
+    assert_same_filter(got, logits, what="top_p_filter(logits, 1.0) (p = 1 keeps every token, however unlikely)")
 
 
 @exercise("top_p")

@@ -156,6 +156,12 @@ def test_quantized_matmul_without_bias_keeps_float32(impl):
                                           * torch.from_numpy(scale)[:, None])
     # float32: PyTorch's default tolerances; sums of 16 products of size ~1 stay well within atol 1e-5.
     assert_allclose(got, expected, rtol=1.3e-6, atol=1e-5, what="quantized_matmul(x, q, scale)")
+    # float64 scale and bias with float32 x: the result still has x's dtype, as the docstring says
+    got = impl.quantization.quantized_matmul(x, q, scale.astype(np.float64), np.ones(6))
+    assert np.asarray(got).dtype == np.float32, \
+        f"float32 x with float64 scale and bias should give a float32 result (x's dtype), got {np.asarray(got).dtype}"
+    assert_allclose(got, expected.numpy() + 1.0, rtol=1.3e-6, atol=1e-5,
+                    what="quantized_matmul(x, q, scale, bias) with float64 scale and bias")
 
 
 @exercise("quantized_matmul")

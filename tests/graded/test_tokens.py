@@ -184,6 +184,8 @@ def test_embedding_forward_equals_one_hot_matmul(impl):
                     what="embedding_forward compared with one_hot(ids) @ weight")
     with expect_error(ValueError, what=f"embedding_forward of id 6 with {len(weight)} rows"):
         impl.tokens.embedding_forward(np.array([6]), weight)
+    with expect_error(ValueError, what="embedding_forward of id -1 (NumPy would silently take the last row)"):
+        impl.tokens.embedding_forward(np.array([0, -1]), weight)
     for shape in ((6,), (6, 3, 1)):
         with expect_error(ValueError, what=f"embedding_forward with a weight of shape {shape} (it must be (V, D))"):
             impl.tokens.embedding_forward(np.array([0, 1]), np.zeros(shape))
@@ -224,6 +226,9 @@ def test_embedding_backward_unused_rows_zero_and_shape_check(impl):
             impl.tokens.embedding_backward(np.zeros(ids_shape, dtype=np.int64), np.ones(grad_shape), 4)
     with expect_error(TypeError, what="embedding_backward of float ids (ids must be integers)"):
         impl.tokens.embedding_backward(np.array([0.0, 1.0]), np.ones((2, 3)), 4)
+    for bad in ([0, 4], [-1, 0]):  # -1 would silently land in the last row, 4 is past it
+        with expect_error(ValueError, what=f"embedding_backward with ids {bad} and a vocabulary of 4"):
+            impl.tokens.embedding_backward(np.array(bad), np.ones((2, 3)), 4)
 
 
 @exercise("embedding")
@@ -305,6 +310,9 @@ def test_bigram_perplexity_rejects_what_the_docstring_rules_out(impl):
             impl.tokens.bigram_perplexity(counts, [0, 1, 2], 1.0)
     with expect_error(ValueError, what="bigram_perplexity with smoothing -0.5 (it must be >= 0)"):
         impl.tokens.bigram_perplexity(good, [0, 1, 2], -0.5)
+    for ids in ([0, 3, 1], [0, -1, 1]):  # 3 is past the vocabulary; NumPy would read -1 as the last token
+        with expect_error(ValueError, what=f"bigram_perplexity of ids {ids} with a vocabulary of 3"):
+            impl.tokens.bigram_perplexity(good, ids, 1.0)
     counts = np.array([[0, 0], [3, 1]])  # token 0 never precedes anything: P(. | 0) is 0 / 0 without smoothing
     with expect_error(ValueError, what="bigram_perplexity with smoothing 0 where a used row of counts is all 0"):
         impl.tokens.bigram_perplexity(counts, [1, 0, 1], 0.0)

@@ -118,7 +118,8 @@ def _skipped_nodes(func: ast.FunctionDef, spans: list[tuple[int, int]] | None) -
             everything_under(node.annotation)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("warn", "print"):
             everything_under(node)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("reshape", "view"):
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and node.func.attr in ("reshape", "view"):
             # reshape(-1, ...): NumPy takes any negative size for "the rest", so -1 -> -2 changes nothing
             skip.update(id(a.operand) for a in node.args if isinstance(a, ast.UnaryOp) and isinstance(a.op, ast.USub))
     if func.returns is not None:
