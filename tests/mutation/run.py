@@ -1,12 +1,15 @@
 """Mutation testing of the reference solutions against the graded tests: do the tests notice a wrong solution?
 
-For each exercise of the catalog, every function the learner writes (its input checks and its solution code) is
-changed in one small way at a time: a comparison flipped at its boundary, + and - or * and / swapped, a constant off
-by one, an `axis=`/`keepdims=`/`dtype=` argument dropped, a conversion or a statement dropped, an operand of an
-arithmetic operation dropped (`x - x.max()` -> `x`), max and min swapped, ... Each mutant is written into a copy of
-solutions/ and only that exercise's graded tests run against it (`pytest -m <id> --impl <copy>`). A mutant the tests
-fail is killed; one they pass survived: either it behaves like the reference on every valid input (an equivalent
-mutant, listed with its reason in tests/mutation/equivalent.py) or the graded tests miss a clause of the docstring.
+For each exercise of the catalog, the code the learner writes in its functions (between `# BEGIN SOLUTION` and
+`# END SOLUTION`: the solution and the input checks the learner writes; --provided adds the checks the course
+provides) is changed in one small way at a time: a comparison flipped at its boundary, + and - or * and / swapped,
+a constant off by one, an `axis=`/`keepdims=`/`dtype=` argument dropped, a conversion or a statement dropped, an
+operand of an arithmetic operation dropped (`x - x.max()` -> `x`), max and min swapped, a function passed in
+replaced by its default, ... Each mutant is written into a copy of solutions/ and only that exercise's graded tests
+run against it (`pytest -m <id> --impl <copy>`). A mutant the tests fail is killed; one they pass survived: either it
+behaves like the reference on every valid input (an equivalent mutant, listed with its reason in
+tests/mutation/equivalent.py), or the graded tests miss a clause of the docstring (or, rarely, one the grader
+cannot observe: listed there too, as NOT_GRADEABLE, with the reason).
 
     python tests/mutation/run.py [--exercise ID ...] [--max-mutants-per-exercise N] [--jobs 2] [--report FILE]
 
@@ -14,10 +17,10 @@ Why not mutmut: mutmut 3 switches mutants inside the tested process (trampolines
 while the graded tests run the learner's code in a separate worker process that sees no environment variables and
 imports a copy of the submission as the package `submission`; its mutants would never be switched on there.
 
-Each mutant runs in a process forked from this one (pytest, NumPy and PyTorch are imported once, here), which runs
-pytest in-process; up to --jobs of them at a time, each with a time limit. The grader's worker, which runs the
-mutant's code, is by default forked from that process too (the same Worker code, without starting Python and
-importing PyTorch again for every mutant, which took most of the time); --exec-worker starts it as the grader does.
+Speed: --jobs test processes are forked from this one (pytest, NumPy and PyTorch imported once) and each runs
+pytest in-process for one mutant after another, each in its own copy of solutions/, under a time limit. The
+grader's worker that runs a mutant's code is forked from the test process too (the same Worker code, without a new
+Python importing PyTorch for every mutant, which took most of the time); --exec-worker starts it as the grader does.
 """
 
 from __future__ import annotations
