@@ -27,8 +27,8 @@ lab: setup
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --impl solutions tests
 
-# Mutation testing (slow, ~45 min; not part of `make test`): do the graded tests fail every slightly wrong solution?
-# Report in build/mutants.txt: per exercise, mutants killed, known equivalent and surviving (each as a diff).
+# Mutation testing (about half an hour, so not part of `make test`): do the graded tests fail slightly wrong
+# solutions? Report in build/mutants.txt: per exercise, mutants killed, known equivalent, surviving (as diffs).
 mutants: setup
 	OMP_NUM_THREADS=1 $(PY) tests/mutation/run.py --jobs $(JOBS) --report build/mutants.txt
 

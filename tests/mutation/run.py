@@ -29,6 +29,7 @@ import argparse
 import ast
 import copy
 import difflib
+import hashlib
 import multiprocessing
 import os
 import random
@@ -84,7 +85,7 @@ class Mutant:
     label: str  # what was changed, e.g. "drop keepdims="
     source: str  # the whole mutated module
     diff: str  # the function before and after, as a small unified diff
-    key: str  # one line naming the change: "function: old line -> new line"
+    key: str  # its name in reports and in equivalent.py (mutant_key)
 
 
 def solution_lines(text: str) -> list[tuple[int, int]]:
@@ -286,11 +287,13 @@ def mutate_function(func: ast.FunctionDef, spans: list[tuple[int, int]] | None =
         yield label, mutant
 
 
-def _changed_lines(before: str, after: str) -> tuple[str, str]:
+def mutant_key(function: str, label: str, before: str, after: str) -> str:
+    """A short name for a mutant that stays the same while the code around it changes: the function, the kind of
+    change and a digest of the changed lines. No code in it: tests/mutation/equivalent.py ships with a student
+    release (every tracked file but solutions/ does), where no line of a solution may appear."""
     diff = list(difflib.ndiff(before.splitlines(), after.splitlines()))
-    old = " / ".join(line[2:].strip() for line in diff if line.startswith("- "))
-    new = " / ".join(line[2:].strip() for line in diff if line.startswith("+ "))
-    return old, new
+    changed = "\n".join(line for line in diff if line.startswith(("- ", "+ ")))
+    return f"{function}: {label} #{hashlib.sha1(changed.encode('utf-8')).hexdigest()[:8]}"
 
 
 def mutants_of(exercise: catalog.Exercise, provided: bool = False) -> list[Mutant]:
@@ -318,11 +321,10 @@ def mutants_of(exercise: catalog.Exercise, provided: bool = False) -> list[Mutan
                 continue
             seen.add((name, mutated))
             source = "".join(lines[:start]) + mutated + "\n" + "".join(lines[func.end_lineno:])
-            diff = "".join(difflib.unified_diff(original.splitlines(keepends=True), mutated.splitlines(keepends=True),
+            diff = "".join(difflib.unified_diff((original + "\n").splitlines(True), (mutated + "\n").splitlines(True),
                                                 f"{exercise.module}.{name}", f"mutant: {label}", n=1))
-            old, new = _changed_lines(original, mutated)
             mutants.append(Mutant(exercise.id, exercise.module, name, label, source, diff,
-                                  f"{name}: {old} -> {new}"))
+                                  mutant_key(name, label, original, mutated)))
     return mutants
 
 
@@ -586,9 +588,11 @@ def format_report(reports: list[ExerciseReport], equivalent: dict[str, dict[str,
             details.append(f"== {report.exercise}: SURVIVED ({o.mutant.label})\n   key: {o.mutant.key}\n"
                            + o.mutant.diff.rstrip())
         for o in known:
-            details.append(f"-- {report.exercise}: equivalent ({same[o.mutant.key]}): {o.mutant.key}")
+            details.append(f"-- {report.exercise}: equivalent: {o.mutant.key}\n   why: {same[o.mutant.key]}\n"
+                           + o.mutant.diff.rstrip())
         for o in unseen:
-            details.append(f"-- {report.exercise}: not gradeable here ({blind[o.mutant.key]}): {o.mutant.key}")
+            details.append(f"-- {report.exercise}: not gradeable here: {o.mutant.key}\n   why: {blind[o.mutant.key]}\n"
+                           + o.mutant.diff.rstrip())
         for o in other:
             details.append(f"!! {report.exercise}: {o.status} ({o.mutant.label}): {o.mutant.key}: {o.detail}")
         if report.generated == len(report.outcomes):  # every mutant ran: a listed key none of them has is stale
@@ -627,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
             mutants = [mutants[i] for i in chosen]
         if args.list:
             for m in mutants:
-                print(f"{exercise.id}: {m.label}: {m.key}")
+                print(f"{exercise.id}: {m.key}\n" + "".join(f"    {line}" for line in m.diff.splitlines(True)[2:]))
             continue
         reports.append(report)
         jobs += [(exercise, None)] + [(exercise, m) for m in mutants]
