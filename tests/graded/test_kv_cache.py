@@ -84,6 +84,22 @@ def test_cached_attention_matches_torch_sdpa(impl):
 
 
 @exercise("cached_attention")
+def test_cached_attention_stays_finite_for_large_scores(impl):
+    rng = np.random.default_rng(6)
+    cache_k, cache_v = _cache(rng, shape=(2,), max_len=6, d=4)
+    cache_k = cache_k * 50.0
+    q = rng.normal(size=(2, 1, 4)) * 50.0  # scores of a few thousand: exp overflows unless the maximum is subtracted
+    got = np.asarray(impl.kv_cache.cached_attention(q, cache_k, cache_v, 6))
+    assert np.all(np.isfinite(got)), "cached_attention gave inf or nan for large scores: the softmax inside it " \
+                                     "must subtract the maximum score before exp"
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        torch.from_numpy(q), torch.from_numpy(cache_k), torch.from_numpy(cache_v))
+    # float64; scores of ~1e3 carry absolute rounding ~1e-13, far inside rtol 1e-7 (COURSE.md); atol for outputs
+    # near 0.
+    assert_allclose(got, expected, rtol=1e-7, atol=1e-12, what="cached_attention with scores of a few thousand")
+
+
+@exercise("cached_attention")
 def test_cached_attention_ignores_positions_after_length(impl):
     rng = np.random.default_rng(5)
     cache_k, cache_v = _cache(rng, shape=(1, 2), max_len=6, d=3)

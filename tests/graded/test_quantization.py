@@ -50,11 +50,22 @@ def test_per_channel_error_is_at_most_half_a_step(impl):
 
 
 @exercise("quantize_per_channel")
+def test_per_channel_rounds_exact_halves_to_even(impl):
+    # max |row| = 127 gives the scale exactly 1, so w / scale are these exact halves; half to even, like np.round
+    w = np.array([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5]], dtype=np.float32)
+    q, scale = impl.quantization.quantize_per_channel(w)
+    assert np.asarray(scale).dtype == np.float32, f"scale should have w's dtype float32, got {np.asarray(scale).dtype}"
+    assert_equal_ids(q, np.array([[127, 0, 2, 2, 0, -2, -2, 4]], dtype=np.int8),
+                     what="the codes of 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5 at scale 1 (round half to even)")
+
+
+@exercise("quantize_per_channel")
 def test_per_channel_zero_row_and_outlier(impl):
     w = np.array([[0.0, 0.0, 0.0, 0.0], [0.5, -1.0, 0.25, 100.0]], dtype=np.float64)
     q, scale = impl.quantization.quantize_per_channel(w)
     assert np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0), \
         f"a row of zeros must get a positive finite scale (1.0), got scales {scale}"
+    assert np.asarray(scale)[0] == 1.0, f"a row of zeros gets the scale 1 (the docstring's choice), got {scale[0]}"
     # Hand-computed: the outlier 100 sets the scale 100/127, so 0.5 -> round(0.635) = 1, -1 -> round(-1.27) = -1,
     # 0.25 -> round(0.3175) = 0: small weights lose their precision next to an outlier.
     assert_equal_ids(q, np.array([[0, 0, 0, 0], [1, -1, 0, 127]], dtype=np.int8), what="codes")
@@ -145,6 +156,12 @@ def test_quantized_matmul_without_bias_keeps_float32(impl):
                                           * torch.from_numpy(scale)[:, None])
     # float32: PyTorch's default tolerances; sums of 16 products of size ~1 stay well within atol 1e-5.
     assert_allclose(got, expected, rtol=1.3e-6, atol=1e-5, what="quantized_matmul(x, q, scale)")
+    # float64 scale and bias with float32 x: the result still has x's dtype, as the docstring says
+    got = impl.quantization.quantized_matmul(x, q, scale.astype(np.float64), np.ones(6))
+    assert np.asarray(got).dtype == np.float32, \
+        f"float32 x with float64 scale and bias should give a float32 result (x's dtype), got {np.asarray(got).dtype}"
+    assert_allclose(got, expected.numpy() + 1.0, rtol=1.3e-6, atol=1e-5,
+                    what="quantized_matmul(x, q, scale, bias) with float64 scale and bias")
 
 
 @exercise("quantized_matmul")

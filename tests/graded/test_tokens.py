@@ -68,7 +68,16 @@ def test_merge_pair_overlapping_and_absent(impl):
                      what="merge_pair([7, 7, 7, 7], (7, 7), 9)")
     assert_equal_ids(impl.tokens.merge_pair([1, 2, 3], (3, 1), 9), [1, 2, 3],
                      what="merge_pair when the pair does not occur")
+    assert_equal_ids(impl.tokens.merge_pair([1, 3, 1, 1, 2, 2], (1, 2), 9), [1, 3, 1, 9, 2],
+                     what="merge_pair([1, 3, 1, 1, 2, 2], (1, 2), 9) (only a 1 followed by a 2 is merged)")
     assert list(impl.tokens.merge_pair([], (1, 2), 9)) == [], "merging in an empty sequence should give []"
+
+
+@exercise("bpe_merge")
+def test_merge_pair_rejects_a_pair_that_is_not_a_tuple_of_two(impl):
+    for pair in ([1, 2], (1, 2, 3), (1,)):
+        with expect_error(ValueError, what=f"merge_pair([1, 2, 3], {pair!r}, 9) (the pair must be a tuple of two ids)"):
+            impl.tokens.merge_pair([1, 2, 3], pair, 9)
 
 
 @exercise("bpe_merge")
@@ -87,6 +96,19 @@ def test_bpe_encode_applies_merges_in_learned_order(impl):
     assert_equal_ids(impl.tokens.bpe_encode("abc", merges), [97, 256], what='bpe_encode("abc", merges)')
     merges = {(97, 97): 256, (256, 97): 257}
     assert_equal_ids(impl.tokens.bpe_encode("aaab", merges), [257, 98], what='bpe_encode("aaab", merges)')
+
+
+@exercise("bpe_roundtrip")
+def test_bpe_encode_short_texts_and_a_text_that_is_not_a_str(impl):
+    merges = {(97, 98): 256}
+    assert_equal_ids(impl.tokens.bpe_encode("ab", merges), [256], what='bpe_encode("ab", {(97, 98): 256}) '
+                                                                        "(two bytes that merge into one token)")
+    assert_equal_ids(impl.tokens.bpe_encode("a", merges), [97], what='bpe_encode("a", merges) (a single byte)')
+    assert_equal_ids(impl.tokens.bpe_encode("abab", {(97, 98): 256, (256, 256): 257}), [257],
+                     what='bpe_encode("abab", {(97, 98): 256, (256, 256): 257}) (merges down to one token)')
+    for text in (b"ab", 97, ["a", "b"]):
+        with expect_error(TypeError, what=f"bpe_encode({text!r}, merges) (text must be a str)"):
+            impl.tokens.bpe_encode(text, merges)
 
 
 @exercise("bpe_roundtrip")
@@ -127,6 +149,12 @@ def test_bpe_decode_invalid_utf8_and_unknown_id(impl):
         f"bpe_decode of an incomplete UTF-8 character should show U+FFFD (errors='replace'), got {got!r}"
     with expect_error(ValueError, what="bpe_decode([97, 300], {(97, 97): 256}) (300 is no token)"):
         impl.tokens.bpe_decode([97, 300], {(97, 97): 256})
+    every_byte = list(range(256))
+    got = impl.tokens.bpe_decode(every_byte, {(255, 0): 256})
+    assert got == bytes(every_byte).decode("utf-8", errors="replace"), \
+        "bpe_decode of the ids 0..255 should decode every byte, 0 and 255 included"
+    assert impl.tokens.bpe_decode([256], {(255, 0): 256}) == "\ufffd\x00", \
+        "bpe_decode([256], {(255, 0): 256}) should decode the bytes 255, 0 as U+FFFD and NUL"
 
 
 # -- embedding ------------------------------------------------------------------------------------------------------
@@ -156,6 +184,13 @@ def test_embedding_forward_equals_one_hot_matmul(impl):
                     what="embedding_forward compared with one_hot(ids) @ weight")
     with expect_error(ValueError, what=f"embedding_forward of id 6 with {len(weight)} rows"):
         impl.tokens.embedding_forward(np.array([6]), weight)
+    with expect_error(ValueError, what="embedding_forward of id -1 (NumPy would silently take the last row)"):
+        impl.tokens.embedding_forward(np.array([0, -1]), weight)
+    for shape in ((6,), (6, 3, 1)):
+        with expect_error(ValueError, what=f"embedding_forward with a weight of shape {shape} (it must be (V, D))"):
+            impl.tokens.embedding_forward(np.array([0, 1]), np.zeros(shape))
+    with expect_error(TypeError, what="embedding_forward of float ids [0.0, 1.0] (ids must be integers)"):
+        impl.tokens.embedding_forward(np.array([0.0, 1.0]), weight)
 
 
 @exercise("embedding")
@@ -184,6 +219,27 @@ def test_embedding_backward_unused_rows_zero_and_shape_check(impl):
                                                         "must be 0, a repeated token gets the sum)")
     with expect_error(ValueError, what=f"embedding_backward with ids {ids.tolist()} and a vocabulary of 4"):
         impl.tokens.embedding_backward(ids, np.ones((3, 3)), 4)
+    # shapes np.add.at would accept (broadcast or flatten) are still not ids.shape + (D,): an error, as documented
+    for ids_shape, grad_shape in (((2,), (1, 3)), ((2, 2), (4, 3)), ((4,), (2, 2, 3))):
+        with expect_error(ValueError, what=f"embedding_backward with ids of shape {ids_shape} and grad_out of shape "
+                                           f"{grad_shape} (grad_out must be ids.shape + (D,))"):
+            impl.tokens.embedding_backward(np.zeros(ids_shape, dtype=np.int64), np.ones(grad_shape), 4)
+    with expect_error(TypeError, what="embedding_backward of float ids (ids must be integers)"):
+        impl.tokens.embedding_backward(np.array([0.0, 1.0]), np.ones((2, 3)), 4)
+    for bad in ([0, 4], [-1, 0]):  # -1 would silently land in the last row, 4 is past it
+        with expect_error(ValueError, what=f"embedding_backward with ids {bad} and a vocabulary of 4"):
+            impl.tokens.embedding_backward(np.array(bad), np.ones((2, 3)), 4)
+
+
+@exercise("embedding")
+def test_embedding_backward_keeps_float32(impl):
+    ids = np.array([[0, 2], [2, 1]])
+    grad_out = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
+    got = np.asarray(impl.tokens.embedding_backward(ids, grad_out, 3))
+    assert got.dtype == np.float32, f"embedding_backward should return grad_out's dtype float32, got {got.dtype}"
+    expected = np.array([[0, 1, 2], [9, 10, 11], [3 + 6, 4 + 7, 5 + 8]], dtype=np.float32)
+    # sums of small integers: exact in float32
+    assert_allclose(got, expected, rtol=0, atol=0, what="embedding_backward in float32")
 
 
 # -- bigram_perplexity ----------------------------------------------------------------------------------------------
@@ -347,3 +403,31 @@ def test_bpe_train_rejects_bad_input(impl):
                                 ({b"ab": 1}, TypeError), ({3: 1}, TypeError)):
         with expect_error(error, what=f"bpe_train({chunk_counts!r}, 3)"):
             impl.tokens.bpe_train(chunk_counts, 3)
+
+
+@exercise("bigram_perplexity")
+def test_bigram_perplexity_of_a_certain_model_and_of_two_tokens(impl):
+    counts = np.array([[0, 4], [4, 0]])
+    # smoothing 0: every transition of 0, 1, 0 has probability exactly 1, so the perplexity is exactly 1.
+    got = impl.tokens.bigram_perplexity(counts, [0, 1, 0], 0.0)
+    assert got == 1.0, f"a model that predicts every transition with probability 1 has perplexity 1, got {got}"
+    # N = 2 tokens, one transition: P(1 | 0) = (4 + 1) / (4 + 2) with smoothing 1, perplexity its inverse.
+    got = impl.tokens.bigram_perplexity(counts, np.array([0, 1]), 1.0)
+    # one division, one log, one exp in float64: rtol 1e-12.
+    assert_allclose(got, 6 / 5, rtol=1e-12, what="bigram_perplexity of the two tokens [0, 1] (one transition)")
+
+
+@exercise("bigram_perplexity")
+def test_bigram_perplexity_rejects_what_the_docstring_rules_out(impl):
+    good = np.ones((3, 3))
+    for counts in (np.ones((3, 4)), np.ones(3), np.ones((3, 3, 3))):
+        with expect_error(ValueError, what=f"bigram_perplexity with counts of shape {counts.shape} (not square)"):
+            impl.tokens.bigram_perplexity(counts, [0, 1, 2], 1.0)
+    with expect_error(ValueError, what="bigram_perplexity with smoothing -0.5 (it must be >= 0)"):
+        impl.tokens.bigram_perplexity(good, [0, 1, 2], -0.5)
+    for ids in ([0, 3, 1], [0, -1, 1]):  # 3 is past the vocabulary; NumPy would read -1 as the last token
+        with expect_error(ValueError, what=f"bigram_perplexity of ids {ids} with a vocabulary of 3"):
+            impl.tokens.bigram_perplexity(good, ids, 1.0)
+    counts = np.array([[0, 0], [3, 1]])  # token 0 never precedes anything: P(. | 0) is 0 / 0 without smoothing
+    with expect_error(ValueError, what="bigram_perplexity with smoothing 0 where a used row of counts is all 0"):
+        impl.tokens.bigram_perplexity(counts, [1, 0, 1], 0.0)
