@@ -373,6 +373,8 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
              or t.dtype not in (torch.int32, torch.int64)]
     if wrong:
         raise ValueError(f"{wrong[0]} must be a (B, T) tensor of int64 token ids, got {ids[wrong[0]]!r:.80}")
+    if y.dtype is not torch.int64:
+        raise ValueError(f"the targets y must be int64, as cross-entropy takes them; got {y.dtype} (use y.long())")
     if x.shape != y.shape:
         raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have one shape, (B, T)")
     if not (clip is None or clip > 0):

@@ -128,7 +128,8 @@ def test_training_step_rejects_what_is_not_a_2d_integer_batch_and_a_bad_clip(imp
     x, y = batch(1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     bad = {"x of dtype float32": (x.float(), y), "y of dtype float32": (x, y.float()),
-           "1-D x and y": (x[0], y[0]), "3-D x and y": (x[None], y[None]), "x a list": (x.tolist(), y)}
+           "1-D x and y": (x[0], y[0]), "3-D x and y": (x[None], y[None]), "x a list": (x.tolist(), y),
+           "y of dtype int32 (cross-entropy needs int64 targets)": (x, y.int())}
     for what, (xb, yb) in bad.items():
         with expect_error(ValueError, what=f"training_step with {what} (x and y must be 2-D integer tensors)"):
             impl.training.training_step(model, optimizer, xb, yb)
