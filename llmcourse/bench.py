@@ -193,17 +193,20 @@ def predicted_speedup(costs: dict, prompt_tokens: int, new_tokens: Sequence[int]
     return speedups
 
 
-def measured_cache_bytes(config: GPTConfig, batch_size: int, tokens: int) -> int:
+def measured_cache_bytes(config, batch_size: int, tokens: int) -> int:
     """Growth of a fresh Python process's resident memory when it allocates a KV-cache and writes every position
-    (pages count only once written; a fresh process has no freed memory lying around to reuse)."""
+    (pages count only once written; a fresh process has no freed memory lying around to reuse). `config` is a
+    GPTConfig or a LlamaConfig (whose n_kv_head sets the cache's width)."""
     import subprocess
     import sys
 
+    kind = type(config)
     script = ("import psutil, torch\n"
-              "from llmcourse.gpt import GPTConfig, KVCache\n"
+              f"from {kind.__module__} import {kind.__name__}\n"
+              "from llmcourse.gpt import KVCache\n"
               "process = psutil.Process()\n"
               "before = process.memory_info().rss\n"
-              f"cache = KVCache(GPTConfig(**{asdict(config)!r}), {batch_size}, {tokens})\n"
+              f"cache = KVCache({kind.__name__}(**{asdict(config)!r}), {batch_size}, {tokens})\n"
               "for t in cache.keys + cache.values:\n"
               "    t.fill_(1.0)\n"
               "print(process.memory_info().rss - before)\n")

@@ -99,6 +99,15 @@ EXERCISES: tuple[Exercise, ...] = (
     Exercise("quantize_state_dict", "Quantize a whole GPT's weights", "09_quantization", "quantization",
              ("quantize_state_dict",), points=3, challenge=True),
     # -- 11 from GPT-2 to Llama (Part 4) ------------------------------------------------------------------------
+    Exercise("rmsnorm", "RMSNorm forward and backward", "11_from_gpt2_to_llama", "llama",
+             ("rmsnorm_forward", "rmsnorm_backward"), points=3),
+    Exercise("swiglu", "The SwiGLU MLP forward", "11_from_gpt2_to_llama", "llama", ("swiglu",), points=1),
+    Exercise("apply_rope", "Rotary position embeddings", "11_from_gpt2_to_llama", "llama", ("apply_rope",),
+             points=2),
+    Exercise("sdpa", "Attention with any mask, T_q != T_k", "11_from_gpt2_to_llama",
+             "llama", ("scaled_dot_product_attention",), points=2),
+    Exercise("gqa_attention", "Grouped-query attention", "11_from_gpt2_to_llama", "llama", ("gqa_attention",),
+             points=2),
     # -- 12 attention without the T x T matrix (Part 5) ---------------------------------------------------------
     # -- 13 serving many requests (Part 5) ----------------------------------------------------------------------
 )

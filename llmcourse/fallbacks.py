@@ -24,6 +24,7 @@ from llmcourse.batching import schedule_step
 from llmcourse.generate import beam_step as _beam_step
 from llmcourse.generate import check_sampling_args, filtered_logits
 from llmcourse.gpt import GPT, GPTConfig, KVCache, gpt_skeleton
+from llmcourse.llama import rotate as _rotate
 from llmcourse.mlp_lm import adam_step as _adam_step
 from llmcourse.mlp_lm import momentum_step as _momentum_step
 from llmcourse.mlp_lm import sgd_step as _sgd_step
@@ -664,6 +665,115 @@ def quantize_state_dict(state_dict: Mapping[str, torch.Tensor], scheme: str) -> 
 
 
 # -- 11 from GPT-2 to Llama ----------------------------------------------------------------------------------------
+
+def _eps(eps: Any) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps >= 0:
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    return float(eps)
+
+
+def _rmsnorm_inputs(x: Any, weight: Any, eps: Any) -> tuple[torch.Tensor, torch.Tensor, float]:
+    x, weight = _floats([("x", x), ("weight", weight)])
+    if x.ndim < 1 or weight.shape != x.shape[-1:]:
+        raise ValueError(f"weight has shape {weight.shape}; it must be the shape of x's last axis, x being {x.shape}")
+    xt, wt = _torch(x, weight.astype(x.dtype, copy=False))
+    return xt, wt, _eps(eps)
+
+
+def rmsnorm_forward(x: np.ndarray, weight: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """weight * x / sqrt(mean(x^2) + eps) over the last axis by torch's rms_norm, in x's dtype."""
+    xt, wt, eps = _rmsnorm_inputs(x, weight, eps)
+    return F.rms_norm(xt, wt.shape, wt, eps=eps).numpy()
+
+
+def rmsnorm_backward(dout: np.ndarray, x: np.ndarray, weight: np.ndarray,
+                     eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """(dx (..., D), dweight (D,)) of RMSNorm, by torch.autograd through rms_norm, in x's dtype."""
+    xt, wt, eps = _rmsnorm_inputs(x, weight, eps)
+    (grad_out,) = _floats([("dout", dout)])
+    _same_shape(grad_out, tuple(xt.shape))
+    (grad_out,) = _torch(grad_out.astype(xt.numpy().dtype))
+    xt, wt = xt.detach().requires_grad_(), wt.detach().requires_grad_()
+    dx, dweight = torch.autograd.grad(F.rms_norm(xt, wt.shape, wt, eps=eps), (xt, wt), grad_out)
+    return dx.numpy(), dweight.numpy()
+
+
+def swiglu(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> np.ndarray:
+    """down(silu(gate(x)) * up(x)) with nn.Linear-layout weights (out, in), as llmcourse.llama.SwiGLU, in x's dtype."""
+    x, *weights = _floats([("x", x), ("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down)])
+    if x.ndim < 1:
+        raise ValueError("x must have shape (..., D), got a scalar")
+    hidden, D = weights[0].shape[0] if weights[0].ndim == 2 else 0, x.shape[-1]
+    if not hidden or [w.shape for w in weights] != [(hidden, D), (hidden, D), (D, hidden)]:
+        raise ValueError(f"for x (..., {D}) the weights must be (hidden, {D}), (hidden, {D}) and ({D}, hidden), got "
+                         f"{[w.shape for w in weights]}")
+    xt, gate, up, down = _torch(x, *(w.astype(x.dtype, copy=False) for w in weights))
+    return F.linear(F.silu(F.linear(xt, gate)) * F.linear(xt, up), down).numpy()
+
+
+def apply_rope(x: np.ndarray, positions: np.ndarray, theta: float = 10000.0) -> np.ndarray:
+    """x (..., T, d) rotated pair (i, i + d/2) by positions / theta^(2i/d), by llmcourse.llama.rotate, in x's dtype."""
+    (x,), positions = _floats([("x", x)]), np.asarray(positions)
+    if x.ndim < 2 or x.shape[-1] % 2:
+        raise ValueError(f"x must have shape (..., T, d) with d even, got shape {x.shape}")
+    if positions.dtype.kind not in "iu":
+        raise TypeError(f"positions must be integers, got dtype {positions.dtype}")
+    if np.broadcast_shapes(positions.shape, x.shape[:-1]) != x.shape[:-1]:  # ValueError when they do not broadcast
+        raise ValueError(f"positions {positions.shape} does not broadcast to x's (..., T) = {x.shape[:-1]}")
+    if positions.size and positions.min() < 0:
+        raise ValueError("positions must be >= 0")
+    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not theta > 1:
+        raise ValueError(f"theta must be a number > 1, got {theta!r}")
+    d = x.shape[-1]
+    frequencies = np.power(float(theta), -np.arange(0, d, 2) / d)  # (d/2,)
+    angles = np.concatenate([np.multiply.outer(positions, frequencies)] * 2, axis=-1)  # (..., T, d)
+    cos, sin = _torch(np.cos(angles).astype(x.dtype), np.sin(angles).astype(x.dtype))
+    return _rotate(*_torch(x), cos, sin).numpy()
+
+
+def scaled_dot_product_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                                 mask: np.ndarray | None = None) -> np.ndarray:
+    """softmax(q k^T / sqrt(d), boolean mask) v by PyTorch's scaled_dot_product_attention; a query that may attend to
+    no key gets 0."""
+    q, k, v = _floats([("q", q), ("k", k), ("v", v)])
+    if min(q.ndim, k.ndim, v.ndim) < 2 or q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"q, k, v must have shapes (..., T_q, d), (..., T_k, d), (..., T_k, d_v), got {q.shape}, "
+                         f"{k.shape}, {v.shape}")
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])  # ValueError when they do not broadcast
+    dtype = np.result_type(q, k, v)
+    q, k, v = (np.broadcast_to(a.astype(dtype, copy=False), batch + a.shape[-2:]) for a in (q, k, v))
+    return _attend(q, k, v, mask, batch + (q.shape[-2], k.shape[-2]), gqa=False)
+
+
+def gqa_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Attention of q (B, n_head, T, d) over k, v (B, n_kv_head, S, .), query head h reading key/value head
+    h // (n_head // n_kv_head): PyTorch's scaled_dot_product_attention with enable_gqa."""
+    q, k, v = _floats([("q", q), ("k", k), ("v", v)])
+    if not q.ndim == k.ndim == v.ndim == 4 or k.shape[:2] != v.shape[:2] or k.shape[0] != q.shape[0] or \
+            k.shape[2:] != (v.shape[2], q.shape[3]):
+        raise ValueError(f"q, k, v must be (B, n_head, T, d), (B, n_kv_head, S, d), (B, n_kv_head, S, d_v), got "
+                         f"{q.shape}, {k.shape}, {v.shape}")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"n_head = {q.shape[1]} must be a multiple of n_kv_head = {k.shape[1]}")
+    dtype = np.result_type(q, k, v)
+    q, k, v = (a.astype(dtype, copy=False) for a in (q, k, v))
+    return _attend(q, k, v, mask, q.shape[:3] + k.shape[2:3], gqa=True)
+
+
+def _attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Any, scores_shape: tuple[int, ...], *,
+            gqa: bool) -> np.ndarray:
+    """PyTorch's attention of q over k, v under a boolean mask broadcastable to scores_shape (None: every key);
+    a query with no key allowed gets 0."""
+    if mask is None:
+        return F.scaled_dot_product_attention(*_torch(q, k, v), enable_gqa=gqa).numpy()
+    mask = np.asarray(mask)
+    if mask.dtype != bool:
+        raise TypeError(f"mask must be boolean (True = may attend), got dtype {mask.dtype}")
+    if np.broadcast_shapes(mask.shape, scores_shape) != scores_shape:
+        raise ValueError(f"mask has shape {mask.shape}, which does not broadcast to (..., T_q, T_k) = {scores_shape}")
+    out = F.scaled_dot_product_attention(*_torch(q, k, v, np.broadcast_to(mask, scores_shape)), enable_gqa=gqa)
+    return np.where(mask.any(axis=-1, keepdims=True), out.numpy(), 0)
+
 
 
 # -- 12 attention without the T x T matrix -------------------------------------------------------------------------

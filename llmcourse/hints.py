@@ -225,6 +225,39 @@ HINTS: dict[str, tuple[str, str]] = {
         'turns the results back into tensors.',
     ),
     # -- 11 from GPT-2 to Llama --
+    'llama.rmsnorm_forward': (
+        'one number per row, the root of the mean of its squares (plus eps); divide by it, scale by weight.',
+        '`np.mean(x * x, axis=-1, keepdims=True)` keeps the reduced axis, so the division broadcasts over the row.',
+    ),
+    'llama.rmsnorm_backward': (
+        "LayerNorm's backward with one path fewer: every output of a row depends on every input of that row "
+        'through the root mean square only.',
+        'with r = 1 / rms, xhat = x r and g = dout * weight: dx = r (g - xhat mean(g xhat)) along the row, and '
+        'dweight sums dout * xhat over every leading axis.',
+    ),
+    'llama.swiglu': (
+        'two projections of x side by side; one goes through SiLU and gates the other element by element; '
+        'project back down.',
+        'weights are (out, in), so a projection is `x @ w.T`; sigmoid(z) = 0.5 (1 + tanh(z / 2)) never '
+        'overflows.',
+    ),
+    'llama.apply_rope': (
+        "one angle per (token, pair) from the position and the pair's frequency; then each pair turns like a 2-D"
+        ' vector.',
+        'inv_freq = theta ** (-2 i / d) for i = 0 .. d/2 - 1; angles = positions[..., None] * inv_freq is '
+        '(..., T, d/2); x[..., :d/2] and x[..., d/2:] are the two halves of the pairs.',
+    ),
+    'llama.scaled_dot_product_attention': (
+        "chapter 02's attention without the built-in causal mask; take care of the rows where every key is masked.",
+        '`np.where(mask, scores, -np.inf)` before your softmax; `mask.any(axis=-1, keepdims=True)` finds the '
+        'rows with a key left, and those without one get weights 0.',
+    ),
+    'llama.gqa_attention': (
+        'give every query head the key/value head of its group, then it is ordinary attention: use your '
+        '`scaled_dot_product_attention`.',
+        '`np.repeat(k, n_head // n_kv_head, axis=1)` puts key/value head h // g next to query head h (np.tile '
+        'would interleave the groups the wrong way).',
+    ),
     # -- 12 attention without the T x T matrix --
     # -- 13 serving many requests --
 }

@@ -1,11 +1,13 @@
 """`llmcourse bench`: the JSON schema, the table and the plots, on a tiny model in seconds (no time assertions)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from llmcourse import bench, cli, kernels
 from llmcourse.gpt import GPTConfig, KVCache
+from llmcourse.llama import LlamaConfig
 from llmcourse.kernels import prepack_available
 
 TINY = GPTConfig(vocab_size=64, block_size=300, n_layer=2, n_head=2, n_embd=16)
@@ -113,6 +115,13 @@ def test_predicted_speedup_from_step_costs():
 def test_measured_cache_bytes_matches_the_formula():
     config = GPTConfig(vocab_size=10, block_size=4096, n_layer=4, n_head=4, n_embd=256)
     formula = KVCache.bytes_needed(config, 1, 4096)  # 32 MiB: large enough to dwarf the process's noise
+    assert abs(bench.measured_cache_bytes(config, 1, 4096) - formula) < 0.1 * formula
+
+
+def test_measured_cache_bytes_of_a_llama_follows_its_kv_heads():
+    config = LlamaConfig(vocab_size=10, block_size=4096, n_layer=8, n_head=8, n_kv_head=2, n_embd=512, hidden=64)
+    formula = KVCache.bytes_needed(config, 1, 4096)  # 2 of 8 heads of 64, 8 layers: 32 MiB, a quarter of multi-head's
+    assert formula == KVCache.bytes_needed(replace(config, n_kv_head=8), 1, 4096) // 4
     assert abs(bench.measured_cache_bytes(config, 1, 4096) - formula) < 0.1 * formula
 
 

@@ -108,6 +108,26 @@ def _codes(rng, dtype):
     return rng.integers(-127, 128, size=(4, 6)).astype(np.int8), np.abs(_normal(rng, dtype, 4)) + 0.01
 
 
+def _sdpa_args(rng, dtype):
+    B, H, T_q, T_k, d = (int(rng.integers(1, high)) for high in (3, 3, 5, 6, 5))
+    mask = rng.random((B, 1, T_q, T_k)) < 0.6 if rng.random() < 0.7 else None  # some queries see nothing at all
+    return (_normal(rng, dtype, B, H, T_q, d), _normal(rng, dtype, B, 1, T_k, d), _normal(rng, dtype, B, H, T_k, 3),
+            mask), {}
+
+
+def _gqa_args(rng, dtype):
+    B, n_kv, group, T, S, d = 2, rng.integers(1, 3), rng.integers(1, 4), rng.integers(1, 4), rng.integers(1, 6), 4
+    mask = rng.random((B, 1, T, S)) < 0.6 if rng.random() < 0.7 else None
+    return (_normal(rng, dtype, B, n_kv * group, T, d), _normal(rng, dtype, B, n_kv, S, d),
+            _normal(rng, dtype, B, n_kv, S, 3), mask), {}
+
+
+def _swiglu_args(rng, dtype):
+    D, hidden = rng.integers(1, 6), rng.integers(1, 9)
+    return (_normal(rng, dtype, 2, 3, D) * 3, _normal(rng, dtype, hidden, D), _normal(rng, dtype, hidden, D),
+            _normal(rng, dtype, D, hidden)), {}
+
+
 INPUTS: dict[str, Callable] = {  # function -> (rng, float dtype) -> (args, kwargs)
     "mean_squared_error": lambda r, d: ((_normal(r, d, 3, 2), _normal(r, d, 3, 2)), {}),
     "count_pairs": lambda r, d: ((r.integers(0, 4, size=r.integers(0, 20)).tolist(),), {}),
@@ -164,6 +184,15 @@ INPUTS: dict[str, Callable] = {  # function -> (rng, float dtype) -> (args, kwar
     "quantize_state_dict": lambda r, d: ((random_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2,
                                                                n_embd=8), seed=int(r.integers(99))).state_dict(),
                                           str(r.choice(["fp32", "int8", "int4-g2", "int4-g4", "int4-g8"]))), {}),
+    "rmsnorm_forward": lambda r, d: ((_normal(r, d, 2, 3, 5) * 3, _normal(r, d, 5)),
+                                     {"eps": float(r.choice([1e-6, 1e-5, 0.0]))}),
+    "rmsnorm_backward": lambda r, d: ((_normal(r, d, 2, 3, 5), _normal(r, d, 2, 3, 5) * 3, _normal(r, d, 5)),
+                                      {"eps": float(r.choice([1e-6, 1e-5]))}),
+    "swiglu": _swiglu_args,
+    "apply_rope": lambda r, d: ((_normal(r, d, 2, 3, 4, 6), r.integers(0, 50, size=(2, 1, 4))),
+                                {"theta": float(r.choice([10000.0, 500000.0, 2.0]))}),
+    "scaled_dot_product_attention": _sdpa_args,
+    "gqa_attention": _gqa_args,
 }
 
 
@@ -266,6 +295,15 @@ TINY_STATE = random_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head
     ("batching", "generate_batch", (TINY_STATE, 2, [[1], []], 3), ValueError),
     ("quantization", "pack_int4", (np.array([8, 0]),), ValueError),
     ("quantization", "quantize_state_dict", ({}, "int8-kernel"), ValueError),
+    ("llama", "rmsnorm_forward", (np.zeros((2, 3)), np.ones(2)), ValueError),
+    ("llama", "rmsnorm_backward", (np.zeros((2, 2)), np.zeros((2, 3)), np.ones(3)), ValueError),
+    ("llama", "swiglu", (np.zeros((2, 3)), np.zeros((4, 3)), np.zeros((4, 3)), np.zeros((4, 3))), ValueError),
+    ("llama", "apply_rope", (np.zeros((2, 3)), np.arange(2)), ValueError),
+    ("llama", "apply_rope", (np.zeros((2, 4)), np.array([0.0, 1.0])), TypeError),
+    ("llama", "apply_rope", (np.zeros((2, 4)), np.array([0, -1])), ValueError),
+    ("llama", "scaled_dot_product_attention", (np.zeros((2, 3)), np.zeros((4, 3)), np.zeros((4, 2)),
+                                               np.ones((2, 3), bool)), ValueError),
+    ("llama", "gqa_attention", (np.zeros((1, 3, 2, 4)), np.zeros((1, 2, 5, 4)), np.zeros((1, 2, 5, 4))), ValueError),
 ])
 def test_bad_input_raises_like_the_reference(module, function, args, error):
     *positional, keywords = args if isinstance(args[-1], Keywords) else (*args, {})

@@ -22,6 +22,7 @@ from llmcourse.data import load_corpus
 from llmcourse.generate import beam_step, filtered_logits
 from llmcourse.gpt import GPTConfig, KVCache, random_gpt
 from llmcourse.gradcheck import TOLERANCE, layer_checks
+from llmcourse.llama import LlamaConfig, random_llama, rope_tables
 from llmcourse.loader import reference
 from llmcourse.mlp_lm import Layers, adam_step, momentum_step, sgd_step
 from llmcourse.ngram import BigramModel
@@ -492,3 +493,37 @@ def test_quantize_model_stores_what_quantize_state_dict_gives(scheme, dtype):
             assert scheme == "fp32" or not key.endswith(("wte.weight", "wpe.weight", "c_attn.weight", "c_proj.weight",
                                                          "c_fc.weight")), key
             assert torch.equal(packaged.state_dict()[key], value), key
+
+
+# -- Llama (notebook 11) ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+@pytest.mark.parametrize("seed", range(3))
+def test_llama_block_matches_the_reference_pieces(seed, n_kv_head):
+    # llmcourse.llama's block (nn.RMSNorm, rotate with rope_tables, SDPA with enable_gqa, SwiGLU) against the same
+    # block put together from the reference's NumPy functions, on a left-padded batch with per-row positions.
+    config = LlamaConfig(vocab_size=11, block_size=16, n_layer=1, n_head=4, n_kv_head=n_kv_head, n_embd=32, hidden=88)
+    block = random_llama(config, seed=seed).model.layers[0]
+    ref = {name: reference(f"llama.{name}") for name in ("rmsnorm_forward", "apply_rope", "gqa_attention", "swiglu")}
+    rng = np.random.default_rng(seed)
+    B, T, C, hd = 2, 6, config.n_embd, config.head_dim
+    x = rng.normal(size=(B, T, C)).astype(np.float32)
+    real = np.arange(T)[None, :] >= np.array([[2], [0]])  # row 0 has two padding tokens in front
+    positions = np.maximum(np.cumsum(real, axis=1) - 1, 0)  # (B, T)
+    mask = np.tril(np.ones((T, T), dtype=bool))[None, None] & real[:, None, None, :]  # (B, 1, T, T)
+    mask |= np.eye(T, dtype=bool)  # padding queries see themselves: no empty rows
+    weights = {name: p.detach().numpy() for name, p in block.state_dict().items()}
+
+    h = ref["rmsnorm_forward"](x, weights["input_layernorm.weight"], config.rms_norm_eps)
+    q, k, v = ((h @ weights[f"self_attn.{n}_proj.weight"].T).reshape(B, T, -1, hd).transpose(0, 2, 1, 3)
+               for n in "qkv")
+    q, k = (ref["apply_rope"](a, positions[:, None, :], config.rope_theta) for a in (q, k))
+    y = ref["gqa_attention"](q, k, v, mask).transpose(0, 2, 1, 3).reshape(B, T, C)
+    x2 = x + y @ weights["self_attn.o_proj.weight"].T
+    h = ref["rmsnorm_forward"](x2, weights["post_attention_layernorm.weight"], config.rms_norm_eps)
+    expected = x2 + ref["swiglu"](h, *(weights[f"mlp.{n}_proj.weight"] for n in ("gate", "up", "down")))
+
+    cos, sin = (table[torch.from_numpy(positions)][:, None] for table in rope_tables(config))  # (B, 1, T, hd)
+    with torch.no_grad():
+        got = block(torch.from_numpy(x), (cos, sin), torch.from_numpy(mask), None, 0).numpy()
+    close(got, expected, np.float32)  # float32, positions < 6: the tables' float32 angles are within ~1e-7
