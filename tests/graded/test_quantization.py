@@ -256,3 +256,9 @@ def test_quantize_state_dict_rejects_bad_schemes(impl):
     for scheme in ("int3", "int8-kernel", "int4", "int4-g3", "int4-g0", "int4-g12", 8):
         with expect_error(ValueError, what=f"quantize_state_dict(state_dict, {scheme!r})"):
             impl.quantization.quantize_state_dict(state, scheme)
+    # Group sizes that divide every row of a 12-wide model but are not even numbers >= 2, as the docstring asks.
+    wide12 = _tiny_gpt(4, n_embd=12).state_dict()
+    for scheme in ("int4-g3", "int4-g1"):
+        with expect_error(ValueError, what=f"quantize_state_dict(state_dict of n_embd 12, {scheme!r}): the group "
+                                           "size must be an even number >= 2"):
+            impl.quantization.quantize_state_dict(wide12, scheme)

@@ -143,6 +143,18 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         'unpack_int4: drop .astype(...) #4a13d761':
             'int8 nibbles minus the Python int 16 stay int8 (NumPy 2 promotion)',
     },
+    'quantize_state_dict': {
+        'quantize_state_dict: drop the statement #fff04ba2':
+            'quantize_groupwise, called next with the same group, raises the ValueError for a group that does not '
+            'divide the columns',
+        'quantize_state_dict: drop the statement #da397a5a':
+            'quantize_groupwise, called next with the same group, raises the ValueError for a group that does not '
+            'divide the columns',
+        'quantize_state_dict: 2 -> 1 #f7c89623':
+            'group < 1 or odd refuses the same group sizes as group < 2 or odd: 1 is odd',
+        'quantize_state_dict: drop .detach(...) #654ed8ce':
+            "a state_dict()'s tensors never require grad (keep_vars=False): detach changes nothing",
+    },
     'quantized_matmul': {
         'quantized_matmul: drop .astype(...) #5e172648':
             "float x times integer codes already gives x's dtype",
