@@ -78,6 +78,23 @@ def _scheduler_args(rng, dtype):
     return (slots, finished, [f"w{i}" for i in range(rng.integers(0, 5))]), {}
 
 
+def _chunks(rng, dtype):
+    chunks = [_normal(rng, dtype, int(rng.integers(0, 4))) * 30 for _ in range(rng.integers(1, 5))]
+    return ([*chunks, np.array([-np.inf, 1.0], dtype)],), {}  # large scores, a masked one
+
+
+def _tiled_args(rng, dtype):
+    T, S, D = int(rng.integers(1, 5)), int(rng.integers(5, 9)), int(rng.integers(1, 4))
+    return (_normal(rng, dtype, 2, T, D), _normal(rng, dtype, 2, S, D), _normal(rng, dtype, 2, S, 3),
+            int(rng.integers(1, 7))), {"causal": bool(rng.random() < 0.7)}
+
+
+def _paged_args(rng, dtype):
+    table, free = [3, 0], [5, 1, 4, 2]
+    length = int(rng.integers(0, 7))
+    return (_normal(rng, dtype, 6, 3, 2), table, free, length, _normal(rng, dtype, int(rng.integers(0, 8)), 2)), {}
+
+
 def _codes(rng, dtype):
     return rng.integers(-127, 128, size=(4, 6)).astype(np.int8), np.abs(_normal(rng, dtype, 4)) + 0.01
 
@@ -131,6 +148,12 @@ INPUTS: dict[str, Callable] = {  # function -> (rng, float dtype) -> (args, kwar
     "pack_int4": lambda r, d: ((r.integers(-8, 8, size=(3, 6)),), {}),
     "unpack_int4": lambda r, d: ((r.integers(0, 256, size=(3, 4)).astype(np.uint8),), {}),
     "quantized_matmul": lambda r, d: ((_normal(r, d, 2, 6), *_codes(r, d), _normal(r, d, 4)), {}),
+    "online_softmax": _chunks,
+    "tiled_attention": _tiled_args,
+    "verify_draft": lambda r, d: ((torch.tensor(r.integers(0, 3, size=(4, 3)), dtype=torch.float32),
+                                   r.integers(0, 3, size=3).tolist()), {}),  # small integers: ties in the argmax
+    "paged_append": _paged_args,
+    "paged_gather": lambda r, d: ((_normal(r, d, 6, 3, 2), [4, 1, 2], int(r.integers(0, 10))), {}),
 }
 
 
@@ -225,6 +248,11 @@ class Keywords(dict):
                                   np.zeros((1, 1, 3))), ValueError),
     ("batching", "padding_mask", ([0, 2],), ValueError),
     ("quantization", "pack_int4", (np.array([8, 0]),), ValueError),
+    ("tiled", "online_softmax", ([np.array([-np.inf])],), ValueError),
+    ("tiled", "tiled_attention", (np.zeros((3, 2)), np.zeros((2, 2)), np.zeros((2, 2)), 2), ValueError),
+    ("tiled", "tiled_attention", (np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)), 0), ValueError),
+    ("serving", "verify_draft", (np.zeros((2, 4)), [1, 2]), ValueError),
+    ("serving", "paged_append", (np.zeros((2, 2, 1)), [0], [1], 1, np.zeros((4, 1))), ValueError),
 ])
 def test_bad_input_raises_like_the_reference(module, function, args, error):
     *positional, keywords = args if isinstance(args[-1], Keywords) else (*args, {})
