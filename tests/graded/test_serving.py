@@ -34,7 +34,9 @@ def test_verify_draft_equals_the_package_on_random_drafts(impl):
 
 
 @exercise("verify_draft")
-def test_verify_draft_errors(impl):
+def test_verify_draft_rejects_the_first_token_and_errors(impl):
+    got = impl.serving.verify_draft(np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]), [0, 0])  # NumPy logits too
+    assert tuple(got) == (0, 1), f"a first draft token 0 against the target's 1: (0, 1) expected, got {tuple(got)}"
     with expect_error(ValueError, match="rows", what="verify_draft with 2 rows of logits for 2 draft tokens"):
         impl.serving.verify_draft(torch.zeros(2, 4), [1, 2])
     with expect_error(ValueError, match="vocabulary", what="verify_draft with a draft token outside the vocabulary"):

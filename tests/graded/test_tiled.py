@@ -108,7 +108,12 @@ def test_tiled_attention_is_stable_with_large_scores(impl):
 
 
 @exercise("tiled_attention")
-def test_tiled_attention_errors(impl):
+def test_tiled_attention_one_key_and_errors(impl):
+    rng = np.random.default_rng(6)
+    q, k, v = rng.normal(size=(3, 1, 2)) * 50, rng.normal(size=(3, 1, 2)), rng.normal(size=(3, 1, 5))
+    # A single key gets weight exactly 1: the output is its value up to one rounding.
+    assert_allclose(impl.tiled.tiled_attention(q, k, v, 4), v, rtol=1e-12, atol=0,
+                    what="tiled_attention with one query over one key")
     z = np.zeros((4, 2))
     with expect_error(ValueError, match="block", what="tiled_attention with block=0"):
         impl.tiled.tiled_attention(z, z, z, 0)
