@@ -88,11 +88,11 @@ def verify_draft(target_logits, draft_tokens: list[int]) -> tuple[int, int]:
     """
     logits, draft = _check_verify(target_logits, draft_tokens)
     # BEGIN SOLUTION
-    choices = logits.argmax(axis=-1)  # (k + 1,) the target's greedy token at each position
-    accepted = 0
-    while accepted < len(draft) and draft[accepted] == choices[accepted]:
-        accepted += 1
-    return accepted, int(choices[accepted])
+    best = np.argmax(logits, axis=-1)  # (k + 1,) the target's greedy token at each position
+    for position, proposed in enumerate(draft):
+        if proposed != best[position]:
+            return position, int(best[position])  # the first disagreement: the target's own token replaces it
+    return len(draft), int(best[len(draft)])  # all accepted, and one more token from the last row
     # END SOLUTION
 
 

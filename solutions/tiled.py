@@ -133,23 +133,24 @@ def tiled_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, block: int, cau
     """
     q, k, v, block = _check_attention(q, k, v, block, causal)
     # BEGIN SOLUTION
-    T, S = q.shape[-2], k.shape[-2]
+    n_queries, n_keys = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1])
     m = np.full(q.shape[:-1] + (1,), -np.inf, dtype=q.dtype)  # (..., T, 1)
     l = np.zeros(q.shape[:-1] + (1,), dtype=q.dtype)  # (..., T, 1)
     acc = np.zeros(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype)  # (..., T, D_v)
-    last_visible = np.arange(T)[:, None] + (S - T)  # (T, 1) the last key each query may see
-    for start in range(0, S, block):
-        stop = min(start + block, S)
-        scores = (q @ np.swapaxes(k[..., start:stop, :], -1, -2)) * scale  # (..., T, block)
+    last_visible = np.arange(n_queries)[:, None] + (n_keys - n_queries)  # (T, 1) the last key each query may see
+    for lo in range(0, n_keys, block):
+        hi = min(lo + block, n_keys)
+        k_tile, v_tile = k[..., lo:hi, :], v[..., lo:hi, :]
+        s = q @ np.swapaxes(k_tile, -1, -2) * scale  # (..., T, tile)
         if causal:
-            scores = np.where(np.arange(start, stop)[None, :] <= last_visible, scores, -np.inf)
-        new_m = np.maximum(m, scores.max(axis=-1, keepdims=True))
-        shift = np.where(np.isfinite(new_m), new_m, 0.0)  # a row that has seen no key yet: keep its zeros
+            s = np.where(np.arange(lo, hi)[None, :] <= last_visible, s, -np.inf)
+        m_new = np.maximum(m, np.max(s, axis=-1, keepdims=True))
+        shift = np.where(np.isfinite(m_new), m_new, 0.0)  # a row that has seen no key yet: keep its zeros
         rescale = np.exp(m - shift)  # exp(m_old - m_new); 0 while m = -inf (l and acc are still 0 then)
-        p = np.exp(scores - shift)  # (..., T, block), 0 at masked keys
+        p = np.exp(s - shift)  # (..., T, tile), 0 at masked keys
         l = l * rescale + p.sum(axis=-1, keepdims=True)
-        acc = acc * rescale + p @ v[..., start:stop, :]
-        m = new_m
+        acc = acc * rescale + p @ v_tile
+        m = m_new
     return (acc / l).astype(q.dtype)
     # END SOLUTION
