@@ -8,7 +8,7 @@ ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
 NB ?= 06_decoding
 
-.PHONY: setup lab test grade release course bench present clean
+.PHONY: setup lab test grade release course bench present clean mutants
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ lab: setup
 # oversubscription, which slows PyTorch down many times over.
 test: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(JOBS) --impl solutions tests
+
+# Mutation testing (about half an hour, so not part of `make test`): do the graded tests fail slightly wrong
+# solutions? Report in build/mutants.txt: per exercise, mutants killed, known equivalent, surviving (as diffs).
+mutants: setup
+	OMP_NUM_THREADS=1 $(PY) tests/mutation/run.py --jobs $(JOBS) --report build/mutants.txt
 
 grade: setup
 	$(VENV)/bin/llmcourse grade

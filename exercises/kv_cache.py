@@ -5,6 +5,8 @@ A cache holds, for one attention layer, the keys and values of every token seen 
 `length` positions are filled. Generating one more token then costs one position's work: compute the new token's
 query, key and value, append the key and value, and let the query attend over the `length + 1` cached positions.
 The checks of bad input are provided (they run before your code), so each exercise is only the computation itself.
+The challenge at the end, `gpt_forward_cached`, is the whole PyTorch GPT's forward pass with a cache, and checks its
+own input.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .attention import softmax
 
@@ -140,3 +144,61 @@ def cached_attention(q: np.ndarray, cache_k: np.ndarray, cache_v: np.ndarray, le
     """
     q, cache_k, cache_v, length = _check_cached_attention(q, cache_k, cache_v, length)
     raise NotImplementedError("cached_attention: cached_attention is not implemented yet; write your code here")
+
+
+# -- challenge: the PyTorch GPT's forward pass with a cache ---------------------------------------------------------
+
+def gpt_forward_cached(weights: dict[str, torch.Tensor], n_head: int, idx: torch.Tensor, cache_k: torch.Tensor,
+                       cache_v: torch.Tensor, length: int, positions: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The GPT's forward pass over new tokens, with the keys and values of earlier tokens taken from a cache: what
+    `llmcourse.gpt.GPT.forward(idx, cache=..., positions=..., attention_mask=...)` computes.
+
+    `weights` is `model.state_dict()` of a `llmcourse.gpt.GPT` (GPT-2's layout, with biases; Linear weights are
+    stored (out_features, in_features), so a Linear layer is `F.linear(x, W, b)` = x @ W.T + b):
+    "transformer.wte.weight" (V, C) and "transformer.wpe.weight" (P, C), the token and position embeddings; for each
+    block l, with prefix "transformer.h.{l}.": "ln_1.weight", "ln_1.bias" (C,), "attn.c_attn.weight" (3C, C) and
+    "attn.c_attn.bias" (3C,) (queries, keys and values in one matrix, in that order), "attn.c_proj.weight" (C, C) and
+    bias, "ln_2.weight" and bias, "mlp.c_fc.weight" (4C, C) and bias, "mlp.c_proj.weight" (C, 4C) and bias; then
+    "transformer.ln_f.weight" and bias, and "lm_head.weight" (V, C). n_layer is the number of blocks in `weights`.
+
+    The cache holds every layer's keys and values: cache_k[l, b, h, j] is the key of head h of layer l for the token
+    at cache position j of row b; the first `length` positions are filled. For the T new tokens:
+
+    1. x = wte[idx] + wpe[positions] (B, T, C); positions default to length, length + 1, ..., length + T - 1.
+    2. Each block: x = x + attention(LayerNorm_1(x)), then x = x + MLP(LayerNorm_2(x)). LayerNorm has eps 1e-5, the
+       MLP is c_proj(GELU(c_fc(x))) with GELU's tanh approximation. Attention: q, k, v from c_attn, each split into
+       n_head heads of C // n_head channels (head h holds channels h * hd to (h + 1) * hd - 1); write k and v into
+       positions length .. length + T - 1 of the layer's cache, then let every new query attend over cache
+       positions 0 .. length + T - 1 with scores q.k / sqrt(hd): new token i (at cache position length + i) may see
+       position j when j <= length + i, and, with an attention_mask, only where attention_mask[b, j] is True, but
+       always its own position (so that a padding token's query stays finite). Merge the heads, then c_proj.
+    3. logits = LayerNorm_f(x) @ lm_head.T.
+
+    Args:
+        weights: dict name -> tensor, as above (float32 or float64, all one dtype).
+        n_head: number of attention heads (divides C).
+        idx: int64 (or int32) tensor (B, T) of new token ids, T >= 1.
+        cache_k, cache_v: tensors (n_layer, B, n_head, max_len, C // n_head) in the weights' dtype; written in place
+            at positions length .. length + T - 1 of every layer, and nowhere else.
+        length: number of positions already filled, 0 <= length.
+        positions: optional int64 tensor (B, T), the position of each new token (per-row positions of a left-padded
+            batch), each in 0 .. P - 1.
+        attention_mask: optional bool tensor (B, length + T) over every cache position, past and new: False marks
+            padding, which no token attends to (except itself).
+
+    Returns:
+        The logits (B, T, V) of the new tokens, in the weights' dtype. The caller's cache now holds length + T
+        positions.
+
+    Raises:
+        ValueError: if idx is not a (B, T) integer tensor with T >= 1; if cache_k or cache_v does not have the shape
+            above; if length < 0 or length + T > max_len (say the cache is full); if positions (given, or by default)
+            fall outside 0 .. P - 1; if positions is not (B, T) or attention_mask is not (B, length + T).
+
+    Hint: the GPT forward of notebook 04 in PyTorch, with one change in attention: keys and values are written into
+    the cache first, and the new queries attend over everything the cache holds, under a mask of which position
+    may see which.
+    More: `llmcourse hint gpt_forward_cached`.
+    """
+    raise NotImplementedError("gpt_forward_cached: gpt_forward_cached is not implemented yet; write your code here")

@@ -8,14 +8,18 @@ Symmetric quantization has zero = 0 and codes in [-qmax, qmax] with qmax = 2**(b
 int4); the scale maps the largest |x| to qmax, so nothing is clipped and every error |x - x_hat| is at most scale / 2.
 Asymmetric quantization maps [min, max] onto all 2**bits codes; it pays off when values are not centred on 0.
 Per tensor, one scale serves every value; per channel, each row of a weight matrix (one output channel of a Linear
-layer) gets its own; group-wise, each run of `group_size` consecutive values in a row gets its own.
+layer) gets its own; group-wise, each run of `group_size` consecutive values in a row gets its own. The challenge
+`quantize_state_dict` quantizes a whole GPT's weights as `llmcourse.quantization.quantize_model` stores them.
 
 Weight matrices have the layout of `torch.nn.Linear`: (out_features, in_features), so a row is an output channel.
 """
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import torch
 
 
 # -- checks of the input (provided) ------------------------------------------------------------------------------
@@ -269,3 +273,46 @@ def quantized_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bias: np.n
     """
     x, q, scale, bias = _check_matmul(x, q, scale, bias)
     raise NotImplementedError("quantized_matmul: quantized_matmul is not implemented yet; write your code here")
+
+
+# -- challenge ------------------------------------------------------------------------------------------------------
+
+QUANTIZED_LAYERS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+def quantize_state_dict(state_dict: dict[str, torch.Tensor], scheme: str) -> dict[str, object]:
+    """Quantize the weights of a whole GPT, as `llmcourse.quantization.quantize_model(model, scheme)` stores them.
+
+    `state_dict` is `model.state_dict()` of a `llmcourse.gpt.GPT`. The matrices that get quantized are the token and
+    position embeddings, "transformer.wte.weight" (V, C) and "transformer.wpe.weight" (P, C), and the weight of every
+    Linear layer of every block: the keys ending in "attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight" and
+    "mlp.c_proj.weight", stored (out_features, in_features). Each becomes a tuple (codes, scale) of tensors, computed
+    from the weight converted to float32, every row (output channel) quantized on its own:
+
+    - "int8": symmetric per-channel int8 (`quantize_per_channel(w, 8)`): codes int8 (rows, cols), scale float32
+      (rows, 1).
+    - "int4-g<N>", e.g. "int4-g32": symmetric int4 with one scale per group of N consecutive columns
+      (`quantize_groupwise(w, 4, N)`, codes in [-7, 7]), the codes packed two per byte (`pack_int4`): codes uint8
+      (rows, cols // 2), scale float16 (rows, cols // N), rounded to float16 after the codes are computed.
+    - "fp32": nothing is quantized.
+
+    Every other entry (biases, LayerNorm weights and biases) is kept as it is. "lm_head.weight" is left out: the
+    output head is tied to the token embeddings and multiplies by their quantized table. The input is not modified.
+
+    Args:
+        state_dict: dict name -> tensor, the state dict of a GPT (any float dtype).
+        scheme: "int8", "int4-g<N>" (N an even number >= 2 that divides n_embd C) or "fp32".
+
+    Returns:
+        A new dict with every key of `state_dict` but "lm_head.weight", in the same order: (codes, scale) for the
+        matrices listed above (unless "fp32"), the tensor itself for the others.
+
+    Raises:
+        ValueError: for an unknown scheme (name the valid ones; "int8-kernel" is PyTorch's kernel, not a format),
+            an int4 group size that is odd or < 2, or one that does not divide the columns of a matrix to quantize.
+
+    Hint: walk over the state dict once; quantize the embeddings and the blocks' Linear weights with the exercises of
+    this notebook, keep the rest, and leave out the tied output head.
+    More: `llmcourse hint quantize_state_dict`.
+    """
+    raise NotImplementedError("quantize_state_dict: quantize_state_dict is not implemented yet; write your code here")

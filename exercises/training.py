@@ -34,7 +34,8 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
         A Python float: the mean cross-entropy (nats per token) of `model(x)` against `y`, computed before the step.
 
     Raises:
-        ValueError: if x or y is not a 2-D integer tensor, their shapes differ, or clip is not positive.
+        ValueError: if x or y is not a 2-D integer tensor, y is not int64 (what cross-entropy takes as targets),
+            their shapes differ, or clip is not positive.
 
     Hint: forward, loss, backward, clip, step, clean up: in that order, and report the loss from before the step.
     More: `llmcourse hint training_step`.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from numbers import Integral
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -325,11 +326,12 @@ def simulate_schedule(output_lengths: Sequence[int], max_batch: int, *, continuo
     Returns (request, row, first step, last step + 1) for each request.
     """
     lengths = list(output_lengths)
-    if not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in lengths):
+    if not lengths or any(isinstance(n, bool) or not isinstance(n, Integral) or n < 1 for n in lengths):
         raise ValueError(f"output_lengths must be a non-empty list of ints >= 1 (new tokens per request), "
                          f"got {output_lengths!r}")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+    if isinstance(max_batch, bool) or not isinstance(max_batch, Integral) or max_batch < 1:
         raise ValueError(f"max_batch must be an int >= 1, got {max_batch!r}")
+    lengths, max_batch = [int(n) for n in lengths], int(max_batch)
     step_fn = scheduler_step or schedule_step
     spans, remaining = [], {i: n for i, n in enumerate(lengths)}
     output_lengths = lengths

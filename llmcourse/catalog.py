@@ -19,6 +19,9 @@ class Exercise:
     functions: tuple[str, ...]  # the functions the learner writes
     points: float  # by effort: 1 a formula or two, 2 a function of a few steps, 3 careful bookkeeping, 4 a derivation
     writes: tuple[str, ...] = ()  # arguments its functions change in place; any other change is a mistake
+    # A challenge: a whole piece of the package's own code (a trainer, a forward pass, a generation loop) written
+    # as one exercise; harder, worth 3-5 points, marked as such in the grade table, and part of the total.
+    challenge: bool = False
 
 
 EXERCISES: tuple[Exercise, ...] = (
@@ -34,6 +37,8 @@ EXERCISES: tuple[Exercise, ...] = (
              ("embedding_forward", "embedding_backward"), points=2),
     Exercise("bigram_perplexity", "Bigram language model perplexity", "01_tokens_and_embeddings", "tokens",
              ("bigram_perplexity",), points=2),
+    Exercise("bpe_train", "BPE training with incremental pair counts", "01_tokens_and_embeddings", "tokens",
+             ("bpe_train",), points=4, challenge=True),
     # -- 02 self-attention --------------------------------------------------------------------------------------
     Exercise("softmax", "Numerically stable softmax", "02_self_attention", "attention", ("softmax",), points=1),
     Exercise("causal_attention", "Causal scaled dot-product attention", "02_self_attention", "attention",
@@ -73,6 +78,8 @@ EXERCISES: tuple[Exercise, ...] = (
              writes=("cache_k", "cache_v"), points=1),
     Exercise("cached_attention", "Attention of one query over the cache", "07_kv_cache", "kv_cache",
              ("cached_attention",), points=2),
+    Exercise("gpt_forward_cached", "The GPT's forward pass with a KV-cache (PyTorch)", "07_kv_cache", "kv_cache",
+             ("gpt_forward_cached",), writes=("cache_k", "cache_v"), points=5, challenge=True),
     # -- 08 batching --------------------------------------------------------------------------------------------
     Exercise("padding_mask", "Left padding and the attention mask", "08_batching", "batching",
              ("padding_mask",), points=1),
@@ -80,6 +87,8 @@ EXERCISES: tuple[Exercise, ...] = (
              ("row_positions",), points=1),
     Exercise("scheduler_step", "One continuous-batching scheduler step", "08_batching", "batching",
              ("scheduler_step",), points=3),
+    Exercise("generate_batch", "Batched generation: the decoding loop", "08_batching", "batching",
+             ("generate_batch",), points=4, challenge=True),
     # -- 09 quantization ----------------------------------------------------------------------------------------
     Exercise("quantize_per_channel", "Per-channel int8 quantize and dequantize", "09_quantization", "quantization",
              ("quantize_per_channel", "dequantize_per_channel"), points=2),
@@ -87,6 +96,8 @@ EXERCISES: tuple[Exercise, ...] = (
              ("pack_int4", "unpack_int4"), points=2),
     Exercise("quantized_matmul", "Matmul with int8 weights", "09_quantization", "quantization",
              ("quantized_matmul",), points=2),
+    Exercise("quantize_state_dict", "Quantize a whole GPT's weights", "09_quantization", "quantization",
+             ("quantize_state_dict",), points=3, challenge=True),
     # -- 11 from GPT-2 to Llama (Part 4) ------------------------------------------------------------------------
     # -- 12 attention without the T x T matrix (Part 5) ---------------------------------------------------------
     Exercise("online_softmax", "Online softmax over chunks", "12_attention_without_the_matrix", "tiled",

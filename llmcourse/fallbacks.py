@@ -19,18 +19,21 @@ import torch.nn.functional as F
 
 from llmcourse import catalog
 from llmcourse import numpy_layers as nl
+from llmcourse.batching import generate_batch as _generate_batch
 from llmcourse.batching import schedule_step
 from llmcourse.generate import beam_step as _beam_step
 from llmcourse.generate import check_sampling_args, filtered_logits
+from llmcourse.gpt import GPT, GPTConfig, KVCache, gpt_skeleton
 from llmcourse.mlp_lm import adam_step as _adam_step
 from llmcourse.mlp_lm import momentum_step as _momentum_step
 from llmcourse.mlp_lm import sgd_step as _sgd_step
 from llmcourse.ngram import BigramModel, _token_ids
+from llmcourse.quantization import (QuantizedTensor, pack_int4_torch, parse_scheme, quantize_groupwise_torch,
+                                    unpack_int4_torch)
 from llmcourse.speculative import verify_greedy
-from llmcourse.quantization import pack_int4_torch, quantize_groupwise_torch, unpack_int4_torch
 from llmcourse.tiled import online_softmax as _online_softmax
 from llmcourse.tiled import tiled_attention as _tiled_attention
-from llmcourse.tokenizer import apply_merges
+from llmcourse.tokenizer import BPETokenizer, apply_merges
 from llmcourse.train import perplexity as _perplexity
 from llmcourse.train import training_step as _training_step
 
@@ -104,6 +107,20 @@ def bpe_decode(ids: Sequence[int], merges: dict[tuple[int, int], int]) -> str:
     if unknown:
         raise ValueError(f"token id {unknown[0]!r} is not in the vocabulary (0..255 or a merged id)")
     return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def bpe_train(chunk_counts: Mapping[str, int], num_merges: int) -> dict[tuple[int, int], int]:
+    """The merges `BPETokenizer.train` learns from the pre-split chunks {chunk: count}: at most num_merges."""
+    if isinstance(num_merges, bool) or not isinstance(num_merges, numbers.Integral):
+        raise TypeError(f"num_merges is a number of merges, an int; got {type(num_merges).__name__}")
+    if num_merges < 0:
+        raise ValueError(f"num_merges is a number of merges, >= 0; got {num_merges}")
+    for text, count in chunk_counts.items():
+        if not isinstance(text, str):
+            raise TypeError(f"chunks must be str, got {type(text).__name__} {text!r}")
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 1:
+            raise ValueError(f"chunk {text!r} has count {count!r}; counts are ints >= 1")
+    return BPETokenizer.train_chunks(chunk_counts, 256 + int(num_merges)).merges
 
 
 def embedding_forward(ids: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -359,6 +376,8 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
              or t.dtype not in (torch.int32, torch.int64)]
     if wrong:
         raise ValueError(f"{wrong[0]} must be a (B, T) tensor of int64 token ids, got {ids[wrong[0]]!r:.80}")
+    if y.dtype is not torch.int64:
+        raise ValueError(f"the targets y must be int64, as cross-entropy takes them; got {y.dtype} (use y.long())")
     if x.shape != y.shape:
         raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must have one shape, (B, T)")
     if not (clip is None or clip > 0):
@@ -477,6 +496,38 @@ def cached_attention(q: np.ndarray, cache_k: np.ndarray, cache_v: np.ndarray, le
     return F.scaled_dot_product_attention(*_torch(q, k, v)).numpy()
 
 
+def _gpt(weights: Mapping[str, torch.Tensor], n_head: int) -> GPT:
+    """The llmcourse GPT whose state dict is `weights` (its config read from the shapes), sharing their memory."""
+    (V, C), P = weights["transformer.wte.weight"].shape, weights["transformer.wpe.weight"].shape[0]
+    n_layer = 1 + max(int(key.split(".")[2]) for key in weights if key.startswith("transformer.h."))
+    model = gpt_skeleton(GPTConfig(vocab_size=V, block_size=P, n_layer=n_layer, n_head=int(n_head), n_embd=C))
+    model.load_state_dict(dict(weights), strict=True, assign=True)
+    return model.to(weights["transformer.wte.weight"].dtype).eval()
+
+
+def gpt_forward_cached(weights: Mapping[str, torch.Tensor], n_head: int, idx: torch.Tensor, cache_k: torch.Tensor,
+                       cache_v: torch.Tensor, length: int, positions: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (B, T, V) of `GPT.forward` on new tokens idx (B, T) with a cache (n_layer, B, n_head, max_len, head_dim)
+    holding `length` positions, written in place."""
+    model = _gpt(weights, n_head)
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
+        raise ValueError(f"idx must be a (B, T) tensor of token ids, got {idx!r:.80}")
+    config = model.config
+    shape = (config.n_layer, idx.shape[0], config.n_head, cache_k.shape[-2] if cache_k.dim() == 5 else 0,
+             config.head_dim)
+    if cache_k.shape != shape or cache_v.shape != shape:
+        raise ValueError(f"cache_k and cache_v must have shape (n_layer, B, n_head, max_len, head_dim), got "
+                         f"{tuple(cache_k.shape)} and {tuple(cache_v.shape)}")
+    if not 0 <= length <= shape[3]:
+        raise ValueError(f"length must lie in 0..{shape[3]} (the cache's max_len), got {length}")
+    cache = KVCache(config, idx.shape[0], 1, dtype=cache_k.dtype)
+    cache.keys, cache.values = list(cache_k.unbind(0)), list(cache_v.unbind(0))  # views: the model writes into them
+    cache.max_len, cache.length = shape[3], int(length)
+    with torch.no_grad():
+        return model(idx, cache=cache, positions=positions, attention_mask=attention_mask)
+
+
 # -- 08 batching ------------------------------------------------------------------------------------------------------
 
 def padding_mask(lengths: Sequence[int], width: int | None = None) -> np.ndarray:
@@ -514,6 +565,19 @@ def scheduler_step(slots: list, finished: list[bool], waiting: list) -> tuple[li
     if len(set(running + list(waiting))) != len(running) + len(waiting):
         raise ValueError("a request is in two places at once (two rows, or a row and the waiting list)")
     return schedule_step(slots, finished, waiting)
+
+
+def generate_batch(weights: Mapping[str, torch.Tensor], n_head: int, prompts: Sequence[Sequence[int]],
+                   max_new_tokens: int, *, temperature: float = 1.0, seed: int | None = None,
+                   eos_id: int | None = None, pad_id: int = 0) -> list[torch.Tensor]:
+    """`batching.generate_batch` on the GPT whose state dict is `weights`: one int64 tensor per prompt, the prompt
+    and its max_new_tokens new tokens."""
+    if not isinstance(prompts, (list, tuple)):
+        raise ValueError(f"prompts must be a non-empty list of token-id lists, got {type(prompts).__name__}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral):
+        raise ValueError(f"max_new_tokens is a number of tokens, an int; got {max_new_tokens!r}")
+    return _generate_batch(_gpt(weights, n_head), prompts, max_new_tokens, temperature=temperature, seed=seed,
+                           eos_id=eos_id, pad_id=pad_id)
 
 
 # -- 09 quantization --------------------------------------------------------------------------------------------------
@@ -574,6 +638,32 @@ def quantized_matmul(x: np.ndarray, q: np.ndarray, scale: np.ndarray, bias: np.n
                          f"{q.shape}, scale {scale.shape}, bias {np.shape(bias)}")
     y = (x @ q.T.astype(x.dtype)) * scale.astype(x.dtype)
     return y if bias is None else y + np.asarray(bias).astype(x.dtype)
+
+
+_QUANTIZED = ("transformer.wte.weight", "transformer.wpe.weight", "attn.c_attn.weight", "attn.c_proj.weight",
+              "mlp.c_fc.weight", "mlp.c_proj.weight")  # the matrices quantize_model stores quantized
+
+
+def quantize_state_dict(state_dict: Mapping[str, torch.Tensor], scheme: str) -> dict[str, Any]:
+    """What `quantization.quantize_model` stores, as data: (codes, scale) of each QuantizedTensor it makes, the other
+    weights as they are, the tied output head left out."""
+    if scheme == "int8-kernel":
+        raise ValueError("'int8-kernel' is PyTorch's int8 kernel, not a way to store weights: use 'fp32', 'int8' or "
+                         "'int4-g<group size>'")
+    kind, group, searched = parse_scheme(scheme)
+    if searched:
+        raise ValueError(f"{scheme!r} searches its int4 scales, which this exercise does not ask for: use 'fp32', "
+                         "'int8' or 'int4-g<group size>'")
+    out: dict[str, Any] = {}
+    for key, tensor in state_dict.items():
+        if key == "lm_head.weight":
+            continue
+        if kind == "fp32" or not key.endswith(_QUANTIZED):
+            out[key] = tensor
+            continue
+        table = QuantizedTensor(tensor, 4 if kind == "int4" else 8, group)  # ValueError when group does not divide
+        out[key] = (table.codes, table.scale)
+    return out
 
 
 # -- 11 from GPT-2 to Llama ----------------------------------------------------------------------------------------

@@ -16,14 +16,14 @@ It is the byte-level BPE of notebook 01 with three conventions of GPT-2's files:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
 import regex
 
 from llmcourse.files import read_json
-from llmcourse.tokenizer import apply_merges
+from llmcourse.tokenizer import PreSplitEncoder, apply_merges, special_splitter
 
 GPT2_PATTERN = regex.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
 ENDOFTEXT = "<|endoftext|>"
@@ -44,8 +44,10 @@ def bytes_to_unicode() -> dict[int, str]:
     return table
 
 
-class GPT2Tokenizer:
+class GPT2Tokenizer(PreSplitEncoder):
     """Byte-level BPE with GPT-2's vocabulary, merge ranks, pre-split pattern and special tokens."""
+
+    pattern = GPT2_PATTERN
 
     def __init__(self, vocab: dict[str, int], merges: list[tuple[str, str]], special: Iterable[str] = (ENDOFTEXT,)):
         to_byte = {char: byte for byte, char in bytes_to_unicode().items()}
@@ -71,66 +73,13 @@ class GPT2Tokenizer:
         self.vocab_size = max(vocab.values()) + 1
         self._text = {i: text for text, i in vocab.items()}
         self._cache: dict[str, list[int]] = {}
-        self._special_split = (regex.compile("(" + "|".join(regex.escape(t) for t in
-                                                              sorted(self.special, key=len, reverse=True)) + ")")
-                               if self.special else None)
+        self._splitter = special_splitter(self.special)
 
-    def _encode_chunk(self, chunk: str) -> list[int]:
+    def _chunk_ids(self, chunk: str) -> list[int]:
         ids = self._cache.get(chunk)
         if ids is None:
             ids = self._cache[chunk] = [self.ids[i] for i in apply_merges(list(chunk.encode("utf-8")), self.merges)]
         return ids
-
-    def encode(self, text: str, *, allowed_special: bool = True) -> list[int]:
-        """GPT-2's ids of `text`; a special token (`<|endoftext|>`) in the text is one id when `allowed_special`,
-        else ordinary text (tokens of its characters)."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode expects a str, got {type(text).__name__}")
-        pieces = self._special_split.split(text) if allowed_special and self._special_split else [text]
-        ids: list[int] = []
-        for piece in pieces:
-            if piece in self.special and allowed_special:
-                ids.append(self.special[piece])
-            else:
-                for chunk in GPT2_PATTERN.findall(piece):
-                    ids.extend(self._encode_chunk(chunk))
-        return ids
-
-    def encode_iterable(self, pieces: Iterable[str]) -> Iterator[int]:
-        """The ids of a text given in pieces (e.g. a file's lines), one at a time, equal to `encode("".join(pieces))`
-        without holding the whole text: each piece is added to a buffer, and the chunks of the buffer that more
-        text cannot change are encoded and dropped (`_settled`)."""
-        buffer = ""
-        for piece in pieces:
-            buffer += piece
-            ids, cut = self._settled(buffer)
-            yield from ids
-            buffer = buffer[cut:]
-        yield from self.encode(buffer)
-
-    def _settled(self, text: str) -> tuple[list[int], int]:
-        """The ids of the first `cut` characters of `text`, and `cut`: what no continuation of `text` changes.
-
-        Special tokens are split off first, so everything up to the last complete one is settled, and no cut falls
-        inside what may become one. After it, GPT-2's pattern decides a chunk from at most 3 characters past its
-        start (the contractions) and 1 past its end (the whitespace lookahead): the chunks that end 4 or more
-        characters before the end of the text, found with the text after them in view, are final.
-        """
-        partial = max((k for token in self.special for k in range(1, len(token)) if text.endswith(token[:k])),
-                      default=0)
-        limit = len(text) - partial
-        ids: list[int] = []
-        start = 0
-        if self._special_split:
-            for match in self._special_split.finditer(text, 0, limit):
-                ids += self.encode(text[start:match.start()]) + [self.special[match.group()]]
-                start = match.end()
-        for chunk in GPT2_PATTERN.finditer(text, start, limit):
-            if chunk.end() > limit - 4:
-                break
-            ids += self._encode_chunk(chunk.group())
-            start = chunk.end()
-        return ids, start
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of GPT-2 ids; bytes that do not form whole UTF-8 characters show as U+FFFD."""

@@ -29,6 +29,13 @@ HINTS: dict[str, tuple[str, str]] = {
         'every id stands for a fixed string of bytes; join them, then decode the bytes as UTF-8 once.',
         'build a table id -> bytes once: the 256 single bytes, then each merge in order as table[a] + table[b].',
     ),
+    'tokens.bpe_train': (
+        'keep a count per pair and, per pair, the set of chunks holding it; a merge updates only those chunks.',
+        'start from `words = [list(chunk.encode("utf-8")) ...]`, `stats = {pair: count}` and `where = {pair: set of '
+        'word indices}`; each merge: `most_frequent_pair(stats)`, then for every index in `where.pop(pair)`, '
+        'subtract the counts of `count_pairs(old)` (times the chunk\'s count), merge with `merge_pair`, add those '
+        'of `count_pairs(new)` and record the new pairs in `where`.',
+    ),
     'tokens.embedding_forward': (
         'a lookup: row `ids[...]` of the table, for every id.',
         "NumPy's integer-array indexing `weight[ids]` does exactly this lookup.",
@@ -155,6 +162,15 @@ HINTS: dict[str, tuple[str, str]] = {
         'causal attention for a single query, over the positions the cache holds so far.',
         'slice `cache_k[..., :length, :]` first; use your `softmax`; scores have shape (..., 1, length).',
     ),
+    'kv_cache.gpt_forward_cached': (
+        'the GPT forward of notebook 04 in PyTorch, with one change in attention: keys and values are written into '
+        'the cache first, and the new queries attend over everything the cache holds, under a mask of which '
+        'position may see which.',
+        '`F.layer_norm`, `F.linear` and `F.gelu(..., approximate="tanh")` are the layers; per layer, '
+        '`cache_k[layer, :, :, length:length + T] = k`; the mask is `key <= query` with `query = torch.arange(length, '
+        'length + T)[:, None]` and `key = torch.arange(length + T)[None, :]`, then `& attention_mask[:, None, :] | '
+        '(key == query)`, given to `F.scaled_dot_product_attention(q, keys, values, attn_mask=...)` as (B, 1, T, S).',
+    ),
     'batching.padding_mask': (
         'a row of length L in a batch of width S starts with S - L pad columns.',
         "compare `np.arange(width)` with each row's number of padding columns, broadcasting (1, S) with (B, 1).",
@@ -167,6 +183,16 @@ HINTS: dict[str, tuple[str, str]] = {
         'finished requests free their rows; waiting requests take free rows, lowest row and earliest request '
         'first.',
         'copy `slots` first; then one loop frees rows, and one loop fills free rows from `waiting`.',
+    ),
+    'batching.generate_batch': (
+        'pad and mask once, prefill once, then one column per step: choose the tokens, hold the finished rows at '
+        'eos, and grow the mask and the positions by one.',
+        '`left_pad` and `row_positions` give ids, mask and positions (convert them with `torch.from_numpy`); keep '
+        '`length`, the positions the cache holds, and call `gpt_forward_cached(weights, n_head, step_ids, cache_k, '
+        'cache_v, length, positions, mask)[:, -1]`; after the prefill, `step_ids = token[:, None]`, `mask = '
+        'torch.cat([mask, ones(B, 1)], dim=1)` and `positions = real + step` with `real = mask.sum(dim=1, '
+        'keepdim=True)` taken before the loop; eos: `token.masked_fill(finished, eos_id)`, then `finished |= token '
+        '== eos_id`.',
     ),
     'quantization.quantize_per_channel': (
         'each output row gets the scale that maps its largest magnitude to the largest code.',
@@ -189,6 +215,14 @@ HINTS: dict[str, tuple[str, str]] = {
         'x @ (q * scale).T, without building the dequantized matrix: the scale can be applied after the '
         'product.',
         "convert q to x's dtype (`q.astype(x.dtype)`) before the matmul; scale broadcasts over the last axis.",
+    ),
+    'quantization.quantize_state_dict': (
+        'walk over the state dict once; quantize the embeddings and the blocks\' Linear weights with the exercises '
+        'of this notebook, keep the rest, and leave out the tied output head.',
+        '`name.endswith(("attn.c_attn.weight", ...))` picks the Linear weights; `value.float().numpy()` gives the '
+        'float32 matrix; int8 is `quantize_per_channel(w, 8)` with `scale[:, None]`, int4 is '
+        '`quantize_groupwise(w, 4, N)` then `pack_int4(q)` and `scale.astype(np.float16)`; `torch.from_numpy` '
+        'turns the results back into tensors.',
     ),
     # -- 11 from GPT-2 to Llama --
     # -- 12 attention without the T x T matrix --

@@ -19,7 +19,9 @@ import json
 import operator
 import os
 import re
+from abc import ABC, abstractmethod
 from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 FORMAT_VERSION = 1
@@ -32,6 +34,38 @@ SPLIT_PATTERN = re.compile(r"""'(?:[sdmt]|ll|ve|re)| ?[^\W\d_]+| ?\d+| ?(?:[^\s\
 def split_chunks(text: str) -> list[str]:
     """The pre-split chunks of text (words with their leading space, numbers, punctuation runs, whitespace)."""
     return SPLIT_PATTERN.findall(text)
+
+
+def special_splitter(specials: Iterable[str]) -> re.Pattern | None:
+    """A pattern matching any of the special tokens (longest first), or None when there are none."""
+    ordered = sorted(set(specials), key=len, reverse=True)
+    return re.compile("|".join(re.escape(token) for token in ordered)) if ordered else None
+
+
+def settled_parts(text: str, pattern, specials: Collection[str], splitter) -> tuple[list[tuple[str, bool]], int]:
+    """The parts of `text` (chunk or special token, and whether it is special) that no continuation of the text can
+    change, and how many characters they cover: what a streaming encoder may encode and drop.
+
+    Special tokens are split off first, so everything up to the last complete one is settled, and nothing that may
+    become one is. After it, the pre-split patterns of the course and of GPT-2 decide a chunk from at most 3
+    characters past its start (the contractions) and 1 past its end (the whitespace lookahead): the chunks that end
+    4 or more characters before the end of the text, found with the text after them in view, are final.
+    """
+    partial = max((k for token in specials for k in range(1, len(token)) if text.endswith(token[:k])), default=0)
+    limit = len(text) - partial
+    parts: list[tuple[str, bool]] = []
+    start = 0
+    if splitter is not None:
+        for match in splitter.finditer(text, 0, limit):
+            parts += [(chunk, False) for chunk in pattern.findall(text, start, match.start())]
+            parts.append((match.group(), True))
+            start = match.end()
+    for chunk in pattern.finditer(text, start, limit):
+        if chunk.end() > limit - 4:
+            break
+        parts.append((chunk.group(), False))
+        start = chunk.end()
+    return parts, start
 
 
 def apply_merges(ids: list[int], merges: dict[tuple[int, int], int]) -> list[int]:
@@ -140,34 +174,98 @@ class CharTokenizer:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
 
 
-class BPETokenizer:
-    """Byte-level BPE: 256 byte tokens plus one token per learned merge (ids 256, 257, ... in merge order)."""
+class PreSplitEncoder(ABC):
+    """Encoding shared by the byte-level BPE tokenizers (this module's and GPT-2's): special tokens are found first,
+    the rest is pre-split by `pattern` into chunks, and each chunk's ids come from `_chunk_ids`."""
 
-    def __init__(self, merges: dict[tuple[int, int], int]):
+    pattern: re.Pattern = SPLIT_PATTERN
+    special: dict[str, int]
+    _splitter: re.Pattern | None
+
+    @abstractmethod
+    def _chunk_ids(self, chunk: str) -> list[int]:
+        """The ids of one pre-split chunk."""
+
+    def encode(self, text: str, *, allowed_special: bool = True) -> list[int]:
+        """The ids of text; a special token in the text is its one id when `allowed_special`, else ordinary text."""
+        _check_text(text, "encode")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"text is not valid Unicode: {err.reason} at character {err.start}") from None
+        ids: list[int] = []
+        start = 0
+        if allowed_special and self._splitter is not None:
+            for match in self._splitter.finditer(text):
+                for chunk in self.pattern.findall(text, start, match.start()):
+                    ids.extend(self._chunk_ids(chunk))
+                ids.append(self.special[match.group()])
+                start = match.end()
+        for chunk in self.pattern.findall(text, start):
+            ids.extend(self._chunk_ids(chunk))
+        return ids
+
+    def encode_iterable(self, pieces: Iterable[str]) -> Iterator[int]:
+        """The ids of a text given in pieces (a file's lines, say), one at a time, equal to `encode("".join(pieces))`
+        without holding the whole text: the settled part of a buffer is encoded and dropped (`settled_parts`)."""
+        buffer = ""
+        for piece in pieces:
+            _check_text(piece, "encode_iterable")
+            buffer += piece
+            parts, cut = settled_parts(buffer, self.pattern, self.special, self._splitter)
+            for part, is_special in parts:
+                yield from [self.special[part]] if is_special else self._chunk_ids(part)
+            buffer = buffer[cut:]
+        yield from self.encode(buffer)
+
+
+class BPETokenizer(PreSplitEncoder):
+    """Byte-level BPE: 256 byte tokens, one token per learned merge (ids 256, 257, ... in merge order), then the
+    special tokens, such as "<|endoftext|>", each one id that no merge produces."""
+
+    def __init__(self, merges: dict[tuple[int, int], int], special: Sequence[str] = ()):
         merges = {(int(a), int(b)): int(new) for (a, b), new in merges.items()}
         for rank, ((a, b), new_id) in enumerate(merges.items()):
             if new_id != 256 + rank or not (0 <= a < new_id and 0 <= b < new_id):
                 raise ValueError(f"merge number {rank} is ({a}, {b}) -> {new_id}: merges must create ids 256, 257, "
                                  f"... in order, each from ids that exist before it")
+        special = list(special)
+        if any(not isinstance(t, str) or not t for t in special) or len(set(special)) != len(special):
+            raise ValueError(f"special tokens must be distinct non-empty strings, got {special!r}")
         self.merges = merges
+        self.special = {token: 256 + len(merges) + i for i, token in enumerate(special)}  # token -> id
+        self._splitter = special_splitter(special)
         self._cache: dict[str, list[int]] = {}  # chunk -> ids
         self._bytes: list[bytes] | None = None  # id -> the bytes it stands for, built on first use
 
     @classmethod
-    def train(cls, text: str, vocab_size: int = 512, *, verbose: bool = False) -> "BPETokenizer":
-        """Learn vocab_size - 256 merges from text (fewer if the text runs out of pairs).
+    def train(cls, text: str, vocab_size: int = 512, *, special: Sequence[str] = (),
+              verbose: bool = False) -> "BPETokenizer":
+        """Learn vocab_size - 256 - len(special) merges from text (fewer if the text runs out of pairs).
 
         Each step merges the most frequent adjacent pair (the smallest pair among equal counts) into the next id.
         Pairs are counted once per distinct chunk, weighted by the chunk's count; a heap of (-count, pair) finds the
-        most frequent pair, its entries checked against the current counts when they reach the top.
+        most frequent pair, its entries checked against the current counts when they reach the top. Occurrences of
+        the special tokens in the text are cut out first, so no merge ever builds (part of) one.
         """
         _check_text(text, "BPETokenizer.train")
+        splitter = special_splitter(special)
+        pieces = splitter.split(text) if splitter else [text]
+        if isinstance(vocab_size, int) and not isinstance(vocab_size, bool) and special:
+            vocab_size -= len(special)
+        merges = cls.train_chunks(Counter(chunk for piece in pieces for chunk in split_chunks(piece)), vocab_size,
+                                  verbose=verbose).merges
+        return cls(merges, special)
+
+    @classmethod
+    def train_chunks(cls, chunk_counts: dict[str, int], vocab_size: int = 512, *,
+                     verbose: bool = False) -> "BPETokenizer":
+        """`train` on text already pre-split: {chunk: how often it occurs}, e.g. Counter(split_chunks(text))."""
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
             raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
         if vocab_size < 256:
             raise ValueError(f"vocab_size must be at least 256 for byte-level BPE (one token per byte value), "
                              f"got {vocab_size}")
-        chunk_counts = Counter(split_chunks(text))
         words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
         freqs = list(chunk_counts.values())
         stats: Counter[tuple[int, int]] = Counter()  # pair -> occurrences in the whole text
@@ -209,27 +307,21 @@ class BPETokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return 256 + len(self.merges)
+        return 256 + len(self.merges) + len(self.special)
 
     def truncate(self, vocab_size: int) -> "BPETokenizer":
-        """The tokenizer with only the first vocab_size - 256 merges: what training to that size would give."""
-        if not 256 <= vocab_size <= self.vocab_size:
-            raise ValueError(f"vocab_size must be between 256 and {self.vocab_size}, got {vocab_size}")
-        return BPETokenizer(dict(list(self.merges.items())[: vocab_size - 256]))
+        """The tokenizer with only the first merges, vocab_size tokens in all (its special tokens kept): what
+        training to that size would give."""
+        low = 256 + len(self.special)
+        if not low <= vocab_size <= self.vocab_size:
+            raise ValueError(f"vocab_size must be between {low} and {self.vocab_size}, got {vocab_size}")
+        return BPETokenizer(dict(list(self.merges.items())[: vocab_size - low]), list(self.special))
 
-    def encode(self, text: str) -> list[int]:
-        _check_text(text, "encode")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise ValueError(f"text is not valid Unicode: {err.reason} at character {err.start}") from None
-        ids: list[int] = []
-        for chunk in split_chunks(text):
-            chunk_ids = self._cache.get(chunk)
-            if chunk_ids is None:
-                chunk_ids = self._cache[chunk] = apply_merges(list(chunk.encode("utf-8")), self.merges)
-            ids.extend(chunk_ids)
-        return ids
+    def _chunk_ids(self, chunk: str) -> list[int]:
+        chunk_ids = self._cache.get(chunk)
+        if chunk_ids is None:
+            chunk_ids = self._cache[chunk] = apply_merges(list(chunk.encode("utf-8")), self.merges)
+        return chunk_ids
 
     def decode(self, ids) -> str:
         """Text of the ids; a byte sequence that is not valid UTF-8 (a cut character) shows as U+FFFD."""
@@ -241,15 +333,17 @@ class BPETokenizer:
         return self._table()[_check_ids([token_id], self.vocab_size)[0]]
 
     def _table(self) -> list[bytes]:
-        """id -> the bytes it stands for: the 256 bytes, then each merge's two parts joined, in order."""
+        """id -> the bytes it stands for: the 256 bytes, each merge's two parts joined in order, the specials' text."""
         if self._bytes is None:
             self._bytes = [bytes([i]) for i in range(256)]
             for a, b in self.merges:
                 self._bytes.append(self._bytes[a] + self._bytes[b])
+            self._bytes += [token.encode("utf-8") for token in self.special]
         return self._bytes
 
     def to_dict(self) -> dict:
-        return {"type": "bpe", "version": FORMAT_VERSION, "merges": [list(pair) for pair in self.merges]}
+        return {"type": "bpe", "version": FORMAT_VERSION, "merges": [list(pair) for pair in self.merges],
+                "special": list(self.special)}
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
@@ -259,7 +353,8 @@ class BPETokenizer:
         return _expect(load_tokenizer(path), cls)
 
     def __repr__(self) -> str:
-        return f"BPETokenizer(vocab_size={self.vocab_size})"
+        special = f", special={list(self.special)}" if self.special else ""
+        return f"BPETokenizer(vocab_size={self.vocab_size}{special})"
 
 
 Tokenizer = CharTokenizer | BPETokenizer
@@ -295,7 +390,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     try:
         if kind == "char":
             return CharTokenizer(data["chars"])
-        return BPETokenizer({(a, b): 256 + rank for rank, (a, b) in enumerate(data["merges"])})
+        return BPETokenizer({(a, b): 256 + rank for rank, (a, b) in enumerate(data["merges"])},
+                            data.get("special", []))
     except (KeyError, TypeError, ValueError) as err:
         field = "chars" if kind == "char" else "merges"
         raise ValueError(f"{str(file)!r} is a damaged {kind} tokenizer file: its {field!r} entry is missing or "

@@ -5,6 +5,7 @@ Prompts of different lengths share one (B, S) tensor by *left* padding: each row
 next token of every row lands in the same last column. The padding must be invisible to the model: the attention
 mask hides pad keys, and positions count only real tokens, so a row computes exactly what it would alone.
 The checks of bad input are provided (they run before your code), so each exercise is only the computation itself.
+The challenge at the end, `generate_batch`, is the whole batched decoding loop, and checks its own input.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
+
+from .kv_cache import gpt_forward_cached
 
 
 # -- checks of the input (provided) ------------------------------------------------------------------------------
@@ -171,4 +175,101 @@ def scheduler_step(slots: list, finished: list[bool], waiting: list) -> tuple[li
             new_slots[row] = request
             joined.append((row, request))
     return new_slots, joined, left
+    # END SOLUTION
+
+
+# -- challenge: batched generation -----------------------------------------------------------------------------------
+
+def generate_batch(weights: dict[str, torch.Tensor], n_head: int, prompts: Sequence[Sequence[int]],
+                   max_new_tokens: int, *, temperature: float = 1.0, seed: int | None = None,
+                   eos_id: int | None = None, pad_id: int = 0) -> list[torch.Tensor]:
+    """Generate from prompts of different lengths in one batch, with a KV-cache: the decoding loop of
+    `llmcourse.batching.generate_batch`, on the GPT whose `state_dict()` is `weights`.
+
+    1. Left-pad the prompts into ids (B, S) with `pad_id` (`left_pad`), S the longest prompt's length; the mask
+       marks the real tokens and each row counts its positions from its own first token (`row_positions`).
+    2. Allocate a cache for S + max_new_tokens - 1 positions: cache_k and cache_v zeros of shape
+       (n_layer, B, n_head, S + max_new_tokens - 1, C // n_head) in the weights' dtype.
+    3. Prefill: one `gpt_forward_cached` over the whole padded prompt (with its positions and mask); the last
+       column's logits (B, V) give every row's first new token.
+    4. Then each step feeds the B tokens just chosen as one new column: the mask gains a True column, and each
+       row's position is its number of real tokens before it. The last new token is never fed back, so there are
+       exactly max_new_tokens forward passes (none when max_new_tokens is 0).
+
+    Choosing a token from a row's logits: temperature 0 takes the argmax (the smallest id among ties); otherwise row
+    b draws `torch.multinomial(torch.softmax(logits[b:b + 1].float() / temperature, dim=-1), 1, generator=g_b)`,
+    each row with a generator of its own, `g_b = torch.Generator().manual_seed(seed)` (generator=None, PyTorch's
+    global one, when seed is None). Stopping: a row that has emitted `eos_id` emits `eos_id` at every later step;
+    once every row has, stop and fill the rest of every row with `eos_id`.
+
+    Each row then equals `llmcourse.generate.generate(model, torch.tensor(prompt), max_new_tokens, ...)` for its
+    prompt alone, token for token: padding changes nothing.
+
+    Args:
+        weights: a GPT's state dict, as `gpt_forward_cached` takes it (float32 or float64).
+        n_head: the number of attention heads.
+        prompts: a list of B non-empty lists of int token ids (lengths may differ).
+        max_new_tokens: int >= 0, new tokens per row.
+        temperature: >= 0; 0 is greedy decoding.
+        seed: the seed of every row's generator, or None.
+        eos_id: the end-of-sequence token id, or None for no early stop.
+        pad_id: the id written on the padding (never seen by the model).
+
+    Returns:
+        A list of B int64 tensors, tensor b of shape (len(prompts[b]) + max_new_tokens,): the prompt, then its new
+        tokens.
+
+    Raises:
+        ValueError: if prompts is not a non-empty list, a prompt is empty, max_new_tokens < 0, temperature < 0, or
+            the longest prompt plus max_new_tokens - 1 tokens do not fit the model's P positions.
+
+    Hint: pad and mask once, prefill once, then one column per step: choose the tokens, hold the finished rows at
+    eos, and grow the mask and the positions by one.
+    More: `llmcourse hint generate_batch`.
+    """
+    # BEGIN SOLUTION
+    if isinstance(prompts, torch.Tensor) or not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        raise ValueError("prompts must be a non-empty list with one list of token ids per row")
+    prompts = [[int(t) for t in prompt] for prompt in prompts]
+    for i, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy decoding), got {temperature}")
+    ids, mask = left_pad(prompts, pad_id)  # (B, S) each
+    B, S = ids.shape
+    wte = weights["transformer.wte.weight"]
+    if S + max_new_tokens - 1 > weights["transformer.wpe.weight"].shape[0]:
+        raise ValueError(f"the longest prompt ({S} tokens) and {max_new_tokens} new tokens do not fit the model's "
+                         f"{weights['transformer.wpe.weight'].shape[0]} positions")
+    new = torch.empty(B, max_new_tokens, dtype=torch.int64)
+    n_layer = sum(1 for key in weights if key.startswith("transformer.h.") and key.endswith(".ln_1.weight"))
+    shape = (n_layer, B, n_head, S + max_new_tokens - 1, wte.shape[1] // n_head)
+    cache_k, cache_v = torch.zeros(shape, dtype=wte.dtype), torch.zeros(shape, dtype=wte.dtype)
+    generators = [None if seed is None else torch.Generator().manual_seed(seed) for _ in range(B)]
+    finished = torch.zeros(B, dtype=torch.bool)
+    step_ids, positions, mask = torch.from_numpy(ids), torch.from_numpy(row_positions(mask)), torch.from_numpy(mask)
+    real = mask.sum(dim=1, keepdim=True)  # (B, 1) real tokens of each row: the position of its first new token
+    length = 0
+    for column in range(max_new_tokens):
+        logits = gpt_forward_cached(weights, n_head, step_ids, cache_k, cache_v, length, positions, mask)[:, -1]
+        length += step_ids.shape[1]
+        if temperature == 0:
+            token = logits.argmax(dim=-1)  # (B,)
+        else:
+            token = torch.cat([torch.multinomial(torch.softmax(logits[b:b + 1].float() / temperature, dim=-1), 1,
+                                                 generator=g)[:, 0] for b, g in enumerate(generators)])
+        if eos_id is not None:
+            token = torch.where(finished, eos_id, token)
+            finished |= token == eos_id
+        new[:, column] = token
+        if eos_id is not None and finished.all():
+            new[:, column + 1:] = eos_id
+            break
+        step_ids = token[:, None]  # (B, 1)
+        mask = torch.cat([mask, torch.ones(B, 1, dtype=torch.bool)], dim=1)
+        positions = real + column
+    return [torch.cat([torch.tensor(prompt, dtype=torch.int64), new[b]]) for b, prompt in enumerate(prompts)]
     # END SOLUTION

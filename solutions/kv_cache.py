@@ -5,6 +5,8 @@ A cache holds, for one attention layer, the keys and values of every token seen 
 `length` positions are filled. Generating one more token then costs one position's work: compute the new token's
 query, key and value, append the key and value, and let the query attend over the `length + 1` cached positions.
 The checks of bad input are provided (they run before your code), so each exercise is only the computation itself.
+The challenge at the end, `gpt_forward_cached`, is the whole PyTorch GPT's forward pass with a cache, and checks its
+own input.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .attention import softmax
 
@@ -148,4 +152,111 @@ def cached_attention(q: np.ndarray, cache_k: np.ndarray, cache_v: np.ndarray, le
     k, v = cache_k[..., :length, :], cache_v[..., :length, :]  # (..., length, D), (..., length, D_v)
     scores = (q @ np.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (..., 1, length)
     return softmax(scores, axis=-1) @ v  # (..., 1, D_v)
+    # END SOLUTION
+
+
+# -- challenge: the PyTorch GPT's forward pass with a cache ---------------------------------------------------------
+
+def gpt_forward_cached(weights: dict[str, torch.Tensor], n_head: int, idx: torch.Tensor, cache_k: torch.Tensor,
+                       cache_v: torch.Tensor, length: int, positions: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The GPT's forward pass over new tokens, with the keys and values of earlier tokens taken from a cache: what
+    `llmcourse.gpt.GPT.forward(idx, cache=..., positions=..., attention_mask=...)` computes.
+
+    `weights` is `model.state_dict()` of a `llmcourse.gpt.GPT` (GPT-2's layout, with biases; Linear weights are
+    stored (out_features, in_features), so a Linear layer is `F.linear(x, W, b)` = x @ W.T + b):
+    "transformer.wte.weight" (V, C) and "transformer.wpe.weight" (P, C), the token and position embeddings; for each
+    block l, with prefix "transformer.h.{l}.": "ln_1.weight", "ln_1.bias" (C,), "attn.c_attn.weight" (3C, C) and
+    "attn.c_attn.bias" (3C,) (queries, keys and values in one matrix, in that order), "attn.c_proj.weight" (C, C) and
+    bias, "ln_2.weight" and bias, "mlp.c_fc.weight" (4C, C) and bias, "mlp.c_proj.weight" (C, 4C) and bias; then
+    "transformer.ln_f.weight" and bias, and "lm_head.weight" (V, C). n_layer is the number of blocks in `weights`.
+
+    The cache holds every layer's keys and values: cache_k[l, b, h, j] is the key of head h of layer l for the token
+    at cache position j of row b; the first `length` positions are filled. For the T new tokens:
+
+    1. x = wte[idx] + wpe[positions] (B, T, C); positions default to length, length + 1, ..., length + T - 1.
+    2. Each block: x = x + attention(LayerNorm_1(x)), then x = x + MLP(LayerNorm_2(x)). LayerNorm has eps 1e-5, the
+       MLP is c_proj(GELU(c_fc(x))) with GELU's tanh approximation. Attention: q, k, v from c_attn, each split into
+       n_head heads of C // n_head channels (head h holds channels h * hd to (h + 1) * hd - 1); write k and v into
+       positions length .. length + T - 1 of the layer's cache, then let every new query attend over cache
+       positions 0 .. length + T - 1 with scores q.k / sqrt(hd): new token i (at cache position length + i) may see
+       position j when j <= length + i, and, with an attention_mask, only where attention_mask[b, j] is True, but
+       always its own position (so that a padding token's query stays finite). Merge the heads, then c_proj.
+    3. logits = LayerNorm_f(x) @ lm_head.T.
+
+    Args:
+        weights: dict name -> tensor, as above (float32 or float64, all one dtype).
+        n_head: number of attention heads (divides C).
+        idx: int64 (or int32) tensor (B, T) of new token ids, T >= 1.
+        cache_k, cache_v: tensors (n_layer, B, n_head, max_len, C // n_head) in the weights' dtype; written in place
+            at positions length .. length + T - 1 of every layer, and nowhere else.
+        length: number of positions already filled, 0 <= length.
+        positions: optional int64 tensor (B, T), the position of each new token (per-row positions of a left-padded
+            batch), each in 0 .. P - 1.
+        attention_mask: optional bool tensor (B, length + T) over every cache position, past and new: False marks
+            padding, which no token attends to (except itself).
+
+    Returns:
+        The logits (B, T, V) of the new tokens, in the weights' dtype. The caller's cache now holds length + T
+        positions.
+
+    Raises:
+        ValueError: if idx is not a (B, T) integer tensor with T >= 1; if cache_k or cache_v does not have the shape
+            above; if length < 0 or length + T > max_len (say the cache is full); if positions (given, or by default)
+            fall outside 0 .. P - 1; if positions is not (B, T) or attention_mask is not (B, length + T).
+
+    Hint: the GPT forward of notebook 04 in PyTorch, with one change in attention: keys and values are written into
+    the cache first, and the new queries attend over everything the cache holds, under a mask of which position
+    may see which.
+    More: `llmcourse hint gpt_forward_cached`.
+    """
+    # BEGIN SOLUTION
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.int64, torch.int32) \
+            or idx.shape[1] == 0:
+        raise ValueError(f"idx must be an integer tensor of token ids (B, T) with T >= 1, got {idx!r:.80}")
+    B, T = idx.shape
+    wte, wpe = weights["transformer.wte.weight"], weights["transformer.wpe.weight"]
+    C = wte.shape[1]
+    hd = C // n_head
+    n_layer = sum(1 for key in weights if key.startswith("transformer.h.") and key.endswith(".ln_1.weight"))
+    for name, cache in (("cache_k", cache_k), ("cache_v", cache_v)):
+        if cache.dim() != 5 or cache.shape[:3] != (n_layer, B, n_head) or cache.shape[4] != hd \
+                or cache.shape != cache_k.shape:
+            raise ValueError(f"{name} must have shape (n_layer, B, n_head, max_len, head_dim) = ({n_layer}, {B}, "
+                             f"{n_head}, max_len, {hd}), got {tuple(cache.shape)}")
+    max_len, S = cache_k.shape[3], length + T
+    if length < 0 or S > max_len:
+        raise ValueError(f"the cache is full: it holds {max_len} positions, {length} are used and {T} more were "
+                         "given")
+    if positions is None:
+        positions = torch.arange(length, S).expand(B, T)
+    elif tuple(positions.shape) != (B, T):
+        raise ValueError(f"positions must have shape (B, T) = {(B, T)}, got {tuple(positions.shape)}")
+    if positions.min() < 0 or positions.max() >= wpe.shape[0]:
+        raise ValueError(f"positions must lie in 0..{wpe.shape[0] - 1} (the context), got "
+                         f"{positions.min().item()}..{positions.max().item()}")
+    query = torch.arange(length, S)[:, None]  # (T, 1) cache position of each new token
+    key = torch.arange(S)[None, :]  # (1, S)
+    allowed = key <= query  # (T, S): causal
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (B, S):
+            raise ValueError(f"attention_mask must have shape (B, length + T) = {(B, S)}, got "
+                             f"{tuple(attention_mask.shape)}")
+        allowed = (allowed & attention_mask.bool()[:, None, :] | (key == query))[:, None]  # (B, 1, T, S)
+    x = wte[idx] + wpe[positions]  # (B, T, C)
+    for layer in range(n_layer):
+        w = {name[len(f"transformer.h.{layer}."):]: value for name, value in weights.items()
+             if name.startswith(f"transformer.h.{layer}.")}
+        h = F.layer_norm(x, (C,), w["ln_1.weight"], w["ln_1.bias"], eps=1e-5)
+        q, k, v = F.linear(h, w["attn.c_attn.weight"], w["attn.c_attn.bias"]).split(C, dim=2)
+        q, k, v = (t.view(B, T, n_head, hd).transpose(1, 2) for t in (q, k, v))  # (B, n_head, T, hd)
+        cache_k[layer, :, :, length:S] = k
+        cache_v[layer, :, :, length:S] = v
+        y = F.scaled_dot_product_attention(q, cache_k[layer, :, :, :S], cache_v[layer, :, :, :S], attn_mask=allowed)
+        x = x + F.linear(y.transpose(1, 2).reshape(B, T, C), w["attn.c_proj.weight"], w["attn.c_proj.bias"])
+        h = F.layer_norm(x, (C,), w["ln_2.weight"], w["ln_2.bias"], eps=1e-5)
+        h = F.gelu(F.linear(h, w["mlp.c_fc.weight"], w["mlp.c_fc.bias"]), approximate="tanh")
+        x = x + F.linear(h, w["mlp.c_proj.weight"], w["mlp.c_proj.bias"])
+    x = F.layer_norm(x, (C,), weights["transformer.ln_f.weight"], weights["transformer.ln_f.bias"], eps=1e-5)
+    return F.linear(x, weights["lm_head.weight"])  # (B, T, V)
     # END SOLUTION

@@ -4,7 +4,8 @@ Byte-level BPE starts from the 256 byte values of UTF-8 text (ids 0..255), so an
 included, has a token sequence. Training repeatedly merges the most frequent adjacent pair into a new id; the
 merges are kept in an ordered dict `{(a, b): new_id}` whose ids are 256, 257, ... in the order they were learned.
 
-Provided (not exercises): `most_frequent_pair`, `bigram_counts` and `sinusoidal_positions`.
+Provided (not exercises): `most_frequent_pair`, `bigram_counts` and `sinusoidal_positions`. The challenge
+`bpe_train` is the whole trainer, with pair counts updated after each merge instead of recounted.
 """
 
 from __future__ import annotations
@@ -159,6 +160,83 @@ def bpe_decode(ids: Sequence[int], merges: dict[tuple[int, int], int]) -> str:
             raise ValueError(f"token id {i!r} is not in the vocabulary (0..255 or a merged id)")
         pieces.append(piece)
     return b"".join(pieces).decode("utf-8", errors="replace")
+    # END SOLUTION
+
+
+def bpe_train(chunk_counts: dict[str, int], num_merges: int) -> dict[tuple[int, int], int]:
+    """Train byte-level BPE on pre-split text, updating the pair counts after each merge instead of recounting.
+
+    `chunk_counts` maps each distinct chunk of the text (`Counter(split_chunks(text))` with the tokenizer's
+    `split_chunks`: words with their leading space, numbers, punctuation, whitespace) to how often it occurs. A chunk
+    starts as the ids of its UTF-8 bytes, and merges never cross chunks. Each step:
+
+    1. takes the most frequent adjacent pair of all chunks, a chunk's pairs counted as often as the chunk occurs;
+       among equal counts the smallest pair (as `most_frequent_pair` does);
+    2. gives it the next id, 256, 257, ..., and merges it in every chunk, left to right (as `merge_pair` does).
+
+    Training stops after `num_merges` merges, or earlier when no chunk has two tokens left. The merges are those of
+    `llmcourse.tokenizer.BPETokenizer.train(text, 256 + num_merges)`, in the same order.
+
+    Incrementally: count the pairs once at the start, and keep for each pair the chunks that contain it. After a
+    merge, only those chunks change: subtract the counts of their old pairs and add those of their new pairs. A
+    merge then costs work in proportion to the chunks it changes, not to the whole text (recounting everything each
+    step is what `BPETokenizer.train` avoids, and so must you: a test checks that many merges take little longer than
+    one, on a text whose chunks mostly take part in no merge).
+
+    Args:
+        chunk_counts: dict {chunk (str): count (int >= 1)}; may be empty.
+        num_merges: int >= 0, the most merges to learn.
+
+    Returns:
+        An ordered dict {(a, b): new_id} with new_id = 256, 257, ... in the order the merges were learned; at most
+        `num_merges` entries. `chunk_counts` is not modified.
+
+    Raises:
+        TypeError: if num_merges is not an int (a bool is not one) or a chunk is not a str.
+        ValueError: if num_merges < 0 or a count is not an int >= 1 (say which chunk).
+
+    Example:
+        bpe_train({"ab": 1, "bc": 3}, 1) == {(98, 99): 256}
+
+    Hint: keep a count per pair and, per pair, the set of chunks holding it; a merge updates only those chunks.
+    More: `llmcourse hint bpe_train`.
+    """
+    # BEGIN SOLUTION
+    if isinstance(num_merges, bool) or not isinstance(num_merges, int):
+        raise TypeError(f"num_merges must be an int, got {type(num_merges).__name__}")
+    if num_merges < 0:
+        raise ValueError(f"num_merges must be >= 0, got {num_merges}")
+    words, freqs = [], []
+    for chunk, count in chunk_counts.items():
+        if not isinstance(chunk, str):
+            raise TypeError(f"every chunk must be a str, got {type(chunk).__name__} {chunk!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"the count of chunk {chunk!r} must be an int >= 1, got {count!r}")
+        words.append(list(chunk.encode("utf-8")))
+        freqs.append(count)
+    stats: dict[tuple[int, int], int] = {}  # pair -> occurrences in the whole text
+    where: dict[tuple[int, int], set[int]] = {}  # pair -> indices of the chunks that contain it (or did)
+    for index, word in enumerate(words):
+        for pair, times in count_pairs(word).items():
+            stats[pair] = stats.get(pair, 0) + times * freqs[index]
+            where.setdefault(pair, set()).add(index)
+    learned: dict[tuple[int, int], int] = {}
+    for new_id in range(256, 256 + num_merges):
+        if not stats:
+            break
+        best = most_frequent_pair(stats)
+        learned[best] = new_id
+        for index in where.pop(best):
+            old = words[index]
+            words[index] = new = merge_pair(old, best, new_id)
+            for p, n in count_pairs(old).items():  # the chunk's old pairs leave the counts...
+                stats[p] -= n * freqs[index]
+                if stats[p] == 0:
+                    del stats[p]
+            for p, n in count_pairs(new).items():  # ...and its new pairs join them
+                stats[p] = stats.get(p, 0) + n * freqs[index]
+                where.setdefault(p, set()).add(index)
+    return learned
     # END SOLUTION
 
 

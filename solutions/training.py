@@ -34,7 +34,8 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
         A Python float: the mean cross-entropy (nats per token) of `model(x)` against `y`, computed before the step.
 
     Raises:
-        ValueError: if x or y is not a 2-D integer tensor, their shapes differ, or clip is not positive.
+        ValueError: if x or y is not a 2-D integer tensor, y is not int64 (what cross-entropy takes as targets),
+            their shapes differ, or clip is not positive.
 
     Hint: forward, loss, backward, clip, step, clean up: in that order, and report the loss from before the step.
     More: `llmcourse hint training_step`.
@@ -44,6 +45,8 @@ def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: t
         if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{name} must be an integer tensor of token ids with shape (B, T), got "
                              f"{getattr(t, 'dtype', type(t).__name__)} of shape {tuple(getattr(t, 'shape', ()))}")
+    if y.dtype != torch.int64:
+        raise ValueError(f"y must be int64 (cross-entropy's targets are), got {y.dtype}: pass y.long()")
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape (B, T), got {tuple(x.shape)} and {tuple(y.shape)}")
     if clip is not None and not clip > 0:

@@ -22,7 +22,8 @@ FUNCTIONS = [(ex.module, f) for ex in catalog.EXERCISES for f in ex.functions]
 ON_ITS_OWN = {"training_step"}  # it changes a model and an optimizer: test_training_step_equals_the_reference
 COMPARED = [(module, function) for module, function in FUNCTIONS if function not in ON_ITS_OWN]
 SEEDS = range(5)
-TOL = {np.dtype(np.float64): {"rtol": 1e-7, "atol": 1e-12}, np.dtype(np.float32): {"rtol": 1.3e-6, "atol": 1e-5}}
+TOL = {np.dtype(np.float64): {"rtol": 1e-7, "atol": 1e-12}, np.dtype(np.float32): {"rtol": 1.3e-6, "atol": 1e-5},
+       np.dtype(np.float16): {"rtol": 0, "atol": 0}}  # float16: int4 scales, rounded from the same float32: exact
 
 
 def _normal(rng, dtype, *shape):
@@ -72,10 +73,35 @@ def _append_args(rng, dtype):
     return (cache_k, cache_v, length, _normal(rng, dtype, 2, 2, T_new, 3), _normal(rng, dtype, 2, 2, T_new, 3)), {}
 
 
+def _forward_cached_args(rng, dtype):
+    """A prompt, or a few tokens after cached ones, of a plain or a left-padded batch (positions and mask)."""
+    dtype = torch.float64 if dtype == np.float64 else torch.float32
+    model = random_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=int(rng.integers(1, 3)), n_head=2, n_embd=8),
+                       seed=int(rng.integers(99))).to(dtype)
+    B, T, length = 2, int(rng.integers(1, 4)), int(rng.integers(0, 4))
+    cache_k, cache_v = (torch.from_numpy(_normal(rng, np.float64, model.config.n_layer, B, 2, 7, 4)).to(dtype)
+                        for _ in range(2))
+    idx = torch.from_numpy(rng.integers(0, 11, size=(B, T)))
+    kwargs = {}
+    if rng.random() < 0.5:
+        kwargs["attention_mask"] = torch.from_numpy(np.arange(length + T)[None, :] >= rng.integers(0, 2, (B, 1)))
+        kwargs["positions"] = torch.from_numpy(rng.integers(0, 8, size=(B, T)))
+    return (model.state_dict(), 2, idx, cache_k, cache_v, length), kwargs
+
+
 def _scheduler_args(rng, dtype):
     slots = [f"r{i}" if rng.random() < 0.7 else None for i in range(4)]
     finished = [request is not None and bool(rng.random() < 0.5) for request in slots]
     return (slots, finished, [f"w{i}" for i in range(rng.integers(0, 5))]), {}
+
+
+def _generate_batch_args(rng, dtype):
+    model = random_gpt(GPTConfig(vocab_size=11, block_size=12, n_layer=1, n_head=2, n_embd=8),
+                       seed=int(rng.integers(99))).to(torch.float64 if dtype == np.float64 else torch.float32)
+    prompts = [rng.integers(0, 11, size=rng.integers(1, 5)).tolist() for _ in range(rng.integers(1, 4))]
+    kwargs = {"temperature": float(rng.choice([0.0, 0.7, 1.3])), "seed": int(rng.integers(99)),
+              "eos_id": int(rng.integers(0, 11)) if rng.random() < 0.5 else None, "pad_id": int(rng.integers(0, 11))}
+    return (model.state_dict(), 2, prompts, int(rng.integers(0, 6))), kwargs
 
 
 def _chunks(rng, dtype):
@@ -106,6 +132,8 @@ INPUTS: dict[str, Callable] = {  # function -> (rng, float dtype) -> (args, kwar
                                  tuple(int(i) for i in r.integers(0, 3, size=2)), 256), {}),
     "bpe_encode": lambda r, d: ((_text(r), _merges(r)), {}),
     "bpe_decode": lambda r, d: ((r.integers(97, 100, size=8).tolist() + [256], _merges(r)), {}),
+    "bpe_train": lambda r, d: (({_text(r): int(r.integers(1, 5)) for _ in range(r.integers(0, 6))},
+                                int(r.integers(0, 20))), {}),
     "embedding_forward": lambda r, d: ((r.integers(0, 5, size=(2, 3)), _normal(r, d, 5, 4)), {}),
     "embedding_backward": lambda r, d: ((r.integers(0, 5, size=(2, 3)), _normal(r, d, 2, 3, 4), 5), {}),
     "bigram_perplexity": lambda r, d: ((r.integers(0, 5, size=(4, 4)), r.integers(0, 4, size=10)),
@@ -139,15 +167,20 @@ INPUTS: dict[str, Callable] = {  # function -> (rng, float dtype) -> (args, kwar
                                 int(r.integers(1, 13))), {}),  # integers: many ties, broken by beam then token
     "cache_append": _append_args,
     "cached_attention": lambda r, d: ((_normal(r, d, 2, 2, 1, 3), *_cache(r, d), int(r.integers(1, 7))), {}),
+    "gpt_forward_cached": _forward_cached_args,
     "padding_mask": lambda r, d: ((r.integers(1, 5, size=3).tolist(),), {"width": int(r.choice([4, 6]))}),
     "row_positions": lambda r, d: ((np.arange(5)[None, :] >= r.integers(0, 5, size=(3, 1)),), {}),
     "scheduler_step": _scheduler_args,
+    "generate_batch": _generate_batch_args,
     "quantize_per_channel": lambda r, d: ((_normal(r, d, 4, 6) * (r.random((4, 1)) < 0.8),),
                                           {"bits": int(r.integers(2, 9))}),  # a row of zeros now and then
     "dequantize_per_channel": lambda r, d: (_codes(r, d), {}),
     "pack_int4": lambda r, d: ((r.integers(-8, 8, size=(3, 6)),), {}),
     "unpack_int4": lambda r, d: ((r.integers(0, 256, size=(3, 4)).astype(np.uint8),), {}),
     "quantized_matmul": lambda r, d: ((_normal(r, d, 2, 6), *_codes(r, d), _normal(r, d, 4)), {}),
+    "quantize_state_dict": lambda r, d: ((random_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2,
+                                                               n_embd=8), seed=int(r.integers(99))).state_dict(),
+                                          str(r.choice(["fp32", "int8", "int4-g2", "int4-g4", "int4-g8"]))), {}),
     "online_softmax": _chunks,
     "tiled_attention": _tiled_args,
     "verify_draft": lambda r, d: ((torch.tensor(r.integers(0, 3, size=(4, 3)), dtype=torch.float32),
@@ -169,7 +202,7 @@ def assert_same(got, expected) -> None:
         for a, b in zip(got, expected):
             assert_same(a, b)
     elif isinstance(expected, dict) and expected and isinstance(next(iter(expected.values())),
-                                                                (np.ndarray, torch.Tensor)):
+                                                                (np.ndarray, torch.Tensor, tuple)):
         assert got.keys() == expected.keys()
         for key in expected:
             assert_same(got[key], expected[key])
@@ -228,10 +261,14 @@ class Keywords(dict):
     """The keyword arguments of a bad-input case (the last entry of its args)."""
 
 
+TINY_STATE = random_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8)).state_dict()
+
+
 @pytest.mark.parametrize("module, function, args, error", [
     ("warmup", "mean_squared_error", (np.zeros(2), np.zeros(3)), ValueError),
     ("tokens", "bpe_encode", (b"abc", {}), TypeError),
     ("tokens", "bpe_decode", ([999], {}), ValueError),
+    ("tokens", "bpe_train", ({"ab": 0}, 3), ValueError),
     ("tokens", "embedding_forward", (np.array([5]), np.zeros((5, 2))), ValueError),
     ("attention", "softmax", (np.zeros(3), 1), ValueError),
     ("attention", "causal_attention", (np.zeros((2, 3)), np.zeros((3, 3)), np.zeros((3, 3))), ValueError),
@@ -246,8 +283,12 @@ class Keywords(dict):
     ("decoding", "top_k_filter", (torch.zeros(3), 0), ValueError),
     ("kv_cache", "cache_append", (np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), 2, np.zeros((1, 1, 3)),
                                   np.zeros((1, 1, 3))), ValueError),
+    ("kv_cache", "gpt_forward_cached", (TINY_STATE, 2, torch.zeros(1, 3, dtype=torch.int64),
+                                        torch.zeros(1, 1, 2, 2, 4), torch.zeros(1, 1, 2, 2, 4), 0), ValueError),
     ("batching", "padding_mask", ([0, 2],), ValueError),
+    ("batching", "generate_batch", (TINY_STATE, 2, [[1], []], 3), ValueError),
     ("quantization", "pack_int4", (np.array([8, 0]),), ValueError),
+    ("quantization", "quantize_state_dict", ({}, "int8-kernel"), ValueError),
     ("tiled", "online_softmax", ([np.array([-np.inf])],), ValueError),
     ("tiled", "tiled_attention", (np.zeros((3, 2)), np.zeros((2, 2)), np.zeros((2, 2)), 2), ValueError),
     ("tiled", "tiled_attention", (np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)), 0), ValueError),

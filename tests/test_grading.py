@@ -246,7 +246,29 @@ def test_the_submission_is_validated_before_it_is_copied(tmp_path):
 
 
 def test_points_follow_the_effort_of_each_exercise():
-    """Worth 1: a formula (softmax, temperature); up to 4: a derivation (LayerNorm's backward)."""
+    """Worth 1: a formula (softmax, temperature); up to 4: a derivation (LayerNorm's backward); a challenge, a whole
+    piece of the package's code, 3 to 5."""
     points = {ex.id: ex.points for ex in catalog.EXERCISES}
-    assert set(points.values()) == {1, 2, 3, 4}
+    assert {points[ex.id] for ex in catalog.EXERCISES if not ex.challenge} == {1, 2, 3, 4}
+    assert {points[ex.id] for ex in catalog.EXERCISES if ex.challenge} <= {3, 4, 5}
     assert points["softmax"] < points["causal_attention"] < points["beam_step"] < points["layernorm_backward"]
+
+
+def test_challenges_are_marked_and_counted_in_the_total():
+    from llmcourse.grading.runner import ExerciseResult, GradeReport
+
+    report = GradeReport("submission", [
+        ExerciseResult("softmax", "Numerically stable softmax", 1.0, 1.0, "passed"),
+        ExerciseResult("bpe_train", "BPE training", 2.0, 4.0, "failed", "a message", challenge=True),
+        ExerciseResult("quantize_state_dict", "Quantize", 0.0, 3.0, "not implemented", challenge=True)], 1.0)
+    assert (report.total, report.max_total, report.challenge_total, report.challenge_max_total) == (3, 8, 2, 7)
+    table = format_table(report)
+    assert "BPE training [challenge]" in table and "Numerically stable softmax [challenge]" not in table
+    assert "2 / 7 of it from challenges" in table.splitlines()[-1] and "3 / 8" in table.splitlines()[-1]
+    assert report.to_json()["challenge_total"] == 2 and report.to_json()["challenge_max_total"] == 7
+    assert [e["challenge"] for e in report.to_json()["exercises"]] == [False, True, True]
+    results = gradescope_results(report)
+    assert results["score"] == 3 and "2 / 7 of them from challenge exercises" in results["output"]
+    assert results["tests"][1]["name"] == "bpe_train: BPE training [challenge]" and results["tests"][1]["max_score"] == 4
+    assert all(ex.challenge == (ex.id in ("bpe_train", "gpt_forward_cached", "generate_batch", "quantize_state_dict"))
+               for ex in catalog.EXERCISES)

@@ -68,6 +68,16 @@ def test_corrected_claims_stay_corrected(stem, wrong, corrected):
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
 def test_points_named_in_a_notebook_are_the_catalogs(notebook):
     text = " ".join("".join(cell["source"]) for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"])
-    for exercise_id, points in re.findall(r"Exercise `(\w+)`\*\* \(([0-9.]+) points?\)", text):
+    for kind, exercise_id, points in re.findall(r"(Exercise|Challenge) `(\w+)`\*\* \(([0-9.]+) points?", text):
         assert float(points) == catalog.get(exercise_id).points, f"{notebook.name}: {exercise_id} is worth " \
                                                                  f"{catalog.get(exercise_id).points:g}, not {points}"
+        assert (kind == "Challenge") == catalog.get(exercise_id).challenge, \
+            f"{notebook.name} calls {exercise_id} a{'' if kind == 'Challenge' else 'n'} {kind.lower()}; the catalog " \
+            "does not"
+
+
+def test_every_challenge_is_introduced_in_its_notebook():
+    for ex in catalog.EXERCISES:
+        if ex.challenge:
+            claim = f"**Challenge `{ex.id}`** ({ex.points:g} points"
+            assert claim in _text(ex.notebook[:2]), f"notebook {ex.notebook} should introduce the challenge: {claim}"

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 
 from llmcourse import numpy_layers as nl
 from llmcourse import tiled
-from llmcourse.batching import left_padded, schedule_step
+from llmcourse.batching import generate_batch, left_padded, schedule_step
 from llmcourse.data import load_corpus
 from llmcourse.generate import beam_step, filtered_logits
-from llmcourse.gpt import GPTConfig, random_gpt
+from llmcourse.gpt import GPTConfig, KVCache, random_gpt
 from llmcourse.gradcheck import TOLERANCE, layer_checks
 from llmcourse.loader import reference
 from llmcourse.mlp_lm import Layers, adam_step, momentum_step, sgd_step
@@ -29,7 +29,7 @@ from llmcourse.ngram import BigramModel
 from llmcourse.paged import PagedKVCache
 from llmcourse.pretrained import ASSETS, NAME
 from llmcourse.quantization import (QuantizedLinear, QuantizedTensor, dequantize_groupwise_torch, pack_int4_torch,
-                                    quantize_groupwise_torch, unpack_int4_torch)
+                                    quantize_groupwise_torch, quantize_model, unpack_int4_torch)
 from llmcourse.speculative import verify_greedy
 from llmcourse.tokenizer import BPETokenizer, apply_merges, load_tokenizer, split_chunks
 from llmcourse.train import checkpoint_paths
@@ -122,6 +122,20 @@ def test_training_matches_the_reference_building_blocks(text, extra):
 def test_training_on_the_corpus_matches_the_reference_building_blocks():
     text = load_corpus()[:30_000]
     assert BPETokenizer.train(text, 400).merges == _reference_training(text, 400)
+
+
+@settings(deadline=None, max_examples=40)
+@given(text=st.text(st.sampled_from("aaab bc\n "), max_size=200) | texts, extra=st.integers(0, 40))
+def test_incremental_training_matches_bpe_train(text, extra):
+    chunk_counts = dict(Counter(split_chunks(text)))
+    assert BPETokenizer.train_chunks(chunk_counts, 256 + extra).merges == reference("tokens.bpe_train")(chunk_counts,
+                                                                                                       extra)
+
+
+def test_incremental_training_on_the_corpus_matches_bpe_train():
+    text = load_corpus()[:30_000]
+    expected = list(reference("tokens.bpe_train")(dict(Counter(split_chunks(text))), 300).items())
+    assert list(BPETokenizer.train(text, 556).merges.items()) == expected
 
 
 # -- bigram model ----------------------------------------------------------------------------------------------------
@@ -322,6 +336,38 @@ def test_beam_step_matches(seed, W, V, dtype):
     torch.testing.assert_close(our_scores, expected_scores, **TORCH_TOL[dtype])
 
 
+# -- KV-cache (notebook 07) ------------------------------------------------------------------------------------------
+
+@settings(deadline=None, max_examples=25)
+@given(seed=seeds, B=st.integers(1, 3), steps=st.lists(st.integers(1, 3), min_size=1, max_size=4),
+       padded=st.booleans(), dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_cached_forward_matches_gpt_forward(seed, B, steps, padded, dtype):
+    """Chunks of new tokens, one after the other, into one cache; left-padded rows with positions and a mask or not."""
+    config = GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=2, n_embd=8)
+    model = random_gpt(config, seed=seed % 100).to(dtype)
+    rng = np.random.default_rng(seed)
+    cache = KVCache(model.config, B, sum(steps), dtype=dtype)
+    cache_k, cache_v = (torch.zeros(2, B, 2, sum(steps), 4, dtype=dtype) for _ in range(2))
+    pads = rng.integers(0, steps[0], size=B) if padded else np.zeros(B, dtype=int)
+    mask = torch.from_numpy(np.arange(steps[0])[None, :] >= pads[:, None])  # (B, first step)
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    length = 0
+    for T in steps:
+        idx = torch.from_numpy(rng.integers(0, 23, size=(B, T)))
+        if length:  # later chunks are real tokens, after each row's last position
+            mask = torch.cat([mask, torch.ones(B, T, dtype=torch.bool)], dim=1)
+            positions = positions[:, -1:] + torch.arange(1, T + 1)
+        kwargs = dict(positions=positions, attention_mask=mask) if padded else {}
+        with torch.no_grad():
+            expected = model(idx, cache=cache, **kwargs)
+        got = reference("kv_cache.gpt_forward_cached")(model.state_dict(), 2, idx, cache_k, cache_v, length, **kwargs)
+        length += T
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), **TORCH_TOL[dtype])
+        for layer in range(2):
+            np.testing.assert_allclose(cache_k[layer, :, :, :length].numpy(), cache.keys[layer][:, :, :length].numpy(),
+                                       **TORCH_TOL[dtype])
+
+
 # -- batching (notebook 08) ------------------------------------------------------------------------------------------
 
 @settings(deadline=None, max_examples=50)
@@ -347,6 +393,19 @@ def test_scheduler_step_matches(seed, rows, n_waiting):
     before = (list(slots), list(finished), list(waiting))
     assert schedule_step(slots, finished, waiting) == reference("batching.scheduler_step")(slots, finished, waiting)
     assert (slots, finished, waiting) == before  # neither changes its inputs
+
+
+@settings(deadline=None, max_examples=25)
+@given(seed=seeds, prompts=st.lists(st.lists(st.integers(0, 22), min_size=1, max_size=6), min_size=1, max_size=4),
+       max_new_tokens=st.integers(0, 6), temperature=st.sampled_from([0.0, 0.7, 1.5]),
+       eos_id=st.none() | st.integers(0, 22), dtype=st.sampled_from([torch.float64, torch.float32]))
+def test_generate_batch_matches_the_reference_loop(seed, prompts, max_new_tokens, temperature, eos_id, dtype):
+    config = GPTConfig(vocab_size=23, block_size=16, n_layer=2, n_head=2, n_embd=8)
+    model = random_gpt(config, seed=seed % 100).to(dtype)
+    kwargs = dict(temperature=temperature, seed=seed % 1000, eos_id=eos_id)
+    expected = reference("batching.generate_batch")(model.state_dict(), 2, prompts, max_new_tokens, **kwargs)
+    got = generate_batch(model, prompts, max_new_tokens, **kwargs)
+    assert [row.tolist() for row in got] == [row.tolist() for row in expected]  # token ids: exactly
 
 
 # -- quantization (notebook 09) --------------------------------------------------------------------------------------
@@ -418,6 +477,24 @@ def test_int8_linear_matches_quantized_matmul(seed, out, inputs, bias):
         None if linear.bias is None else linear.bias.detach().numpy())
     with torch.no_grad():
         close(layer(x).numpy(), expected, np.float32)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4-g8", "int4-g32", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_quantize_model_stores_what_quantize_state_dict_gives(scheme, dtype):
+    model = random_gpt(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32), seed=3).to(dtype)
+    expected = reference("quantization.quantize_state_dict")(model.state_dict(), scheme)
+    packaged = quantize_model(model, scheme)
+    assert list(expected) == [key for key in model.state_dict() if key != "lm_head.weight"]
+    for key, value in expected.items():
+        if isinstance(value, tuple):  # codes and scales: bit for bit
+            stored = packaged.get_submodule(key.removesuffix(".weight")).weight
+            assert torch.equal(stored.codes, value[0]) and torch.equal(stored.scale, value[1]), key
+            assert (stored.codes.dtype, stored.scale.dtype) == (value[0].dtype, value[1].dtype), key
+        else:
+            assert scheme == "fp32" or not key.endswith(("wte.weight", "wpe.weight", "c_attn.weight", "c_proj.weight",
+                                                         "c_fc.weight")), key
+            assert torch.equal(packaged.state_dict()[key], value), key
 
 
 # -- attention without the T x T matrix, serving (notebooks 12 and 13) -----------------------------------------------

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmcourse.data import load_corpus
 from llmcourse.loader import reference
 from llmcourse.ngram import BigramModel
 from llmcourse.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, split_chunks
@@ -273,3 +274,46 @@ def test_most_frequent_pair_breaks_ties_by_smallest_pair():
     assert most_frequent_pair({(5, 1): 3, (2, 9): 3, (0, 0): 1}) == (2, 9)
     with pytest.raises(ValueError, match="no pair"):
         most_frequent_pair({})
+
+
+# -- special tokens and streaming ------------------------------------------------------------------------------------
+
+EOT = "<|endoftext|>"
+DOCS = load_corpus()[:6000] + EOT + "Le deuxième document, 中文也可以。\n" * 30 + EOT + "def f(x):\n    return x\n" * 20
+
+
+def test_special_tokens_are_one_id_that_no_merge_builds():
+    tok = BPETokenizer.train(DOCS, vocab_size=320, special=[EOT])
+    eot = tok.special[EOT]
+    assert eot == tok.vocab_size - 1 and tok.vocab_size == 320
+    assert all(EOT not in tok.token_bytes(i).decode("utf-8", "replace") for i in range(256, eot)), \
+        "training must keep the special token out of the merges"
+    ids = tok.encode(f"a{EOT}b")
+    assert ids == tok.encode("a") + [eot] + tok.encode("b") and tok.decode(ids) == f"a{EOT}b"
+    plain = tok.encode(EOT, allowed_special=False)
+    assert eot not in plain and tok.decode(plain) == EOT
+
+
+def test_special_tokens_survive_save_load_and_truncate(tmp_path):
+    tok = BPETokenizer.train(DOCS, vocab_size=300, special=[EOT, "<|pad|>"])
+    tok.save(tmp_path / "t.json")
+    loaded = load_tokenizer(tmp_path / "t.json")
+    assert loaded.special == tok.special and loaded.encode(DOCS) == tok.encode(DOCS)
+    small = tok.truncate(270)
+    assert small.vocab_size == 270 and list(small.special) == [EOT, "<|pad|>"]
+    assert small.merges == dict(list(tok.merges.items())[:12])
+    with pytest.raises(ValueError, match="distinct non-empty"):
+        BPETokenizer({}, ["", EOT])
+
+
+def test_encode_iterable_equals_encode_however_the_text_is_cut():
+    import random
+
+    tok = BPETokenizer.train(DOCS, vocab_size=320, special=[EOT])
+    rng = random.Random(0)
+    text = DOCS + "  trailing   spaces \n\n\n it's" + EOT
+    for _ in range(30):
+        cuts = sorted(rng.sample(range(1, len(text)), 60))
+        pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+        assert list(tok.encode_iterable(pieces)) == tok.encode(text)
+    assert list(tok.encode_iterable(text.splitlines(keepends=True))) == tok.encode(text)

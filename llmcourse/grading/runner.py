@@ -54,6 +54,11 @@ class ExerciseResult:
     status: str  # passed | not implemented | failed | timed out | crashed | does not import
     message: str = ""
     tests: list[dict] = field(default_factory=list)  # {"name", "passed", "kind", "message"} per test
+    challenge: bool = False  # a challenge exercise (catalog.Exercise.challenge): harder, part of the total
+
+    @property
+    def shown_title(self) -> str:
+        return f"{self.title} [challenge]" if self.challenge else self.title
 
     @property
     def status_line(self) -> str:
@@ -79,6 +84,15 @@ class GradeReport:
         return round(sum(ex.max_points for ex in self.exercises), 2)
 
     @property
+    def challenge_total(self) -> float:
+        """Points earned on the challenge exercises (already counted in `total`)."""
+        return round(sum(ex.points for ex in self.exercises if ex.challenge), 2)
+
+    @property
+    def challenge_max_total(self) -> float:
+        return round(sum(ex.max_points for ex in self.exercises if ex.challenge), 2)
+
+    @property
     def exit_code(self) -> int:
         if self.error is not None:
             return 2
@@ -89,6 +103,8 @@ class GradeReport:
             "implementation": self.implementation,
             "total": self.total,
             "max_total": self.max_total,
+            "challenge_total": self.challenge_total,
+            "challenge_max_total": self.challenge_max_total,
             "error": self.error,
             "sandbox": self.sandbox,
             "notices": self.notices,
@@ -215,7 +231,7 @@ def _score(rubric: dict, outcomes: dict, time_limit_hit: bool) -> list[ExerciseR
             status, message = _STATUS[failing[0]["kind"]], failing[0]["message"]
         else:
             status, message = "passed", ""
-        results.append(ExerciseResult(ex.id, ex.title, points, ex.points, status, message, tests))
+        results.append(ExerciseResult(ex.id, ex.title, points, ex.points, status, message, tests, ex.challenge))
     return results
 
 
@@ -343,14 +359,16 @@ def format_table(report: GradeReport) -> str:
         return f"The grader could not run: {report.error}"
     notices = "".join(f"note: {notice}\n" for notice in report.notices)
     width = max([len(ex.id) for ex in report.exercises] + [8])
-    title_width = max([len(ex.title) for ex in report.exercises] + [5])
+    title_width = max([len(ex.shown_title) for ex in report.exercises] + [5])
     lines = [f"{'exercise':<{width}}  {'title':<{title_width}}  {'points':>11}  status",
              f"{'-' * width}  {'-' * title_width}  {'-' * 11}  {'-' * 6}"]
     for ex in report.exercises:
-        lines.append(f"{ex.id:<{width}}  {ex.title:<{title_width}}  {ex.points:>5g} / {ex.max_points:<3g}  "
+        lines.append(f"{ex.id:<{width}}  {ex.shown_title:<{title_width}}  {ex.points:>5g} / {ex.max_points:<3g}  "
                      f"{ex.status_line}")
+    challenges = (f"{report.challenge_total:g} / {report.challenge_max_total:g} of it from challenges; "
+                  if report.challenge_max_total else "")
     lines.append(f"{'total':<{width}}  {'':<{title_width}}  {report.total:>5g} / {report.max_total:<3g}  "
-                 f"({report.execution_time:.1f} s)")
+                 f"({challenges}{report.execution_time:.1f} s)")
     return notices + "\n".join(lines)
 
 
@@ -365,9 +383,16 @@ def gradescope_results(report: GradeReport) -> dict:
     for number, ex in enumerate(report.exercises, start=1):
         details = "\n".join(f"{'PASS' if t['passed'] else 'FAIL'} {t['name']}" +
                             ("" if t["passed"] else f": {_STATUS[t['kind']]}: {t['message']}") for t in ex.tests)
-        tests.append({"name": f"{ex.id}: {ex.title}", "number": str(number), "score": ex.points,
+        tests.append({"name": f"{ex.id}: {ex.shown_title}", "number": str(number), "score": ex.points,
                       "max_score": ex.max_points, "status": "passed" if ex.status == "passed" else "failed",
                       "output": f"{ex.status_line}\n\n{details}", "visibility": "visible"})
     notices = "".join(f"\n{notice}" for notice in report.notices)
     return {"score": report.total, "execution_time": round(report.execution_time, 1),
-            "output": f"{report.total:g} / {report.max_total:g} points{notices}", "tests": tests}
+            "output": f"{report.total:g} / {report.max_total:g} points{_challenge_note(report)}{notices}",
+            "tests": tests}
+
+
+def _challenge_note(report: GradeReport) -> str:
+    if not report.challenge_max_total:
+        return ""
+    return f" ({report.challenge_total:g} / {report.challenge_max_total:g} of them from challenge exercises)"

@@ -118,6 +118,20 @@ def test_causal_attention_ignores_the_future(impl):
 
 
 @exercise("causal_attention")
+def test_causal_attention_stays_finite_for_large_scores(impl):
+    rng = np.random.default_rng(13)
+    q, k, v = (rng.normal(size=(2, 5, 4)) for _ in range(3))
+    q, k = q * 40.0, k * 40.0  # scores of several thousand: exp overflows unless the row maximum is subtracted
+    got = np.asarray(impl.attention.causal_attention(q, k, v))
+    assert np.all(np.isfinite(got)), "causal_attention gave inf or nan for large scores: the softmax inside it " \
+                                     "must subtract each row's maximum before exp"
+    expected = F.scaled_dot_product_attention(_t(q), _t(k), _t(v), is_causal=True)
+    # float64; scores near 1e4 carry absolute rounding ~1e-12, which moves the weights by ~1e-12 relative:
+    # rtol 1e-7 (COURSE.md) still holds, atol 1e-12 for outputs near 0.
+    assert_allclose(got, expected, rtol=1e-7, atol=1e-12, what="causal_attention with scores of several thousand")
+
+
+@exercise("causal_attention")
 def test_causal_attention_first_position_and_empty_rows(impl):
     rng = np.random.default_rng(5)
     q, k, v = (rng.normal(size=(1, 4, 3)).astype(np.float32) for _ in range(3))

@@ -251,7 +251,8 @@ def _adam_against_torch(impl, optimizer_class, *, dtype, weight_decay, steps=6, 
         assert_allclose(param, p_torch.detach().numpy(), **tolerance, what=f"the parameter after {name}")
         assert_allclose(m, state["exp_avg"].numpy(), **tolerance, what=f"m after {name}")
         assert_allclose(v, state["exp_avg_sq"].numpy(), **tolerance, what=f"v after {name}")
-    _check_dtype(param, dtype, f"adam_step's param for {np.dtype(dtype).name} inputs")
+    for name, value in (("param", param), ("m", m), ("v", v)):
+        _check_dtype(value, dtype, f"adam_step's {name} for {np.dtype(dtype).name} inputs")
 
 
 @exercise("adam_step")

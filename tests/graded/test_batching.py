@@ -121,3 +121,103 @@ def test_scheduler_step_simulation_serves_everyone_once(impl):
         steps += 1
         assert steps < 100, "the scheduler never drains the queue"
     assert sorted(served) == list(range(9)), f"every request must leave exactly once, got {sorted(served)}"
+
+
+# -- generate_batch (challenge) ------------------------------------------------------------------------------------
+
+PROMPTS = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [10, 11]]
+
+
+def _gpt(seed: int, dtype=torch.float64):
+    from llmcourse.gpt import GPTConfig, random_gpt
+    return random_gpt(GPTConfig(vocab_size=40, block_size=16, n_layer=2, n_head=2, n_embd=16), seed=seed).to(dtype)
+
+
+def _check_generate_batch(impl, model, prompts, max_new_tokens: int, what: str, **kwargs) -> list:
+    """The learner's rows against the package's generate_batch, and each against generate on its prompt alone."""
+    from llmcourse.batching import generate_batch
+    from llmcourse.generate import generate
+
+    got = impl.batching.generate_batch(model.state_dict(), model.config.n_head, prompts, max_new_tokens, **kwargs)
+    assert isinstance(got, list) and len(got) == len(prompts), \
+        f"generate_batch should return a list of {len(prompts)} tensors, one per prompt, got {type(got).__name__}"
+    expected = generate_batch(model, prompts, max_new_tokens, **kwargs)
+    for b, (row, prompt) in enumerate(zip(got, prompts)):
+        assert isinstance(row, torch.Tensor) and row.dtype == torch.int64, \
+            f"row {b} should be an int64 tensor, got {getattr(row, 'dtype', type(row).__name__)}"
+        # Token ids: exactly the package's, and exactly what generate gives for the prompt alone.
+        assert_equal_ids(row, expected[b], what=f"row {b} ({what})")
+        alone = generate(model, torch.tensor(prompt), max_new_tokens,
+                         **{key: value for key, value in kwargs.items() if key != "pad_id"})
+        assert_equal_ids(row, alone, what=f"row {b} ({what}) against generate on prompt {b} alone")
+    return got
+
+
+@exercise("generate_batch")
+def test_generate_batch_greedy_matches_the_package(impl):
+    _check_generate_batch(impl, _gpt(0), PROMPTS, 8, "greedy", temperature=0.0)
+
+
+@exercise("generate_batch")
+def test_generate_batch_sampled_rows_with_their_own_generators(impl):
+    _check_generate_batch(impl, _gpt(1), PROMPTS, 8, "temperature 0.8, seed 3", temperature=0.8, seed=3)
+    _check_generate_batch(impl, _gpt(2), [[7, 8], [9, 10, 11, 12]], 5, "temperature 1.5, seed 0", temperature=1.5,
+                          seed=0)
+
+
+def _eos_that_matters(rows: list, prompts: list) -> int:
+    """A token after whose first appearance some row emits another token: held at eos, that row changes (a random
+    model repeats itself a lot, so an arbitrary eos often changes nothing)."""
+    for row, prompt in zip(rows, prompts):
+        new = row[len(prompt):].tolist()
+        for j, token in enumerate(new[:-1]):
+            if token not in new[:j] and any(later != token for later in new[j + 1:]):
+                return token
+    raise AssertionError("no token of these rows can serve as an eos that changes them")
+
+
+@exercise("generate_batch")
+def test_generate_batch_holds_finished_rows_at_eos(impl):
+    from llmcourse.batching import generate_batch
+
+    for seed, kwargs in ((7, dict(temperature=0.0)), (4, dict(temperature=1.2, seed=5))):
+        model = _gpt(seed)
+        free = generate_batch(model, PROMPTS, 8, **kwargs)
+        eos = _eos_that_matters(free, PROMPTS)
+        held = _check_generate_batch(impl, model, PROMPTS, 8, f"{kwargs}, eos_id {eos}", eos_id=eos, **kwargs)
+        assert any(a.tolist() != b.tolist() for a, b in zip(held, free))  # eos_id changed something
+    model, prompt = _gpt(4), [[7, 30, 2]]  # one row, sampled: it finishes, then the rest is eos
+    eos = _eos_that_matters(generate_batch(model, prompt, 8, temperature=1.2, seed=5), prompt)
+    got = _check_generate_batch(impl, model, prompt, 8, f"one row, eos_id {eos}", temperature=1.2, seed=5,
+                                eos_id=eos)
+    first = got[0].tolist().index(eos, len(prompt[0]))
+    assert got[0][first:].tolist() == [eos] * (len(got[0]) - first), \
+        f"once every row has emitted eos_id, the rest is eos_id: got new tokens {got[0][1:].tolist()}"
+
+
+@exercise("generate_batch")
+def test_generate_batch_float32_pad_id_and_no_new_tokens(impl):
+    model = _gpt(5, torch.float32)
+    a = _check_generate_batch(impl, model, PROMPTS, 6, "float32, greedy, pad_id 0", temperature=0.0)
+    b = _check_generate_batch(impl, model, PROMPTS, 6, "float32, greedy, pad_id 39", temperature=0.0, pad_id=39)
+    for b_row, (x, y) in enumerate(zip(a, b)):
+        assert_equal_ids(x, y, what=f"row {b_row} with pad_id 39 against pad_id 0 (padding is never seen)")
+    got = impl.batching.generate_batch(model.state_dict(), 2, PROMPTS, 0)
+    for row, prompt in zip(got, PROMPTS):
+        assert_equal_ids(row, torch.tensor(prompt), what="generate_batch with max_new_tokens 0 (the prompt itself)")
+
+
+@exercise("generate_batch")
+def test_generate_batch_rejects_bad_input(impl):
+    model = _gpt(6)
+    weights = model.state_dict()
+    impl.batching.generate_batch(weights, 2, PROMPTS, 2, temperature=0.0)  # a valid call first
+    bad = [("no prompts", ([], 2), {}), ("an empty prompt", ([[1, 2], []], 2), {}),
+           ("a tensor of prompts", (torch.tensor([[1, 2]]), 2), {}),
+           ("max_new_tokens -1", (PROMPTS, -1), {}), ("temperature -0.5", (PROMPTS, 2), {"temperature": -0.5}),
+           ("a prompt of 14 tokens and 4 new ones in 16 positions", ([list(range(14))], 4), {"temperature": 0.0})]
+    for what, args, kwargs in bad:
+        with expect_error(ValueError, what=f"generate_batch with {what}"):
+            impl.batching.generate_batch(weights, 2, *args, **kwargs)
+    got = impl.batching.generate_batch(weights, 2, [list(range(14))], 3, temperature=0.0)  # 14 + 3 - 1 = 16: fits
+    assert len(got[0]) == 17, "a prompt of 14 tokens and 3 new ones fit 16 positions (the last one is never fed back)"

@@ -108,6 +108,11 @@ def test_top_k_at_least_vocabulary_keeps_everything(impl):
         got = impl.decoding.top_k_filter(logits, k)
         # nothing is removed, kept entries are copied: exact.
         assert_same_filter(got, logits, what=f"top_k_filter(logits, {k}) with V = 6")
+    logits = _distinct_logits(2, 3, 5, seed=9)  # 3-D: the vocabulary is the last axis (5), not axis 1 (3)
+    for k in (4, 7):
+        got = impl.decoding.top_k_filter(logits, k)
+        # kept entries are copied: exact.
+        assert_same_filter(got, _topk_expected(logits, min(k, 5)), what=f"top_k_filter of (2, 3, 5) logits, k={k}")
 
 
 @exercise("top_k")
@@ -145,7 +150,10 @@ def test_top_p_on_a_hand_made_distribution(impl):
     probs = torch.tensor([0.125, 0.5, 0.125, 0.25], dtype=torch.float64)  # sorted: 0.5, 0.25, 0.125, 0.125
     logits = torch.log(probs)[None]
     # p = 0.76: the third token is kept, and the fourth too because it ties with it (0.125 each).
-    for p, keep in ((0.3, [1]), (0.49, [1]), (0.6, [1, 3]), (0.74, [1, 3]), (0.76, [0, 1, 2, 3]), (1.0, [0, 1, 2, 3])):
+    # p = 0.5 and 0.75 exactly: the mass before the 2nd (3rd) token is exactly p (float64 softmax of these logits
+    # gives 0.5 and 0.25 exactly), which is not < p: that token is not kept, the mass has reached p without it.
+    for p, keep in ((0.3, [1]), (0.49, [1]), (0.5, [1]), (0.6, [1, 3]), (0.74, [1, 3]), (0.75, [1, 3]),
+                    (0.76, [0, 1, 2, 3]), (1.0, [0, 1, 2, 3])):
         got = impl.decoding.top_p_filter(logits, p)
         kept = torch.isfinite(got[0]).nonzero()[:, 0]
         assert_equal_ids(kept, np.array(keep), what=f"the tokens top_p_filter(p={p}) keeps for probs {probs.tolist()}")
@@ -169,6 +177,14 @@ def test_top_p_ignores_removed_tokens_and_keeps_the_shape(impl):
     assert_same_filter(got, expected, what="top_p_filter(p=0.55) on logits with -inf entries")
     assert got.dtype == torch.float64, f"top_p_filter should keep the dtype float64, got {got.dtype}"
     assert torch.equal(logits, before), "top_p_filter modified its input in place; return a new tensor"
+
+
+@exercise("top_p")
+def test_top_p_one_keeps_even_the_least_likely_tokens(impl):
+    # probabilities 1, 2e-22, 4e-44: the mass before the last tokens rounds to exactly 1.0, yet p = 1 keeps all
+    logits = torch.tensor([[0.0, -50.0, -100.0], [-100.0, 0.0, -50.0]], dtype=torch.float64)
+    got = impl.decoding.top_p_filter(logits, 1.0)
+    assert_same_filter(got, logits, what="top_p_filter(logits, 1.0) (p = 1 keeps every token, however unlikely)")
 
 
 @exercise("top_p")

@@ -50,11 +50,22 @@ def test_per_channel_error_is_at_most_half_a_step(impl):
 
 
 @exercise("quantize_per_channel")
+def test_per_channel_rounds_exact_halves_to_even(impl):
+    # max |row| = 127 gives the scale exactly 1, so w / scale are these exact halves; half to even, like np.round
+    w = np.array([[127.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5]], dtype=np.float32)
+    q, scale = impl.quantization.quantize_per_channel(w)
+    assert np.asarray(scale).dtype == np.float32, f"scale should have w's dtype float32, got {np.asarray(scale).dtype}"
+    assert_equal_ids(q, np.array([[127, 0, 2, 2, 0, -2, -2, 4]], dtype=np.int8),
+                     what="the codes of 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5 at scale 1 (round half to even)")
+
+
+@exercise("quantize_per_channel")
 def test_per_channel_zero_row_and_outlier(impl):
     w = np.array([[0.0, 0.0, 0.0, 0.0], [0.5, -1.0, 0.25, 100.0]], dtype=np.float64)
     q, scale = impl.quantization.quantize_per_channel(w)
     assert np.all(np.isfinite(scale)) and np.all(np.asarray(scale) > 0), \
         f"a row of zeros must get a positive finite scale (1.0), got scales {scale}"
+    assert np.asarray(scale)[0] == 1.0, f"a row of zeros gets the scale 1 (the docstring's choice), got {scale[0]}"
     # Hand-computed: the outlier 100 sets the scale 100/127, so 0.5 -> round(0.635) = 1, -1 -> round(-1.27) = -1,
     # 0.25 -> round(0.3175) = 0: small weights lose their precision next to an outlier.
     assert_equal_ids(q, np.array([[0, 0, 0, 0], [1, -1, 0, 127]], dtype=np.int8), what="codes")
@@ -145,6 +156,12 @@ def test_quantized_matmul_without_bias_keeps_float32(impl):
                                           * torch.from_numpy(scale)[:, None])
     # float32: PyTorch's default tolerances; sums of 16 products of size ~1 stay well within atol 1e-5.
     assert_allclose(got, expected, rtol=1.3e-6, atol=1e-5, what="quantized_matmul(x, q, scale)")
+    # float64 scale and bias with float32 x: the result still has x's dtype, as the docstring says
+    got = impl.quantization.quantized_matmul(x, q, scale.astype(np.float64), np.ones(6))
+    assert np.asarray(got).dtype == np.float32, \
+        f"float32 x with float64 scale and bias should give a float32 result (x's dtype), got {np.asarray(got).dtype}"
+    assert_allclose(got, expected.numpy() + 1.0, rtol=1.3e-6, atol=1e-5,
+                    what="quantized_matmul(x, q, scale, bias) with float64 scale and bias")
 
 
 @exercise("quantized_matmul")
@@ -156,3 +173,86 @@ def test_quantized_matmul_single_vector_and_zero_codes(impl):
     got = impl.quantization.quantized_matmul(x, q, scale, bias)
     # Hand-computed: row 0: (1 - 3) * 0.5 + 0.25 = -0.75; row 1: zero codes leave only the bias -1. Exact in float64.
     assert_allclose(got, [-0.75, -1.0], rtol=0, atol=0, what="quantized_matmul of a 1-D x")
+
+
+# -- quantize_state_dict (challenge) -------------------------------------------------------------------------------
+
+def _tiny_gpt(seed: int, n_embd: int = 16):
+    from llmcourse.gpt import GPTConfig, random_gpt
+    return random_gpt(GPTConfig(vocab_size=40, block_size=12, n_layer=2, n_head=2, n_embd=n_embd), seed=seed)
+
+
+QUANTIZED = ["transformer.wte.weight", "transformer.wpe.weight"] + [
+    f"transformer.h.{i}.{name}.weight" for i in range(2) for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc",
+                                                                      "mlp.c_proj")]
+
+
+def _check_against_quantize_model(got, model, scheme: str) -> None:
+    """Codes and scales of every quantized matrix exactly those `quantize_model` stores; the rest unchanged."""
+    from llmcourse.quantization import quantize_model
+
+    state = model.state_dict()
+    packaged = quantize_model(model, scheme)
+    assert isinstance(got, dict), f"quantize_state_dict should return a dict, got {type(got).__name__}"
+    expected_keys = [key for key in state if key != "lm_head.weight"]
+    assert list(got) == expected_keys, f"quantize_state_dict({scheme!r}) should keep every key but " \
+                                       f"'lm_head.weight', in order; got {list(got)}"
+    for key in expected_keys:
+        if key in QUANTIZED:
+            assert isinstance(got[key], tuple) and len(got[key]) == 2, \
+                f"{key} should become a tuple (codes, scale) under {scheme!r}, got {type(got[key]).__name__}"
+            stored = packaged.get_submodule(key.removesuffix(".weight")).weight
+            for what, mine, theirs in (("codes", got[key][0], stored.codes), ("scale", got[key][1], stored.scale)):
+                assert isinstance(mine, torch.Tensor) and mine.dtype == theirs.dtype, \
+                    f"{what} of {key} should be a {theirs.dtype} tensor, got {getattr(mine, 'dtype', type(mine))}"
+                # Integer codes, and scales computed by the same float32 operations: exact equality.
+                assert_allclose(mine.float(), theirs.float(), rtol=0, atol=0, what=f"{what} of {key} ({scheme})")
+        else:
+            assert isinstance(got[key], torch.Tensor) and got[key].dtype == state[key].dtype, \
+                f"{key} is not quantized: it should stay a {state[key].dtype} tensor"
+            assert_allclose(got[key], state[key], rtol=0, atol=0, what=f"{key} (kept as it is)")
+
+
+@exercise("quantize_state_dict")
+def test_quantize_state_dict_int8_stores_what_quantize_model_stores(impl):
+    model = _tiny_gpt(0)
+    _check_against_quantize_model(impl.quantization.quantize_state_dict(model.state_dict(), "int8"), model, "int8")
+
+
+@exercise("quantize_state_dict")
+def test_quantize_state_dict_int4_groups_packed_with_float16_scales(impl):
+    model = _tiny_gpt(1)
+    for scheme in ("int4-g8", "int4-g2", "int4-g16"):  # several groups per row, the smallest group, one per row
+        _check_against_quantize_model(impl.quantization.quantize_state_dict(model.state_dict(), scheme), model,
+                                      scheme)
+
+
+@exercise("quantize_state_dict")
+def test_quantize_state_dict_quantizes_float64_weights_from_float32(impl):
+    model = _tiny_gpt(2).double()
+    with torch.no_grad():  # a row of zeros: scale 1, codes 0
+        model.transformer.h[0].mlp.c_fc.weight[3] = 0.0
+    for scheme in ("int8", "int4-g4"):
+        _check_against_quantize_model(impl.quantization.quantize_state_dict(model.state_dict(), scheme), model,
+                                      scheme)
+
+
+@exercise("quantize_state_dict")
+def test_quantize_state_dict_fp32_keeps_every_weight(impl):
+    model = _tiny_gpt(3)
+    state = model.state_dict()
+    got = impl.quantization.quantize_state_dict(state, "fp32")
+    assert list(got) == [key for key in state if key != "lm_head.weight"], \
+        "quantize_state_dict(..., 'fp32') should keep every key but 'lm_head.weight', in order"
+    for key, value in got.items():
+        assert isinstance(value, torch.Tensor), f"{key} should stay a tensor under 'fp32'"
+        assert_allclose(value, state[key], rtol=0, atol=0, what=f"{key} under 'fp32' (unchanged)")
+
+
+@exercise("quantize_state_dict")
+def test_quantize_state_dict_rejects_bad_schemes(impl):
+    state = _tiny_gpt(4).state_dict()
+    impl.quantization.quantize_state_dict(state, "int4-g8")  # a valid call first
+    for scheme in ("int3", "int8-kernel", "int4", "int4-g3", "int4-g0", "int4-g12", 8):
+        with expect_error(ValueError, what=f"quantize_state_dict(state_dict, {scheme!r})"):
+            impl.quantization.quantize_state_dict(state, scheme)

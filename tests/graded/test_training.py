@@ -122,6 +122,22 @@ def test_training_step_rejects_mismatched_shapes(impl):
         impl.training.training_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y[:, :-1])
 
 
+@exercise("training_step")
+def test_training_step_rejects_what_is_not_a_2d_integer_batch_and_a_bad_clip(impl):
+    model = tiny_lm(0)
+    x, y = batch(1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    bad = {"x of dtype float32": (x.float(), y), "y of dtype float32": (x, y.float()),
+           "1-D x and y": (x[0], y[0]), "3-D x and y": (x[None], y[None]), "x a list": (x.tolist(), y),
+           "y of dtype int32 (cross-entropy needs int64 targets)": (x, y.int())}
+    for what, (xb, yb) in bad.items():
+        with expect_error(ValueError, what=f"training_step with {what} (x and y must be 2-D integer tensors)"):
+            impl.training.training_step(model, optimizer, xb, yb)
+    for clip in (0.0, -1.0):
+        with expect_error(ValueError, what=f"training_step with clip={clip} (clip must be positive, or None)"):
+            impl.training.training_step(model, optimizer, x, y, clip=clip)
+
+
 @exercise("perplexity")
 def test_perplexity_is_exp_of_torch_cross_entropy(impl):
     g = torch.Generator().manual_seed(0)
@@ -161,7 +177,8 @@ def test_perplexity_overflow_is_infinite(impl):
 
 @exercise("perplexity")
 @pytest.mark.parametrize("bad, error", [(-0.1, ValueError), (math.nan, ValueError), ("2.0", TypeError),
-                                        ([1.0], TypeError)])
+                                        ([1.0], TypeError), (True, TypeError),
+                                        (torch.tensor([1.0, 2.0]), TypeError), (torch.tensor(-1.0), ValueError)])
 def test_perplexity_rejects_bad_input(impl, bad, error):
     with expect_error(error, what=f"perplexity({bad!r})"):
         impl.training.perplexity(bad)

@@ -25,3 +25,8 @@ def test_mse_of_identical_arrays_is_zero(impl):
 def test_mse_rejects_mismatched_shapes(impl):
     with expect_error(ValueError, match=r"shape", what="mean_squared_error of shapes (3,) and (4,)"):
         impl.warmup.mean_squared_error(np.zeros(3), np.zeros(4))
+    # shapes NumPy would broadcast silently are still different shapes: the docstring asks for an error
+    for p_shape, t_shape in (((3, 1), (3,)), ((2, 3), (3,)), ((1,), (4,))):
+        with expect_error(ValueError, match=r"shape", what=f"mean_squared_error of shapes {p_shape} and {t_shape} "
+                                                           "(which NumPy would broadcast)"):
+            impl.warmup.mean_squared_error(np.zeros(p_shape), np.ones(t_shape))
