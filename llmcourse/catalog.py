@@ -109,7 +109,15 @@ EXERCISES: tuple[Exercise, ...] = (
     Exercise("gqa_attention", "Grouped-query attention", "11_from_gpt2_to_llama", "llama", ("gqa_attention",),
              points=2),
     # -- 12 attention without the T x T matrix (Part 5) ---------------------------------------------------------
+    Exercise("online_softmax", "Online softmax over chunks", "12_attention_without_the_matrix", "tiled",
+             ("online_softmax",), points=2),
+    Exercise("tiled_attention", "Tiled attention without the T x T scores", "12_attention_without_the_matrix",
+             "tiled", ("tiled_attention",), points=3),
     # -- 13 serving many requests (Part 5) ----------------------------------------------------------------------
+    Exercise("verify_draft", "Greedy check of a speculative draft", "13_serving_many_requests", "serving",
+             ("verify_draft",), points=2),
+    Exercise("paged_kv", "Append to and gather from a paged KV pool", "13_serving_many_requests", "serving",
+             ("paged_append", "paged_gather"), writes=("pool", "table", "free"), points=3),
 )
 
 BY_ID: dict[str, Exercise] = {ex.id: ex for ex in EXERCISES}

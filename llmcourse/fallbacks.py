@@ -31,6 +31,9 @@ from llmcourse.mlp_lm import sgd_step as _sgd_step
 from llmcourse.ngram import BigramModel, _token_ids
 from llmcourse.quantization import (QuantizedTensor, pack_int4_torch, parse_scheme, quantize_groupwise_torch,
                                     unpack_int4_torch)
+from llmcourse.speculative import verify_greedy
+from llmcourse.tiled import online_softmax as _online_softmax
+from llmcourse.tiled import tiled_attention as _tiled_attention
 from llmcourse.tokenizer import BPETokenizer, apply_merges
 from llmcourse.train import perplexity as _perplexity
 from llmcourse.train import training_step as _training_step
@@ -778,8 +781,91 @@ def _attend(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Any, scores_shape
 
 # -- 12 attention without the T x T matrix -------------------------------------------------------------------------
 
+def online_softmax(chunks: Sequence[np.ndarray]) -> np.ndarray:
+    """softmax of the concatenated 1-D chunks, streamed (llmcourse.tiled), in the chunks' float dtype."""
+    if isinstance(chunks, np.ndarray) or not hasattr(chunks, "__iter__"):
+        raise TypeError(f"chunks must be a list of 1-D arrays, got {type(chunks).__name__}")
+    chunks = [_float(c, f"chunk {i}") for i, c in enumerate(chunks)]
+    if any(c.ndim != 1 for c in chunks):
+        raise ValueError(f"every chunk must be 1-D, got shapes {[c.shape for c in chunks]}")
+    if any(np.isnan(c).any() or (c == np.inf).any() for c in chunks):
+        raise ValueError("the chunks hold NaN or +inf: scores must be finite, or -inf where masked")
+    dtype = np.result_type(*chunks, np.float32)
+    return _online_softmax(chunks).astype(dtype)  # ValueError when no value is finite
+
+
+def tiled_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, block: int, causal: bool = True) -> np.ndarray:
+    """Attention over keys in tiles of `block` (llmcourse.tiled), causal with query i at key position S - T + i."""
+    q, k, v = (np.asarray(a) for a in (q, k, v))
+    if any(a.dtype.kind != "f" for a in (q, k, v)):
+        raise TypeError("q, k and v must be float arrays")
+    if min(q.ndim, k.ndim, v.ndim) < 2 or q.shape[:-2] != k.shape[:-2] or k.shape[:-1] != v.shape[:-1]:
+        raise ValueError(f"q (..., T, D), k (..., S, D) and v (..., S, D_v) do not fit: {q.shape}, {k.shape}, "
+                         f"{v.shape}")
+    if not isinstance(causal, bool):
+        raise TypeError(f"causal must be True or False, got {causal!r}")
+    if k.shape[-2] == 0:
+        raise ValueError("there are no keys (S = 0)")
+    block = _int(block, "block")
+    dtype = np.result_type(q, k, v)
+    return _tiled_attention(q, k, v, block, causal=causal).astype(dtype)
+
+
 
 # -- 13 serving many requests --------------------------------------------------------------------------------------
+
+def verify_draft(target_logits: Any, draft_tokens: Sequence[int]) -> tuple[int, int]:
+    """(accepted, next token) of greedy speculative decoding (llmcourse.speculative.verify_greedy)."""
+    logits = torch.as_tensor(np.asarray(target_logits.detach().cpu() if isinstance(target_logits, torch.Tensor)
+                                        else target_logits))
+    if not logits.is_floating_point() or logits.dim() != 2:
+        raise ValueError(f"target_logits must be a 2-D float (k + 1, V) array, got {tuple(logits.shape)}")
+    if isinstance(draft_tokens, (str, bytes)) or not hasattr(draft_tokens, "__len__"):
+        raise TypeError(f"draft_tokens must be a list of token ids, got {type(draft_tokens).__name__}")
+    if any(isinstance(t, bool) or not isinstance(t, numbers.Integral) for t in draft_tokens):
+        raise TypeError(f"draft_tokens must be ints, got {list(draft_tokens)!r}")
+    draft = [int(t) for t in draft_tokens]
+    if logits.shape[0] != len(draft) + 1 or any(not 0 <= t < logits.shape[1] for t in draft):
+        raise ValueError(f"target_logits {tuple(logits.shape)} must have len(draft) + 1 = {len(draft) + 1} rows and "
+                         f"every draft token must lie in 0..{logits.shape[1] - 1}, got {draft}")
+    return verify_greedy(logits, draft)
+
+
+def _table(pool: Any, table: Any, length: Any) -> int:
+    if not isinstance(pool, np.ndarray) or pool.ndim != 3:
+        raise TypeError("pool must be a NumPy array (n_blocks, block_size, D)")
+    if not isinstance(table, list) or any(not isinstance(b, numbers.Integral) or not 0 <= b < len(pool)
+                                          for b in table):
+        raise ValueError(f"table must be a list of block numbers in 0..{len(pool) - 1}, got {table!r}")
+    if isinstance(length, bool) or not isinstance(length, numbers.Integral):
+        raise TypeError(f"length must be an int, got {type(length).__name__}")
+    return _length(length, len(table) * pool.shape[1], 0)
+
+
+def paged_append(pool: np.ndarray, table: list[int], free: list[int], length: int, x: np.ndarray) -> int:
+    """Write x (T_new, D) at positions length.. of the sequence, taking blocks from the end of `free` into `table`
+    as needed, all in place; return length + T_new. ValueError (nothing changed) when the free blocks run out."""
+    length = _table(pool, table, length)
+    if not isinstance(free, list) or set(free) & set(table):
+        raise ValueError("free must be a list of unused block numbers, none of them in table")
+    if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != pool.shape[2]:
+        raise ValueError(f"x must have shape (T_new, {pool.shape[2]}), got {getattr(x, 'shape', type(x).__name__)}")
+    block_size, end = pool.shape[1], length + len(x)
+    need = -(-end // block_size) - len(table)
+    if need > len(free):
+        raise ValueError(f"out of blocks: the sequence needs {need} more, the pool has {len(free)} free")
+    table.extend(free.pop() for _ in range(max(need, 0)))
+    positions = np.arange(length, end)
+    pool[np.asarray(table, dtype=np.int64)[positions // block_size], positions % block_size] = x
+    return end
+
+
+def paged_gather(pool: np.ndarray, table: list[int], length: int) -> np.ndarray:
+    """The sequence's first `length` positions (length, D), read through its block table."""
+    length = _table(pool, table, length)
+    positions = np.arange(length)
+    return pool[np.asarray(table, dtype=np.int64)[positions // pool.shape[1]], positions % pool.shape[1]]
+
 
 
 def gpt_forward(params: Mapping[str, Any], ids: np.ndarray, *, block: Callable[..., np.ndarray] = block_forward

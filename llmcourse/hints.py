@@ -259,7 +259,33 @@ HINTS: dict[str, tuple[str, str]] = {
         'would interleave the groups the wrong way).',
     ),
     # -- 12 attention without the T x T matrix --
+    'tiled.online_softmax': (
+        'm only grows; when it grows, what you summed so far was measured against the old m and must be rescaled.',
+        'per chunk: `new_m = max(m, chunk.max())`, `l = l * exp(m - new_m) + exp(chunk - new_m).sum()`, `m = new_m` '
+        '(start from m = -inf, l = 0; skip empty or all -inf chunks); then `exp(chunk - m) / l` for each chunk.',
+    ),
+    'tiled.tiled_attention': (
+        'the online softmax of `online_softmax`, for every query row at once, carrying a weighted sum of values too.',
+        'keep m, l of shape (..., T, 1) and acc (..., T, D_v); per tile: scores, mask with `np.where(key_pos <= '
+        'query_pos, scores, -np.inf)`, new_m, `p = exp(scores - new_m)`, then `l = l * exp(m - new_m) + p.sum(-1)`, '
+        '`acc = acc * exp(m - new_m) + p @ v_tile`. Where new_m is still -inf, subtract 0 instead (no NaN).',
+    ),
     # -- 13 serving many requests --
+    'serving.verify_draft': (
+        "compare the draft with the target's argmax position by position and stop at the first disagreement.",
+        '`choices = logits.argmax(axis=-1)`; count accepted while `draft[i] == choices[i]`; the next token is '
+        '`choices[accepted]` (row k when all k are accepted).',
+    ),
+    'serving.paged_append': (
+        'first make the table long enough, then each new position has a block and an offset to write to.',
+        'while `len(table) * block_size < length + T_new`: `table.append(free.pop())`; then position p goes to '
+        '`pool[table[p // block_size], p % block_size]`.',
+    ),
+    'serving.paged_gather': (
+        'the table lists the blocks in order: read them one after another and keep the first `length` rows.',
+        '`positions = np.arange(length)`; blocks `np.array(table)[positions // block_size]`, offsets `positions % '
+        'block_size`; index the pool with both at once.',
+    ),
 }
 
 

@@ -104,6 +104,23 @@ def _generate_batch_args(rng, dtype):
     return (model.state_dict(), 2, prompts, int(rng.integers(0, 6))), kwargs
 
 
+def _chunks(rng, dtype):
+    chunks = [_normal(rng, dtype, int(rng.integers(0, 4))) * 30 for _ in range(rng.integers(1, 5))]
+    return ([*chunks, np.array([-np.inf, 1.0], dtype)],), {}  # large scores, a masked one
+
+
+def _tiled_args(rng, dtype):
+    T, S, D = int(rng.integers(1, 5)), int(rng.integers(5, 9)), int(rng.integers(1, 4))
+    return (_normal(rng, dtype, 2, T, D), _normal(rng, dtype, 2, S, D), _normal(rng, dtype, 2, S, 3),
+            int(rng.integers(1, 7))), {"causal": bool(rng.random() < 0.7)}
+
+
+def _paged_args(rng, dtype):
+    table, free = [3, 0], [5, 1, 4, 2]
+    length = int(rng.integers(0, 7))
+    return (_normal(rng, dtype, 6, 3, 2), table, free, length, _normal(rng, dtype, int(rng.integers(0, 8)), 2)), {}
+
+
 def _codes(rng, dtype):
     return rng.integers(-127, 128, size=(4, 6)).astype(np.int8), np.abs(_normal(rng, dtype, 4)) + 0.01
 
@@ -193,6 +210,12 @@ INPUTS: dict[str, Callable] = {  # function -> (rng, float dtype) -> (args, kwar
                                 {"theta": float(r.choice([10000.0, 500000.0, 2.0]))}),
     "scaled_dot_product_attention": _sdpa_args,
     "gqa_attention": _gqa_args,
+    "online_softmax": _chunks,
+    "tiled_attention": _tiled_args,
+    "verify_draft": lambda r, d: ((torch.tensor(r.integers(0, 3, size=(4, 3)), dtype=torch.float32),
+                                   r.integers(0, 3, size=3).tolist()), {}),  # small integers: ties in the argmax
+    "paged_append": _paged_args,
+    "paged_gather": lambda r, d: ((_normal(r, d, 6, 3, 2), [4, 1, 2], int(r.integers(0, 10))), {}),
 }
 
 
@@ -304,6 +327,11 @@ TINY_STATE = random_gpt(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head
     ("llama", "scaled_dot_product_attention", (np.zeros((2, 3)), np.zeros((4, 3)), np.zeros((4, 2)),
                                                np.ones((2, 3), bool)), ValueError),
     ("llama", "gqa_attention", (np.zeros((1, 3, 2, 4)), np.zeros((1, 2, 5, 4)), np.zeros((1, 2, 5, 4))), ValueError),
+    ("tiled", "online_softmax", ([np.array([-np.inf])],), ValueError),
+    ("tiled", "tiled_attention", (np.zeros((3, 2)), np.zeros((2, 2)), np.zeros((2, 2)), 2), ValueError),
+    ("tiled", "tiled_attention", (np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2)), 0), ValueError),
+    ("serving", "verify_draft", (np.zeros((2, 4)), [1, 2]), ValueError),
+    ("serving", "paged_append", (np.zeros((2, 2, 1)), [0], [1], 1, np.zeros((4, 1))), ValueError),
 ])
 def test_bad_input_raises_like_the_reference(module, function, args, error):
     *positional, keywords = args if isinstance(args[-1], Keywords) else (*args, {})

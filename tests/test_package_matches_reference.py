@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmcourse import numpy_layers as nl
+from llmcourse import tiled
 from llmcourse.batching import generate_batch, left_padded, schedule_step
 from llmcourse.data import load_corpus
 from llmcourse.generate import beam_step, filtered_logits
@@ -26,9 +27,11 @@ from llmcourse.llama import LlamaConfig, random_llama, rope_tables
 from llmcourse.loader import reference
 from llmcourse.mlp_lm import Layers, adam_step, momentum_step, sgd_step
 from llmcourse.ngram import BigramModel
+from llmcourse.paged import PagedKVCache
 from llmcourse.pretrained import ASSETS, NAME
 from llmcourse.quantization import (QuantizedLinear, QuantizedTensor, dequantize_groupwise_torch, pack_int4_torch,
                                     quantize_groupwise_torch, quantize_model, unpack_int4_torch)
+from llmcourse.speculative import verify_greedy
 from llmcourse.tokenizer import BPETokenizer, apply_merges, load_tokenizer, split_chunks
 from llmcourse.train import checkpoint_paths
 from llmcourse.train import perplexity, training_step
@@ -527,3 +530,55 @@ def test_llama_block_matches_the_reference_pieces(seed, n_kv_head):
     with torch.no_grad():
         got = block(torch.from_numpy(x), (cos, sin), torch.from_numpy(mask), None, 0).numpy()
     close(got, expected, np.float32)  # float32, positions < 6: the tables' float32 angles are within ~1e-7
+
+
+# -- attention without the T x T matrix, serving (notebooks 12 and 13) -----------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(deadline=None, max_examples=30)
+@given(seed=seeds, sizes=st.lists(st.integers(0, 6), min_size=1, max_size=5), scale=st.sampled_from([1.0, 300.0]))
+def test_online_softmax_matches(dtype, seed, sizes, scale):
+    rng = np.random.default_rng(seed)
+    chunks = [(rng.normal(size=n) * scale).astype(dtype) for n in sizes] + [np.array([0.5], dtype)]
+    close(tiled.online_softmax(chunks).astype(dtype), reference("tiled.online_softmax")(chunks), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@settings(deadline=None, max_examples=30)
+@given(seed=seeds, T=st.integers(1, 9), extra=st.integers(0, 6), block=st.integers(1, 10), causal=st.booleans())
+def test_tiled_attention_matches(dtype, seed, T, extra, block, causal):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(2, T, 4)).astype(dtype)
+    k, v = (rng.normal(size=(2, T + extra, 4)).astype(dtype) for _ in range(2))
+    got = tiled.tiled_attention(q, k, v, block, causal=causal)
+    assert got.dtype == dtype
+    close(got, reference("tiled.tiled_attention")(q, k, v, block, causal), dtype)
+
+
+@settings(deadline=None, max_examples=60)
+@given(seed=seeds, k=st.integers(0, 6), vocab=st.integers(2, 5))
+def test_verify_greedy_matches_verify_draft(seed, k, vocab):
+    rng = np.random.default_rng(seed)
+    logits = torch.from_numpy(rng.integers(0, 3, size=(k + 1, vocab)).astype(np.float32))  # ties in the argmax
+    draft = logits.argmax(-1)[:k].tolist() if seed % 2 else rng.integers(0, vocab, size=k).tolist()
+    assert verify_greedy(logits, draft) == reference("serving.verify_draft")(logits, draft)
+
+
+@settings(deadline=None, max_examples=30)
+@given(seed=seeds, block_size=st.integers(1, 5), steps=st.lists(st.integers(1, 4), min_size=1, max_size=6))
+def test_paged_cache_matches_paged_append_and_gather(seed, block_size, steps):
+    # One layer, one head of width 3: the package's pool (n_blocks, heads, block_size, D) against the exercise's
+    # (n_blocks, block_size, D), fed the same keys; the same blocks taken in the same order, the same keys read back.
+    config = GPTConfig(vocab_size=5, block_size=64, n_layer=1, n_head=1, n_embd=3)
+    n_blocks = -(-sum(steps) // block_size)
+    cache, pool = PagedKVCache(config, n_blocks, block_size), np.zeros((n_blocks, block_size, 3), np.float32)
+    table, free = [], list(range(n_blocks - 1, -1, -1))  # the package's free stack: the lowest block first
+    rng, length = np.random.default_rng(seed), 0
+    for n in steps:
+        x = rng.normal(size=(n, 3)).astype(np.float32)
+        cache.reserve("s", n)
+        cache.write(0, "s", length, torch.from_numpy(x)[None], torch.from_numpy(x)[None])
+        cache.lengths["s"] = length = reference("serving.paged_append")(pool, table, free, length, x)
+        assert cache.tables["s"] == table
+    keys, _ = cache.read(0, "s", length)
+    np.testing.assert_array_equal(keys[0].numpy(), reference("serving.paged_gather")(pool, table, length))
