@@ -63,6 +63,15 @@ def test_online_softmax_single_chunk_and_errors(impl):
         impl.tiled.online_softmax([np.zeros((2, 2))])
 
 
+@exercise("online_softmax")
+def test_online_softmax_counts_a_chunk_that_mixes_masked_and_real_scores(impl):
+    # The largest score sits in a chunk that also holds -inf: the chunk still counts, only its -inf entries are 0.
+    chunks = [np.array([1.0, 2.0]), np.array([-np.inf, 5.0]), np.array([0.5])]
+    got = impl.tiled.online_softmax(chunks)
+    expected = torch.softmax(torch.from_numpy(np.concatenate(chunks)), dim=0)
+    assert_allclose(got, expected, **F64, what="online_softmax when the largest score shares a chunk with -inf")
+
+
 # -- tiled_attention ----------------------------------------------------------------------------------------------
 
 @exercise("tiled_attention")
@@ -105,6 +114,19 @@ def test_tiled_attention_is_stable_with_large_scores(impl):
     got = impl.tiled.tiled_attention(q, k, v, 2)
     assert np.isfinite(np.asarray(got)).all(), "tiled_attention overflowed on large scores: subtract the running max"
     assert_allclose(got, _sdpa(q, k, v, causal=True), **F64, what="tiled_attention with scores ~1000 (float64)")
+
+
+@exercise("tiled_attention")
+def test_tiled_attention_keeps_a_running_maximum_per_query(impl):
+    # One sequence's scores are in the thousands, another's near zero: a maximum shared by all queries would make the
+    # small row's exponentials underflow to 0 (and its output 0 / 0).
+    rng = np.random.default_rng(7)
+    q, k, v = (rng.normal(size=(2, 5, 4)) for _ in range(3))
+    q[0] *= 5000.0
+    q[1] *= 0.01
+    got = impl.tiled.tiled_attention(q, k, v, 2)
+    assert np.isfinite(np.asarray(got)).all(), "tiled_attention gave NaN or inf for a row of small scores"
+    assert_allclose(got, _sdpa(q, k, v, causal=True), **F64, what="tiled_attention with rows of very different scale")
 
 
 @exercise("tiled_attention")

