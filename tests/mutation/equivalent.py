@@ -167,12 +167,12 @@ EQUIVALENT: dict[str, dict[str, str]] = {
     'tiled_attention': {
         'tiled_attention: drop .astype(...) #3b324710':
             'the running arrays are made in q\'s dtype, so acc / l already has it',
-        'tiled_attention: drop dtype= #e9775f0f': "the final astype gives the output q's dtype; float32 rounding within "
-                                                  "the tolerance",
-        'tiled_attention: drop dtype= #fe892c5c': "the final astype gives the output q's dtype; float32 rounding within "
-                                                  "the tolerance",
-        'tiled_attention: drop dtype= #4c604a62': "the final astype gives the output q's dtype; float32 rounding within "
-                                                  "the tolerance",
+        'tiled_attention: drop dtype= #e9775f0f':
+            "the final astype gives the output q's dtype; float32 rounding within the tolerance",
+        'tiled_attention: drop dtype= #fe892c5c':
+            "the final astype gives the output q's dtype; float32 rounding within the tolerance",
+        'tiled_attention: drop dtype= #4c604a62':
+            "the final astype gives the output q's dtype; float32 rounding within the tolerance",
         'tiled_attention: 0.0 -> 1.0 #5bc3bbb7':
             'the shift only applies to rows that see no key yet, whose exponentials are exp(-inf) = 0 either way',
         'tiled_attention: 1 -> 0 #114cfaf1': 'a running maximum of shape (1,) broadcasts to every query on first use',
