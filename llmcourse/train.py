@@ -265,13 +265,15 @@ def _check_name(name) -> str:
     return name
 
 
-def checkpoint_paths(folder: str | os.PathLike, name: str) -> dict[str, Path]:
-    """Where checkpoint `name` lives in `folder`: NAME.json, and the weights and tokenizer files it names."""
-    folder, meta = Path(folder), Path(folder) / f"{_check_name(name)}.json"
+def checkpoint_paths(folder: str | os.PathLike, name: str, meta: dict | None = None) -> dict[str, Path]:
+    """Where checkpoint `name` lives in `folder`: NAME.json, and the weights and tokenizer files it names (read from
+    NAME.json, or from `meta`, its contents, when the caller has read it already)."""
+    folder, record = Path(folder), Path(folder) / f"{_check_name(name)}.json"
     files = {"weights": f"{name}.safetensors", "tokenizer": f"{name}.tokenizer.json"}
-    if meta.is_file():
-        files.update({kind: entry for kind, entry in _read_meta(meta).get("files", {}).items() if kind in files})
-    return {kind: folder / files[kind] for kind in ("weights", "tokenizer")} | {"meta": meta}
+    if meta is None and record.is_file():
+        meta = _read_meta(record)
+    files.update({kind: entry for kind, entry in (meta or {}).get("files", {}).items() if kind in files})
+    return {kind: folder / files[kind] for kind in ("weights", "tokenizer")} | {"meta": record}
 
 
 def _check_writable(folder: Path) -> None:
@@ -355,13 +357,13 @@ def load_checkpoint(folder: str | os.PathLike, *, name: str = "tiny_gpt",
     tokenizer against the embedding table: a damaged or mismatched checkpoint is refused with a one-line error.
     """
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
-    paths = checkpoint_paths(folder, name)
-    if not paths["meta"].is_file():
-        raise FileNotFoundError(f"no checkpoint {name!r} in {str(folder)!r} ({paths['meta'].name} is missing): "
+    record = Path(folder) / f"{_check_name(name)}.json"
+    if not record.is_file():
+        raise FileNotFoundError(f"no checkpoint {name!r} in {str(folder)!r} ({record.name} is missing): "
                                 "create one with `llmcourse train --out FOLDER`")
-    meta = _read_meta(paths["meta"])
+    meta = _read_meta(record)
+    paths = checkpoint_paths(folder, name, meta)
     for kind, expected in meta.get("sha256", {}).items():
         if kind not in ("weights", "tokenizer"):
             continue
@@ -374,9 +376,9 @@ def load_checkpoint(folder: str | os.PathLike, *, name: str = "tiny_gpt",
     except (KeyError, TypeError, ValueError) as err:
         raise _damaged(paths["meta"], f"has no valid model shape ({err})") from None
     try:
-        with safe_open(str(paths["weights"]), "pt") as weights_file:
+        with safe_open(str(paths["weights"]), "pt") as weights_file:  # its metadata and tensors in one open
             stored = (weights_file.metadata() or {}).get(FORMAT)
-        state = load_file(paths["weights"])
+            state = {key: weights_file.get_tensor(key) for key in weights_file.keys()}
     except (OSError, SafetensorError) as err:
         raise _damaged(paths["weights"], f"cannot be read ({err})") from None
     if stored is not None and json.loads(stored) != asdict(config):
