@@ -25,10 +25,11 @@ import torch.nn as nn
 from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static
 from llmcourse.costmodel import matmul_weights
 from llmcourse.generate import generate
-from llmcourse.gpt import GPT, GPTConfig, KVCache, random_gpt
-from llmcourse.kernels import choose_linear_kernels, prepack_available, prepack_linears, tuned_linears
-from llmcourse.quantization import bytes_read_per_step, decoding_speed
-from llmcourse.runtime import get_device
+from llmcourse.gpt import GPT, GPTConfig, KVCache, random_gpt, to_gpt2_state_dict
+from llmcourse.kernels import CLOSE, choose_linear_kernels, prepack_available, prepack_linears, tuned_linears
+from llmcourse.quantization import (SCHEMES, bytes_read_per_step, decoding_speed, parse_scheme,
+                                    quantization_report)
+from llmcourse.runtime import cpu_model, get_device
 from llmcourse.timing import (Measurement, decode_bound_tok_s, interleaved, matmul_gflops, measure,
                               memory_bandwidth_gbs)
 
@@ -58,9 +59,12 @@ def _stats(m: Measurement, tokens: int) -> tuple[float, float]:
 # -- the machine's limits -----------------------------------------------------------------------------------------
 
 def machine() -> dict:
+    from llmcourse import native
+
     return {"memory_bandwidth_gbs": memory_bandwidth_gbs(), "matmul_gflops": matmul_gflops(),
             "threads": torch.get_num_threads(), "device": str(get_device()), "torch": torch.__version__,
-            "processor": platform.processor() or platform.machine()}
+            "processor": platform.processor() or platform.machine(), "cpu": cpu_model(),
+            "native_kernels": native.vector_isa() or f"unavailable: {native.unavailable_reason()}"}
 
 
 SPREAD_LIMIT = 0.15  # repeats whose range exceeds +-15% of their median disagree: something else ran meanwhile
@@ -313,6 +317,34 @@ def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, r
     return result
 
 
+def compare_hf(model: GPT, ours: nn.Module, *, new_tokens: int = 32, repeats: int = 3) -> dict | None:
+    """Batch-1 cached greedy decoding of `new_tokens` tokens from a 1-token prompt: the course's `generate` on `ours`
+    (the function of `model`, on its chosen kernels) against Hugging Face transformers' `generate` with its own
+    KV-cache, on the same weights, timed in turns. None when transformers is not installed (it is a test-only
+    dependency: `pip install transformers` beside the course for this comparison)."""
+    try:
+        import transformers
+    except ImportError:
+        return None
+    c = model.config
+    config = transformers.GPT2Config(vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd,
+                                     n_layer=c.n_layer, n_head=c.n_head)
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    hf.load_state_dict(to_gpt2_state_dict(model), strict=False)  # lm_head is tied to wte, as in HF's files
+    hf.tie_weights()
+    prompt = torch.zeros(1, 1, dtype=torch.int64)
+    run_hf = lambda: hf.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,  # noqa: E731
+                                 do_sample=False, use_cache=True, pad_token_id=0)
+    run_ours = lambda: generate(ours, prompt.to(get_device()), new_tokens, temperature=0.0)  # noqa: E731
+    with torch.no_grad():
+        same = run_hf()[0].tolist() == run_ours()[0].tolist()  # also the warm-up of both
+        times = interleaved({"ours": run_ours, "hf": run_hf}, repeats)
+    ours_tok_s, hf_tok_s = (new_tokens / times[k].median for k in ("ours", "hf"))
+    return {"new_tokens": new_tokens, "transformers": transformers.__version__, "ours_tok_s": ours_tok_s,
+            "hf_tok_s": hf_tok_s, "ratio": ours_tok_s / hf_tok_s, "identical_tokens": same,
+            "spread": max(times["ours"].spread, times["hf"].spread)}
+
+
 # -- beyond the basics: attention without the T x T matrix, and a paged KV-cache ---------------------------------
 
 def tiled_attention_memory(lengths: Sequence[int], *, head_dim: int = 64, block: int = 64, seed: int = 0) -> dict:
@@ -359,36 +391,51 @@ def paged_kv(requests: int = 200, *, cap: int = 256, slots: int = 16, block_size
 
 # -- `llmcourse bench` ---------------------------------------------------------------------------------------------
 
-def _quantization(model: GPT, name: str, quick: bool, log: Callable[[str], None]) -> tuple[str, list[dict]] | None:
+QUANTIZATION_SCHEMES = SCHEMES + ("int4-g128", "int4-g128-mse")  # the bench also tries a larger int4 group
+
+
+def _quantization(model: GPT, name: str, quick: bool, log: Callable[[str], None], bandwidth_gbs: float,
+                  fp32_model: nn.Module) -> tuple[str, list[dict]] | None:
     """The quantization report (notebook 09): quality (held-out perplexity) of the shipped model, weight bytes and
-    batch-1 decoding speed of `model` (the GPT-2 shape: a tiny model's speed is all per-call overhead)."""
+    batch-1 decoding speed of `model` (the GPT-2 shape: a tiny model's speed is all per-call overhead), each scheme
+    on its kernels chosen by measurement and against its own bound (the bytes a step reads / the bandwidth)."""
     try:
         from llmcourse.pretrained import load_tiny_gpt
-        from llmcourse.quantization import SCHEMES, quantization_report
         from llmcourse.train import held_out_text
         tiny, tokenizer = load_tiny_gpt()
     except (ImportError, FileNotFoundError, OSError) as err:
         log(f"quantization: skipped ({type(err).__name__}: {err})")
         return None
-    quality = quantization_report(tiny, held_out_text(), SCHEMES, tokenizer=tokenizer,
+    schemes = _fitting(QUANTIZATION_SCHEMES, tiny.config.n_embd, model.config.n_embd)
+    quality = quantization_report(tiny, held_out_text(), schemes, tokenizer=tokenizer,
                                   max_tokens=1024 if quick else None, measure_speed=False)
     # An "-mse" scheme stores the same bytes and runs the same kernel as its plain twin (only its scales differ), so
     # its speed is the twin's: measured once, and the GPT-2 shape is not quantized twice.
-    timed = tuple(dict.fromkeys(scheme.removesuffix("-mse") for scheme in SCHEMES))
+    timed = tuple(dict.fromkeys(scheme.removesuffix("-mse") for scheme in schemes))
     speed = {row["scheme"]: row for row in quantization_report(model, None, timed, new_tokens=8 if quick else 16,
-                                                               repeats=2 if quick else 3)}
+                                                               repeats=2 if quick else 3, fp32_model=fp32_model)}
     fp32 = speed["fp32"]
     rows = []
     for q in quality:
         s = speed[q["scheme"].removesuffix("-mse")]
+        bound = decode_bound_tok_s(s["bytes_per_step"], bandwidth_gbs)
         rows.append({"scheme": q["scheme"], "weight_bytes": s["weight_bytes"],
                      "weight_ratio": s["weight_bytes"] / fp32["weight_bytes"], "perplexity": q["perplexity"],
                      "perplexity_change": q["perplexity"] / quality[0]["perplexity"] - 1, "tok_s": s["tok_s"],
-                     "speedup": s["tok_s"] / fp32["tok_s"]})
+                     "speedup": s["tok_s"] / fp32["tok_s"], "bytes_per_step": s["bytes_per_step"],
+                     "bound_tok_s": bound, "fraction": s["tok_s"] / bound})
     return f"perplexity: shipped tiny GPT; bytes and batch-1 speed: {name}", rows
 
 
-def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: bool = True,
+KERNEL_WEIGHTS = ("fp32", "int8", "int4-g32", "int4-g128")  # the weight formats whose kernels the bench chooses
+
+
+def _fitting(schemes: Sequence[str], *widths: int) -> tuple[str, ...]:
+    """The schemes whose int4 group size divides every width (a small test model cannot have groups of 128)."""
+    return tuple(s for s in schemes if (group := parse_scheme(s)[1]) is None or all(w % group == 0 for w in widths))
+
+
+def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: bool = True, hf: bool = False,
         log: Callable[[str], None] = print) -> dict:
     """All the measurements, on the GPT-2 124M shape (or `config`), as one JSON-ready dict."""
     model = gpt2_shape_model(config)
@@ -426,16 +473,23 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     log("roofline: batch-1 decoding ...")
     # The limit is the best bandwidth seen: measured again here, since other programs may have slowed the first try.
     bandwidth = max(limits["memory_bandwidth_gbs"], memory_bandwidth_gbs())
-    choices = choose_linear_kernels(model, rows=1)  # measured once per machine, remembered
-    results["kernel_choice"] = [asdict(choice) for choice in choices.values()]
+    log("kernels: every candidate for each Linear shape and weight format (measured once per machine) ...")
+    choices = {weights: choose_linear_kernels(model, rows=1, weights=weights)
+               for weights in _fitting(KERNEL_WEIGHTS, model.config.n_embd)}
+    results["kernel_choice"] = [asdict(choice) for chosen in choices.values() for choice in chosen.values()]
     variants = {"prepacked": packed} if packed is not None else {}
-    if any(choice.chosen != "default" for choice in choices.values()) and len(set(
-            choice.chosen for choice in choices.values())) > 1:  # a mix: neither all-default nor all-prepacked
-        variants["chosen"] = tuned_linears(model, choices)
+    if any(choice.chosen != "default" for choice in choices["fp32"].values()):
+        variants["chosen"] = tuned_linears(model, choices["fp32"])
     results["roofline"] = batch1_roofline(model, bandwidth, repeats=repeats, name=name, variants=variants)
+    fastest_fp32 = {"default": model, **variants}[results["roofline"]["kernel"]]
+    if hf:
+        log("Hugging Face transformers' generate, same weights ...")
+        results["compare_hf"] = compare_hf(model, fastest_fp32, new_tokens=16 if quick else 32, repeats=repeats)
+        if results["compare_hf"] is None:
+            log("compare-hf: skipped (transformers is not installed: pip install transformers)")
     if quantization:
         log("quantization ...")
-        found = _quantization(model, name, quick, log)
+        found = _quantization(model, name, quick, log, bandwidth, fastest_fp32)
         if found is not None:
             results["quantization_model"], results["quantization"] = found
     log("attention without the T x T matrix, and a paged KV-cache ...")
@@ -456,8 +510,13 @@ def format_table(results: dict) -> str:
                ["WARNING: other programs seem to have run during the measurements, so the ratios below may not hold:",
                 *[f"  - {reason}" for reason in check["reasons"]],
                 "  Close other programs (or wait for them) and run `llmcourse bench` again."])
-    lines = [f"machine: memory bandwidth {m['memory_bandwidth_gbs']:.1f} GB/s, matmul {m['matmul_gflops']:.0f} "
-             f"GFLOP/s, {m['threads']} thread(s), {m['device']}, torch {m['torch']}", *quality, "",
+    balance = m["matmul_gflops"] / m["memory_bandwidth_gbs"]
+    lines = [f"machine: {m.get('cpu', m['processor'])}; memory bandwidth {m['memory_bandwidth_gbs']:.1f} GB/s, "
+             f"matmul {m['matmul_gflops']:.0f} GFLOP/s, {m['threads']} thread(s), {m['device']}, torch {m['torch']}",
+             f"balance: {balance:.0f} FLOP per byte. A float32 decoding step does 2 FLOP per 4-byte weight (0.5 FLOP "
+             f"per byte) at batch 1, so it waits on memory; batch B does 0.5 B per byte, so up to ~{2 * balance:.0f} "
+             "rows cost little more than one. The KV-cache removes FLOP (recomputed positions), so it pays most "
+             "once a step's recomputation no longer hides behind the weight reads: long outputs.", *quality, "",
              f"KV-cache ({kv['model']}, prompt {kv['prompt_tokens']} tokens, greedy; identical tokens: "
              f"{kv['identical_tokens']})",
              f"  {'new tokens':>10}  {'no cache tok/s':>14}  {'cache tok/s':>11}  {'speedup':>7}"]
@@ -490,6 +549,12 @@ def format_table(results: dict) -> str:
     for kernel in rf["kernels"]:
         lines.append(f"  {labels[kernel]:<30}  {rf[f'{kernel}_tok_s']:6.1f} tok/s = "
                      f"{100 * rf[f'{kernel}_fraction']:3.0f}% of the bound")
+    hf = results.get("compare_hf")
+    if hf:
+        lines += ["", f"Against Hugging Face transformers {hf['transformers']} `generate` with its KV-cache (same "
+                      f"weights, batch 1, {hf['new_tokens']} tokens; identical tokens: {hf['identical_tokens']}): "
+                      f"ours {hf['ours_tok_s']:.1f} tok/s, transformers {hf['hf_tok_s']:.1f} tok/s = "
+                      f"{hf['ratio']:.2f}x"]
     if "tiled_attention" in results:
         ta = results["tiled_attention"]
         lines += ["", f"Causal attention of one head (head size {ta['head_dim']}), peak memory allocated, plain "
@@ -505,19 +570,26 @@ def format_table(results: dict) -> str:
             lines.append(f"  {kind:<10} mean {r['mean_running']:5.1f} running, {r['steps']} steps, fragmentation "
                          f"{100 * r['fragmentation']:4.1f}%, {r['preemptions']} preemptions")
     if results.get("kernel_choice"):
-        lines += ["", "Kernels measured per Linear shape at batch 1 (median per call; the fastest that computes the "
-                      "same function is chosen, and remembered for this machine)"]
+        lines += ["", "Kernels measured per Linear shape and weight format at batch 1 (median per call, weights read "
+                      "from memory; the fastest that computes the same function is chosen and remembered for this "
+                      "machine; * marks a kernel that computes something else: relative error in brackets)"]
         for c in results["kernel_choice"]:
-            timed = ", ".join(f"{kernel} {1e6 * sec:.0f} us" for kernel, sec in c["seconds"].items())
-            lines.append(f"  {c['in_features']:>5} -> {c['out_features']:<6} {timed}: {c['chosen']}")
+            errors = c.get("errors", {})
+            timed = ", ".join(f"{kernel} {1e6 * sec:.0f} us" + (f"* [{errors[kernel]:.0e}]"
+                                                                  if errors.get(kernel, 0) > CLOSE else "")
+                              for kernel, sec in c["seconds"].items())
+            lines.append(f"  {c.get('weights', 'fp32'):<9} {c['in_features']:>5} -> {c['out_features']:<6} "
+                         f"{timed}: {c['chosen']}")
     if "quantization" in results:
-        lines += ["", f"Quantization ({results['quantization_model']})",
-                  f"  {'scheme':<12}  {'MB':>7}  {'x fp32':>6}  {'perplexity':>10}  {'change':>7}  {'tok/s':>7}  "
-                  f"{'x fp32':>6}"]
+        lines += ["", f"Quantization ({results['quantization_model']}; each scheme on its chosen kernels, against "
+                      "its own bound: the bytes one step reads / the bandwidth)",
+                  f"  {'scheme':<14}  {'MB':>7}  {'x fp32':>6}  {'perplexity':>10}  {'change':>7}  {'tok/s':>7}  "
+                  f"{'x fp32':>6}  {'of bound':>8}"]
         for row in results["quantization"]:
-            lines.append(f"  {row['scheme']:<12}  {row['weight_bytes'] / 1e6:>7.1f}  {row['weight_ratio']:>6.3f}  "
+            fraction = f"{100 * row['fraction']:>7.0f}%" if "fraction" in row else ""
+            lines.append(f"  {row['scheme']:<14}  {row['weight_bytes'] / 1e6:>7.1f}  {row['weight_ratio']:>6.3f}  "
                          f"{row['perplexity']:>10.2f}  {100 * row['perplexity_change']:>+6.2f}%  {row['tok_s']:>7.1f}  "
-                         f"{row['speedup']:>5.2f}x")
+                         f"{row['speedup']:>5.2f}x  {fraction}")
     return "\n".join(lines)
 
 

@@ -144,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from llmcourse import bench
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = bench.run(quick=args.quick)
+    results = bench.run(quick=args.quick, hf=args.compare_hf)
     print()
     print(bench.format_table(results))
     if args.json:
@@ -245,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     be.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
     be.add_argument("--threads", type=_processes, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    be.add_argument("--compare-hf", action="store_true", help="also time Hugging Face transformers' generate on the "
+                    "same weights (needs `pip install transformers`)")
     be.set_defaults(func=cmd_bench)
     return parser
 

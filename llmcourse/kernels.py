@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llmcourse import native
 from llmcourse.files import atomic_write
-from llmcourse.runtime import get_device
+from llmcourse.runtime import cache_dir, get_device, machine_key
 from llmcourse.timing import interleaved
-
-CACHE_ENV = "LLMCOURSE_CACHE"  # where kernel choices are remembered (default ~/.cache/llmcourse)
 
 
 def prepack_available(device: torch.device | str | None = None) -> bool:
@@ -86,74 +83,139 @@ def prepack_linears(model: nn.Module) -> nn.Module:
     return new
 
 
+# -- the course's C kernels as a module ---------------------------------------------------------------------------
+
+class NativeLinear(nn.Module):
+    """An inference-only float32 nn.Linear on the course's C matrix-vector kernel (`llmcourse.native`) for inputs of
+    up to NATIVE_ROWS rows (decoding); larger inputs (a prompt) go to PyTorch's matmul, which is faster there."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().float().contiguous().clone(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone(),
+                                                                   requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if x.shape[:-1].numel() <= native.NATIVE_ROWS:
+            return native.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
 # -- choosing a kernel by measurement -----------------------------------------------------------------------------
+
+STREAM_BYTES = 32 << 20  # candidates are timed on copies of the weight this large in all (beyond the L2 caches)
+MAX_COPIES = 64  # a small weight lives in the caches when decoding too: no more copies than this
+CLOSE = 1e-5  # a candidate's largest difference from the reference, relative to the reference's largest value
+
 
 @dataclass(frozen=True)
 class KernelChoice:
-    """The kernels timed for one Linear shape at `rows` input rows, their median seconds per call, and the choice."""
+    """The kernels timed for one Linear shape with `weights` ("fp32", "int8", "int4-g32", ...) at `rows` input rows:
+    median seconds per call, each kernel's largest difference from the reference (relative to its largest output),
+    and the choice: the fastest of those within CLOSE."""
 
     in_features: int
     out_features: int
     rows: int
     seconds: dict[str, float]
     chosen: str
-
-
-def _machine_key() -> str:
-    """What a kernel choice depends on: the CPU model, the thread count and the PyTorch version."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    weights: str = "fp32"
+    errors: dict[str, float] = field(default_factory=dict)
 
 
 def _cache_file() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llmcourse") / "kernels.json"
+    return cache_dir() / "kernels.json"
 
 
-def linear_candidates(weight: torch.Tensor, bias: torch.Tensor | None) -> dict[str, nn.Module]:
-    """The fp32 kernels that compute `F.linear(x, weight, bias)` on this machine: PyTorch's default, and oneDNN with
-    the weight prepacked where this PyTorch has it."""
+def linear_candidates(weight: torch.Tensor, bias: torch.Tensor | None, weights: str = "fp32") -> dict[str, nn.Module]:
+    """The kernels that compute a Linear layer of `weight` (out, in) and `bias` on this machine, the reference first.
+
+    "fp32": PyTorch's default ("default"), oneDNN with the weight prepacked ("prepacked") where this PyTorch has it,
+    and the course's C kernel ("native") where it is built. "int8" or "int4-g<N>" (the weight quantized as
+    `llmcourse.quantization` does): dequantize, then PyTorch's matmul ("dequantize", the reference), the C kernel
+    ("native"), and PyTorch's own weight-only kernels ("torch-bf16": they need bfloat16 activations, so they compute
+    something else, and are timed to show what that would buy).
+    """
+    from llmcourse.quantization import QuantizedLinear, TorchWeightOnlyLinear, quantized_linear
+
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
     with torch.no_grad():
         linear.weight.copy_(weight)
         if bias is not None:
             linear.bias.copy_(bias)
-    candidates: dict[str, nn.Module] = {"default": linear.eval()}
-    if prepack_available(weight.device):
-        candidates["prepacked"] = PrepackedLinear(linear)
+    on_cpu = weight.device.type == "cpu"
+    if weights == "fp32":
+        candidates: dict[str, nn.Module] = {"default": linear.eval()}
+        if prepack_available(weight.device):
+            candidates["prepacked"] = PrepackedLinear(linear)
+        if on_cpu and native.available():
+            candidates["native"] = NativeLinear(linear)
+        return candidates
+    reference: QuantizedLinear = quantized_linear(linear, weights, kernel="dequantize")
+    candidates = {"dequantize": reference}
+    if on_cpu and native.available():
+        candidates["native"] = quantized_linear(linear, weights, kernel="native")
+    if on_cpu and TorchWeightOnlyLinear.supports(reference):
+        candidates["torch-bf16"] = TorchWeightOnlyLinear(reference)
     return candidates
 
 
+def _relative_error(out: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((out.float() - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
+
+
+def _replica(kernel: nn.Module, name: str, weight: torch.Tensor, bias: torch.Tensor | None, weights: str) -> nn.Module:
+    """Another copy of a candidate kernel, in memory of its own (oneDNN's packed weights cannot be deep-copied: built
+    again)."""
+    try:
+        return copy.deepcopy(kernel)
+    except (NotImplementedError, RuntimeError):
+        return linear_candidates(weight, bias, weights)[name]
+
+
 @torch.no_grad()
-def time_linear_kernels(in_features: int, out_features: int, rows: int = 1, *, repeats: int = 30,
-                        seed: int = 0) -> KernelChoice:
-    """Time every candidate kernel on a random (out, in) weight and `rows` input rows, interleaved, and choose the
-    fastest among those whose output equals the default's within float32 tolerance (rtol 1.3e-6, atol 1e-5)."""
+def time_linear_kernels(in_features: int, out_features: int, rows: int = 1, *, weights: str = "fp32",
+                        repeats: int = 10, seed: int = 0) -> KernelChoice:
+    """Time every candidate kernel (`linear_candidates`) on a random (out, in) weight and `rows` input rows, and
+    choose the fastest among those whose output is the reference's within CLOSE.
+
+    Decoding reads a model's weights from memory, not from the CPU's caches, so each candidate is timed on a
+    series of copies of its weight (up to STREAM_BYTES in all, at most MAX_COPIES), called in turn; the
+    candidates take turns too (`interleaved`), so that a change of the machine's load hits them alike.
+    """
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=generator) * 0.02
     bias = torch.randn(out_features, generator=generator) * 0.02
     x = torch.randn(rows, in_features, generator=generator)
-    candidates = linear_candidates(weight, bias)
-    reference = F.linear(x, weight, bias)
-    exact = {name: k for name, k in candidates.items() if torch.allclose(k(x), reference, rtol=1.3e-6, atol=1e-5)}
-    timings = interleaved({name: (lambda k=k: k(x)) for name, k in exact.items()}, repeats)
-    seconds = {name: m.median for name, m in timings.items()}
-    return KernelChoice(in_features, out_features, rows, seconds, min(seconds, key=seconds.get))
+    candidates = linear_candidates(weight, bias, weights)
+    reference = next(iter(candidates.values()))(x)
+    errors = {name: _relative_error(kernel(x), reference) for name, kernel in candidates.items()}
+    from llmcourse.quantization import weight_bytes
+
+    runs, calls = {}, {}
+    for name, kernel in candidates.items():
+        count = min(MAX_COPIES, STREAM_BYTES // weight_bytes(kernel))
+        copies = [kernel] + [_replica(kernel, name, weight, bias, weights) for _ in range(count - 1)]
+        runs[name] = lambda copies=copies: [k(x) for k in copies]
+        runs[name]()  # warm-up
+        calls[name] = len(copies)
+    seconds = {name: m.median / calls[name] for name, m in interleaved(runs, repeats).items()}
+    exact = [name for name in candidates if errors[name] <= CLOSE]
+    return KernelChoice(in_features, out_features, rows, seconds, min(exact, key=seconds.get), weights, errors)
 
 
-def choose_linear_kernels(model: nn.Module, rows: int = 1, *,
+def choose_linear_kernels(model: nn.Module, rows: int = 1, *, weights: str = "fp32",
                           remember: bool = True) -> dict[tuple[int, int], KernelChoice]:
-    """The kernel to use for each distinct (in, out) shape of the model's nn.Linear layers at `rows` input rows,
-    measured once per machine (CPU model, threads, PyTorch version) and remembered in $LLMCOURSE_CACHE/kernels.json
-    (default ~/.cache/llmcourse), like an autotuner. `remember=False` measures afresh and stores nothing."""
+    """The kernel to use for each distinct (in, out) shape of the model's nn.Linear layers at `rows` input rows, for
+    weights stored as `weights` ("fp32", "int8", "int4-g32", ...), measured once per machine (CPU model, threads,
+    PyTorch version) and set of candidates, and remembered in $LLMCOURSE_CACHE/kernels.json (default
+    ~/.cache/llmcourse), like an autotuner. `remember=False` measures afresh and stores nothing."""
     shapes = sorted({(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)})
-    file, key = _cache_file(), _machine_key()
+    file, key = _cache_file(), machine_key()
     stored: dict = {}
     if remember and file.is_file():
         try:
@@ -161,11 +223,14 @@ def choose_linear_kernels(model: nn.Module, rows: int = 1, *,
         except (UnicodeDecodeError, json.JSONDecodeError):
             stored = {}  # a damaged cache is measured again and rewritten
     known = stored.get(key, {})
+    candidates = f"native={native.available()},prepacked={prepack_available()}"  # a new candidate: measure again
     choices = {}
     for shape in shapes:
-        entry = known.get(f"{shape[0]}x{shape[1]}@{rows}")
-        choices[shape] = KernelChoice(**entry) if entry else time_linear_kernels(*shape, rows)
-        known[f"{shape[0]}x{shape[1]}@{rows}"] = asdict(choices[shape])
+        entry_key = f"{weights}:{shape[0]}x{shape[1]}@{rows}:{candidates}"
+        entry = known.get(entry_key)
+        choices[shape] = (KernelChoice(**entry) if entry
+                          else time_linear_kernels(*shape, rows, weights=weights))
+        known[entry_key] = asdict(choices[shape])
     if remember:
         stored[key] = known
         text = json.dumps(stored, indent=1) + "\n"
@@ -175,12 +240,13 @@ def choose_linear_kernels(model: nn.Module, rows: int = 1, *,
 
 @torch.no_grad()
 def tuned_linears(model: nn.Module, choices: dict[tuple[int, int], KernelChoice]) -> nn.Module:
-    """A copy of `model` (eval mode) whose nn.Linear layers run the kernel chosen for their shape."""
+    """A copy of `model` (eval mode) whose float32 nn.Linear layers run the kernel chosen for their shape."""
     new = copy.deepcopy(model).eval()
+    swap = {"prepacked": PrepackedLinear, "native": NativeLinear}
     for parent in list(new.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.Linear):
                 choice = choices[(child.in_features, child.out_features)].chosen
-                if choice == "prepacked":
-                    setattr(parent, name, PrepackedLinear(child))
+                if choice in swap:
+                    setattr(parent, name, swap[choice](child))
     return new

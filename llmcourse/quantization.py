@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llmcourse import native
 from llmcourse.gpt import GPT
 
 SCHEMES = ("fp32", "int8", "int8-kernel", "int4-g32", "int4-g32-mse")  # what the report compares by default
@@ -173,19 +174,86 @@ class QuantizedTensor(nn.Module):
         return f"shape={self.shape}, bits={self.bits}, group_size={self.group_size}"
 
 
-class QuantizedLinear(nn.Module):
-    """A Linear layer with quantized weights (weight-only: activations stay float32)."""
+KERNELS = ("auto", "dequantize", "native")  # how a QuantizedLinear multiplies (see QuantizedLinear)
 
-    def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None):
+
+class QuantizedLinear(nn.Module):
+    """A Linear layer with quantized weights (weight-only: activations stay float32).
+
+    `kernel` says how it multiplies: "dequantize" turns the codes into float32 weights, then calls PyTorch's matmul
+    (int8: x @ codes^T, then one scale per output, as the exercise `quantized_matmul`); "native" streams the codes
+    through the course's C kernel (`llmcourse.native`), which converts them in registers, for inputs of up to
+    `native.NATIVE_ROWS` rows on the CPU (decoding; a prompt still goes through PyTorch's matmul).
+    """
+
+    def __init__(self, weight: QuantizedTensor, bias: torch.Tensor | None, kernel: str = "dequantize"):
         super().__init__()
         self.weight = weight
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.kernel = kernel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        if self.weight.bits == 8:  # the exercise quantized_matmul: x @ codes^T, then one scale per output
-            y = F.linear(x, self.weight.codes.to(x.dtype)) * self.weight.scale[:, 0]
+        w = self.weight
+        if (self.kernel == "native" and x.dtype == torch.float32 and x.device.type == "cpu"
+                and x.shape[:-1].numel() <= native.NATIVE_ROWS):
+            if w.bits == 8:
+                return native.linear_int8(x, w.codes, w.scale.view(-1), self.bias)
+            return native.linear_int4(x, w.codes, w.scale, w.group_size, self.bias)
+        if w.bits == 8:
+            y = F.linear(x, w.codes.to(x.dtype)) * w.scale[:, 0]
             return y if self.bias is None else y + self.bias
-        return F.linear(x, self.weight.dequantize(), self.bias)
+        return F.linear(x, w.dequantize(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}"
+
+
+def quantized_linear(linear: nn.Linear, weights: str, kernel: str = "dequantize") -> QuantizedLinear:
+    """A QuantizedLinear of `linear`'s weight and bias, quantized as `weights`: "int8", "int4-g<N>" or
+    "int4-g<N>-mse" (see the module docstring)."""
+    kind, group, search = parse_scheme(weights)
+    if kind not in ("int8", "int4"):
+        raise ValueError(f"quantized_linear takes weight-only schemes ('int8', 'int4-g<N>[-mse]'), got {weights!r}")
+    table = QuantizedTensor(linear.weight, 8 if kind == "int8" else 4, group, search=search)
+    return QuantizedLinear(table, linear.bias, kernel)
+
+
+class TorchWeightOnlyLinear(nn.Module):
+    """PyTorch's own weight-only CPU kernels on a QuantizedLinear's codes and scales: `torch._weight_int8pack_mm`
+    (int8) and `torch.ops.aten._weight_int4pack_mm_for_cpu` (int4, in its own packed layout). Both are fast only
+    with bfloat16 activations (float32 ones take a slow path), so this module rounds x to bfloat16 and computes
+    something else than the model: it is timed by `llmcourse.kernels` to show what it would buy, never chosen."""
+
+    def __init__(self, layer: QuantizedLinear):
+        super().__init__()
+        w = layer.weight
+        self.bits, self.group_size = w.bits, w.group_size
+        self.bias = layer.bias
+        if w.bits == 8:
+            self.register_buffer("codes", w.codes)
+            self.register_buffer("scale", w.scale.view(-1).to(torch.bfloat16))
+        else:  # unsigned codes 0..15 standing for code + 8, scale and zero (0 here) per group, as PyTorch packs them
+            unsigned = (unpack_int4_torch(w.codes).to(torch.int32) + 8).contiguous()
+            self.register_buffer("codes", torch.ops.aten._convert_weight_to_int4pack_for_cpu(unsigned, 2))
+            scale = w.scale.t().float()  # (groups, out)
+            self.register_buffer("scale", torch.stack([scale, torch.zeros_like(scale)], -1).to(torch.bfloat16))
+
+    @staticmethod
+    def supports(layer: QuantizedLinear) -> bool:
+        """Whether this PyTorch has the kernel for the layer's weights (int4: rows a multiple of 16)."""
+        if layer.weight.bits == 8:
+            return hasattr(torch, "_weight_int8pack_mm")
+        return (hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and layer.weight.shape[0] % 16 == 0
+                and layer.weight.group_size in (32, 64, 128, 256))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        rows = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        if self.bits == 8:
+            y = torch._weight_int8pack_mm(rows, self.codes, self.scale)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.codes, self.group_size, self.scale)
+        y = y.float().reshape(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
 
 
 class QuantizedEmbedding(nn.Module):
@@ -239,12 +307,19 @@ def parse_scheme(scheme: str) -> tuple[str, int | None, bool]:
 
 
 @torch.no_grad()
-def quantize_model(model: GPT, scheme: str) -> nn.Module:
+def quantize_model(model: GPT, scheme: str, kernel: str = "auto") -> nn.Module:
     """A new model with the weights of `model` quantized by `scheme` (see the module docstring); eval mode.
 
-    Raises ValueError for an unknown scheme, or an int4 group size that does not divide n_embd (and 4 n_embd).
+    `kernel` (weight-only schemes): "dequantize" or "native" for every layer (see QuantizedLinear), or "auto": on
+    the CPU with the course's C kernels built, the kernel measured fastest for each layer's shape among those that
+    compute the same result (`llmcourse.kernels.choose_linear_kernels`, measured once per machine and remembered);
+    "dequantize" elsewhere.
+
+    Raises ValueError for an unknown scheme or kernel, or an int4 group size that does not divide n_embd.
     """
     kind, group, search = parse_scheme(scheme)
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown kernel {kernel!r}: use one of {', '.join(map(repr, KERNELS))}")
     for name, param in model.named_parameters():
         if not torch.isfinite(param).all():
             raise ValueError(f"the model's {name} holds NaN or infinite values: quantize a model whose weights are "
@@ -271,7 +346,24 @@ def quantize_model(model: GPT, scheme: str) -> nn.Module:
                         setattr(parent, name, QuantizedLinear(QuantizedTensor(child.weight, bits, group,
                                                                               search=search), child.bias))
         new.lm_head = QuantizedLinear(token_table, None)  # still tied: one quantized table, two uses
+        _set_kernels(model, new, scheme.removesuffix("-mse"), kernel)
     return new.eval()
+
+
+def _set_kernels(model: nn.Module, quantized: nn.Module, weights: str, kernel: str) -> None:
+    """Set the kernel of every QuantizedLinear of `quantized` (the copy of `model`), as quantize_model documents."""
+    device = next(model.parameters()).device
+    if kernel == "auto":
+        if device.type != "cpu" or not native.available():
+            kernel = "dequantize"
+        else:
+            from llmcourse.kernels import choose_linear_kernels
+
+            choices = choose_linear_kernels(model, 1, weights=weights)
+    for module in quantized.modules():
+        if isinstance(module, QuantizedLinear):
+            rows, cols = module.weight.shape
+            module.kernel = choices[(cols, rows)].chosen if kernel == "auto" else kernel
 
 
 def _dynamic_linear_bytes(module: nn.Module) -> int:
@@ -336,7 +428,7 @@ def decoding_speed(setups: dict[str, tuple[nn.Module, int, bool]], *, new_tokens
 
 def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, tokenizer=None,
                         max_tokens: int | None = 4096, new_tokens: int = 16, repeats: int = 3,
-                        measure_speed: bool = True) -> list[dict]:
+                        measure_speed: bool = True, fp32_model: nn.Module | None = None) -> list[dict]:
     """Size, quality and speed of `model` under each quantization scheme, measured in one process.
 
     Args:
@@ -346,6 +438,8 @@ def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, to
         max_tokens: evaluate perplexity on the first max_tokens held-out tokens (None: all of them).
         new_tokens, repeats: greedy decoding of new_tokens tokens at batch 1 with the KV-cache, timed `repeats`
             times after a warm-up, interleaved across schemes; skipped (tok_s None) without `measure_speed`.
+        fp32_model: the same function as `model` on other kernels (`llmcourse.kernels.tuned_linears`), to time as
+            the "fp32" row: quantized models run on the kernels measured fastest, so fp32 should too.
 
     Returns:
         One dict per scheme, in order: {"scheme": str, "weight_bytes": int (stored), "bytes_per_step": int (read
@@ -359,7 +453,8 @@ def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, to
         if tokenizer is None:
             raise ValueError("val_ids_or_text is text: pass the model's tokenizer as tokenizer=... to encode it")
         ids = tokenizer.encode(ids)
-    models = {scheme: quantize_model(model, scheme) for scheme in schemes}
+    models = {scheme: fp32_model if scheme == "fp32" and fp32_model is not None else quantize_model(model, scheme)
+              for scheme in schemes}
     speed = (decoding_speed({s: (m, 1, True) for s, m in models.items()}, new_tokens=new_tokens, repeats=repeats)
              if measure_speed else {s: (None, None) for s in models})
     rows = []

@@ -1,15 +1,19 @@
-"""Where and how the course runs: the device (chosen here and nowhere else), seeds, and the fast mode of tests."""
+"""Where and how the course runs: the device (chosen here and nowhere else), seeds, the fast mode of tests, and the
+folder and machine key of what is measured or built once per machine."""
 
 from __future__ import annotations
 
 import os
+import platform
 import random
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import torch
 
 DEVICE_ENV = "LLMCOURSE_DEVICE"
+CACHE_ENV = "LLMCOURSE_CACHE"  # what is measured or built once per machine (default ~/.cache/llmcourse)
 FAST_ENV = "LLMCOURSE_FAST"
 
 
@@ -58,3 +62,24 @@ def set_seed(seed: int) -> np.random.Generator:
 def fast_mode() -> bool:
     """True under test (`LLMCOURSE_FAST=1`): notebooks shorten training loops, never skip a check."""
     return os.environ.get(FAST_ENV, "") not in ("", "0")
+
+
+def cache_dir() -> Path:
+    """Where the course keeps what it measures or builds once per machine: $LLMCOURSE_CACHE, or ~/.cache/llmcourse."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "llmcourse")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), or what `platform` knows of it elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_key() -> str:
+    """What a kernel choice depends on: the CPU model, the thread count and the PyTorch version."""
+    return f"{cpu_model()} | {torch.get_num_threads()} threads | torch {torch.__version__}"

@@ -1,12 +1,14 @@
-"""Weights prepacked for oneDNN (llmcourse.kernels): the same function as the plain model, on a faster kernel."""
+"""Kernels chosen by measurement (llmcourse.kernels): weights prepacked for oneDNN, the course's C kernels, PyTorch's
+weight-only kernels; every candidate accepted computes the same function as the plain model."""
 
 import pytest
 import torch
 
-from llmcourse import bench, kernels
+from llmcourse import bench, kernels, native, runtime
 from llmcourse.generate import generate
 from llmcourse.gpt import GPTConfig, random_gpt
 from llmcourse.quantization import bytes_read_per_step, weight_bytes
+from llmcourse.timing import Measurement
 
 pytestmark = pytest.mark.skipif(not kernels.prepack_available(), reason="this PyTorch has no oneDNN on the CPU")
 
@@ -73,34 +75,65 @@ def test_every_candidate_kernel_computes_the_same_linear():
     weight, bias = torch.randn(48, 32) * 0.1, torch.randn(48)
     x = torch.randn(5, 32)
     expected = torch.nn.functional.linear(x, weight, bias)
-    for name, kernel in kernels.linear_candidates(weight, bias).items():
+    candidates = kernels.linear_candidates(weight, bias)
+    assert {"default", "native"} <= set(candidates) or not native.available()
+    for name, kernel in candidates.items():
         torch.testing.assert_close(kernel(x), expected, rtol=1.3e-6, atol=1e-5, msg=f"kernel {name}")
 
 
+@pytest.mark.parametrize("weights", ["int8", "int4-g32", "int4-g16-mse"])
+def test_quantized_candidates_equal_the_dequantized_matmul_but_bfloat16_ones(weights):
+    weight, bias = torch.randn(64, 128) * 0.1, torch.randn(64)
+    candidates = kernels.linear_candidates(weight, bias, weights)
+    assert next(iter(candidates)) == "dequantize", "the reference comes first"
+    for rows in (1, 3, 12):  # 12 rows: past NATIVE_ROWS, the native layer hands the input to PyTorch's matmul
+        x = torch.randn(rows, 128)
+        reference = candidates["dequantize"](x)
+        for name, kernel in candidates.items():
+            error = kernels._relative_error(kernel(x), reference)
+            if name == "torch-bf16":
+                assert error > kernels.CLOSE, "bfloat16 activations change the result: never chosen"
+            else:
+                assert error <= kernels.CLOSE, f"{name}: {error:.2e}"
+
+
+def test_a_kernel_outside_the_tolerance_is_never_chosen_however_fast(monkeypatch):
+    def fake_interleaved(runs, repeats):  # torch-bf16 timed fastest, native second
+        order = {"torch-bf16": 1.0, "native": 2.0, "dequantize": 3.0}
+        return {name: Measurement((order[name],)) for name in runs}
+
+    monkeypatch.setattr(kernels, "interleaved", fake_interleaved)
+    monkeypatch.setattr(kernels, "STREAM_BYTES", 0)
+    choice = kernels.time_linear_kernels(64, 48, weights="int8")
+    assert choice.errors["torch-bf16"] > kernels.CLOSE >= choice.errors["native"]
+    assert choice.chosen == "native" if native.available() else "dequantize"
+
+
 def test_the_choice_is_the_fastest_timed_and_remembered_per_machine(tmp_path, monkeypatch, models):
-    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
     plain = models[0]
     first = kernels.choose_linear_kernels(plain)
     for choice in first.values():
-        assert set(choice.seconds) == {"default", "prepacked"}
+        assert set(choice.seconds) == {"default", "prepacked"} | ({"native"} if native.available() else set())
         assert choice.chosen == min(choice.seconds, key=choice.seconds.get)
     calls = []
     monkeypatch.setattr(kernels, "time_linear_kernels", lambda *a, **k: calls.append(a))
     assert kernels.choose_linear_kernels(plain) == first and not calls, "a remembered choice is not measured again"
     (tmp_path / "kernels.json").write_text("{damaged")
     monkeypatch.undo()
-    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
     assert set(kernels.choose_linear_kernels(plain)) == set(first), "a damaged cache is measured again"
 
 
 def test_a_model_on_its_chosen_kernels_computes_the_same_function(models):
     plain = models[0]
-    choices = {shape: kernels.KernelChoice(*shape, 1, {"default": 2.0, "prepacked": 1.0},
-                                           "prepacked" if i % 2 else "default")
+    names = ("default", "prepacked", "native") if native.available() else ("default", "prepacked")
+    choices = {shape: kernels.KernelChoice(*shape, 1, {"default": 2.0, "prepacked": 1.0}, names[i % len(names)])
                for i, shape in enumerate(sorted({(m.in_features, m.out_features) for m in plain.modules()
                                                  if isinstance(m, torch.nn.Linear)}))}
     tuned = kernels.tuned_linears(plain, choices)
     kinds = {type(m).__name__ for m in tuned.modules()}
     assert {"PrepackedLinear", "Linear"} <= kinds, "a mix of kernels, as chosen"
+    assert "NativeLinear" in kinds or not native.available()
     ids = torch.randint(0, plain.config.vocab_size, (2, 9))
     torch.testing.assert_close(tuned(ids), plain(ids), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,232 @@
+/* The course's own matrix-vector kernels, for decoding at batch 1 (or a few rows): y (M, N) = x (M, K) @ W^T + bias
+   with W stored in float32, in int8 codes (one float32 scale per row), or in int4 codes packed two per byte (one
+   float16 scale per group of G columns, the layout of `llmcourse.quantization`).
+
+   Decoding reads every weight once per token, so its speed is how fast the weights stream from memory: int8 reads
+   4x and int4 8x fewer bytes than float32, if the arithmetic keeps up. Each function turns the codes into float32
+   in registers and accumulates in float32, so its result is the dequantized matmul's up to the order of the
+   additions; independent accumulators hide the latency of the fused multiply-adds, and OpenMP splits the N outputs
+   among the threads (PyTorch's OpenMP: the dynamic loader gives this library the libgomp PyTorch already loaded).
+
+   Built by llmcourse/native.py with the compiler at hand and -march=native: AVX-512 or AVX2 code where the CPU has
+   them, plain C (vectorized as the compiler can) elsewhere. PyTorch's own weight-only kernels were measured first
+   and were slower, or needed bfloat16 activations (see llmcourse/native.py). */
+#include <stddef.h>
+#include <stdint.h>
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+/* IEEE half -> float (the int4 scales are stored in float16) */
+static inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF;
+    union { uint32_t u; float f; } out;
+    if (exponent == 0) {  /* zero or subnormal: mantissa * 2^-24 */
+        out.f = (float)mantissa * 5.9604644775390625e-8f;
+        out.u |= sign;
+    } else {
+        out.u = sign | ((exponent == 31 ? 255 : exponent + 112) << 23) | (mantissa << 13);
+    }
+    return out.f;
+#endif
+}
+
+static inline float lo4(int8_t b) { return (float)((int8_t)(b << 4) >> 4); }  /* low nibble, two's complement */
+static inline float hi4(int8_t b) { return (float)(b >> 4); }                  /* high nibble */
+
+/* -- one output: a row of weights against one row of x ------------------------------------------------------ */
+
+static float dot_f32(const float *w, const float *x, int K) {
+    int k = 0;
+    float s = 0.0f;
+#if defined(__AVX512F__)
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 64 <= K; k += 64) {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+    }
+    s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#elif defined(__AVX2__)
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 32 <= K; k += 32) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#endif
+    for (; k < K; k++) s += w[k] * x[k];
+    return s;
+}
+
+#if defined(__AVX512F__)
+static inline __m512 i8x16(const int8_t *q) {  /* 16 int8 codes -> 16 floats */
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+}
+#elif defined(__AVX2__)
+static inline __m256 i8x8(const int8_t *q) {  /* 8 int8 codes -> 8 floats */
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+}
+#endif
+
+static float dot_i8(const int8_t *q, const float *x, int K) {
+    int k = 0;
+    float s = 0.0f;
+#if defined(__AVX512F__)
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 64 <= K; k += 64) {
+        a0 = _mm512_fmadd_ps(i8x16(q + k), _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(i8x16(q + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+        a2 = _mm512_fmadd_ps(i8x16(q + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+        a3 = _mm512_fmadd_ps(i8x16(q + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+    }
+    s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+#elif defined(__AVX2__)
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 32 <= K; k += 32) {
+        a0 = _mm256_fmadd_ps(i8x8(q + k), _mm256_loadu_ps(x + k), a0);
+        a1 = _mm256_fmadd_ps(i8x8(q + k + 8), _mm256_loadu_ps(x + k + 8), a1);
+        a2 = _mm256_fmadd_ps(i8x8(q + k + 16), _mm256_loadu_ps(x + k + 16), a2);
+        a3 = _mm256_fmadd_ps(i8x8(q + k + 24), _mm256_loadu_ps(x + k + 24), a3);
+    }
+    __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#endif
+    for (; k < K; k++) s += (float)q[k] * x[k];
+    return s;
+}
+
+/* int4: byte i of a row holds column 2i in its low nibble and 2i+1 in its high one, so 32-bit lane l of a block of
+   V lanes (4 V bytes, 8 V columns) holds columns 8l .. 8l+7 in its nibbles 0 .. 7. Nibble j of every lane is then
+   one vector op away (a shift), and multiplies x at columns 8l + j: `xt` is x with each block of 8 V columns
+   transposed from (V, 8) to (8, V). s: one scale per group of G columns; G a multiple of 8 keeps a lane (8
+   columns) in one group. */
+#if defined(__AVX512F__)
+#define V 16
+#elif defined(__AVX2__)
+#define V 8
+#else
+#define V 1
+#endif
+
+static float dot_i4(const int8_t *p, const float *xt, const float *s, int K, int G, int whole) {
+    float total = 0.0f;
+    int k = 0;
+    (void)whole;  /* plain C: every column goes through the loop at the end */
+#if defined(__AVX512F__)
+    /* vpermps reads the low 4 bits of each lane: lut[i] = nibble i read as a signed 4-bit number */
+    const __m512 lut = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1);
+    const int per_block = 8 * V / G;  /* groups in a block of 128 columns, when G < 128 */
+    const __m512i lane_group = _mm512_srli_epi32(_mm512_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88,
+                                                                     96, 104, 112, 120), __builtin_ctz(G));
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    for (; k < whole; k += 8 * V) {
+        const __m512i v = _mm512_loadu_si512((const void *)(p + k / 2));
+        const float *x = xt + k;
+        __m512 t0 = _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), _mm512_loadu_ps(x));
+        __m512 t1 = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), _mm512_loadu_ps(x + V));
+        t0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 8), lut), _mm512_loadu_ps(x + 2 * V), t0);
+        t1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 12), lut), _mm512_loadu_ps(x + 3 * V), t1);
+        t0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 16), lut), _mm512_loadu_ps(x + 4 * V), t0);
+        t1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 20), lut), _mm512_loadu_ps(x + 5 * V), t1);
+        t0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 24), lut), _mm512_loadu_ps(x + 6 * V), t0);
+        t1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 28), lut), _mm512_loadu_ps(x + 7 * V), t1);
+        const __m512 sc = per_block > 1
+            ? _mm512_permutexvar_ps(lane_group, _mm512_loadu_ps(s + k / G))
+            : _mm512_set1_ps(s[k / G]);
+        acc0 = _mm512_fmadd_ps(t0, sc, acc0);
+        acc1 = _mm512_fmadd_ps(t1, sc, acc1);
+    }
+    total = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#elif defined(__AVX2__)
+    const int per_block = 8 * V / G;  /* groups in a block of 64 columns, when G < 64 */
+    const __m256i lane_group = _mm256_srli_epi32(_mm256_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56), __builtin_ctz(G));
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    for (; k < whole; k += 8 * V) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(p + k / 2));
+        const float *x = xt + k;
+        __m256 t0 = _mm256_setzero_ps(), t1 = t0;
+        /* nibble j, sign-extended: shift it to the top of the lane, then arithmetically back down */
+#define NIB(j) _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 28 - 4 * (j)), 28))
+        t0 = _mm256_fmadd_ps(NIB(0), _mm256_loadu_ps(x), t0);
+        t1 = _mm256_fmadd_ps(NIB(1), _mm256_loadu_ps(x + V), t1);
+        t0 = _mm256_fmadd_ps(NIB(2), _mm256_loadu_ps(x + 2 * V), t0);
+        t1 = _mm256_fmadd_ps(NIB(3), _mm256_loadu_ps(x + 3 * V), t1);
+        t0 = _mm256_fmadd_ps(NIB(4), _mm256_loadu_ps(x + 4 * V), t0);
+        t1 = _mm256_fmadd_ps(NIB(5), _mm256_loadu_ps(x + 5 * V), t1);
+        t0 = _mm256_fmadd_ps(NIB(6), _mm256_loadu_ps(x + 6 * V), t0);
+        t1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srai_epi32(v, 28)), _mm256_loadu_ps(x + 7 * V), t1);
+#undef NIB
+        const __m256 sc = per_block > 1 ? _mm256_permutevar8x32_ps(_mm256_loadu_ps(s + k / G), lane_group)
+                                        : _mm256_set1_ps(s[k / G]);
+        acc0 = _mm256_fmadd_ps(t0, sc, acc0);
+        acc1 = _mm256_fmadd_ps(t1, sc, acc1);
+    }
+    __m256 a = _mm256_add_ps(acc0, acc1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    total = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+#endif
+    /* the columns after the last whole block (all of them without vector instructions): xt is x there */
+    for (; k < K; k += 2) {
+        const int8_t b = p[k / 2];
+        total += s[k / G] * lo4(b) * xt[k] + s[(k + 1) / G] * hi4(b) * xt[k + 1];
+    }
+    return total;
+}
+
+/* the width of the vectors this build uses, in floats: 16 (AVX-512), 8 (AVX2) or 1 (plain C) */
+int vector_width(void) { return V; }
+
+/* -- the products: N outputs split among the threads ---------------------------------------------------------- */
+
+void linear_f32(const float *x, int M, int K, const float *W, int N, const float *bias, float *y) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int m = 0; m < M; m++)
+            y[(size_t)m * N + n] = dot_f32(W + (size_t)n * K, x + (size_t)m * K, K) + (bias ? bias[n] : 0.0f);
+}
+
+void linear_int8(const float *x, int M, int K, const int8_t *Q, const float *scale, int N, const float *bias,
+                 float *y) {
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int m = 0; m < M; m++)
+            y[(size_t)m * N + n] = dot_i8(Q + (size_t)n * K, x + (size_t)m * K, K) * scale[n] + (bias ? bias[n] : 0.0f);
+}
+
+/* x is transposed block by block for dot_i4 first, into xt (M * K floats, from the caller); each row's float16
+   scales are read into floats once (padded, so that a vector load past the row's last group stays in the buffer). */
+void linear_int4(const float *x, int M, int K, const uint8_t *P, const uint16_t *scale, int G, int N,
+                 const float *bias, float *xt, float *y) {
+    const int groups = K / G;
+    const int fast = G % 8 == 0 && (G & (G - 1)) == 0;  /* a lane's 8 columns in one group, found by a shift */
+    const int whole = fast ? K / (8 * V) * (8 * V) : 0;
+    for (int m = 0; m < M; m++) {
+        const float *xm = x + (size_t)m * K;
+        float *tm = xt + (size_t)m * K;
+        for (int b = 0; b < whole; b += 8 * V)
+            for (int l = 0; l < V; l++)
+                for (int j = 0; j < 8; j++) tm[b + j * V + l] = xm[b + 8 * l + j];
+        for (int k = whole; k < K; k++) tm[k] = xm[k];
+    }
+    #pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        float s[groups + 16];
+        for (int g = 0; g < groups + 16; g++) s[g] = g < groups ? half_to_float(scale[(size_t)n * groups + g]) : 0.0f;
+        for (int m = 0; m < M; m++)
+            y[(size_t)m * N + n] = dot_i4((const int8_t *)(P + (size_t)n * (K / 2)), xt + (size_t)m * K, s, K, G,
+                                          whole) + (bias ? bias[n] : 0.0f);
+    }
+}

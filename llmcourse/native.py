@@ -1,0 +1,181 @@
+"""The course's own C kernels for decoding (`llmcourse/csrc/linear.c`): matrix-vector products with float32, int8 or
+int4 weights, built on first use with the C compiler at hand and loaded with ctypes.
+
+Why our own: decoding at batch 1 streams every weight once per token, so int8 and int4 weights (4x and 8x fewer
+bytes than float32) should decode several times faster. PyTorch 2.13's kernels did not get there on the CPUs we
+measured: dequantizing to float32 and calling the float matmul reads the int8 codes, then writes and reads a
+float32 copy (slower than float32 alone); `torch._weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` are fast
+only with bfloat16 activations (which changes what the model computes by more than int8 weights do) and crawl with
+float32 ones (1395 us against 192 us for float32 on a 768x2304 layer); `torch.compile` of dequantize-then-matmul
+was 4x slower than float32. The kernel that is used for each layer is still chosen by measuring every candidate on
+the machine at hand (`llmcourse.kernels`): these kernels are candidates, not a decision.
+
+The library is compiled once per machine (CPU model and compiler flags) into $LLMCOURSE_CACHE/native/ with
+`-O3 -march=native -fopenmp`, so it uses AVX-512 or AVX2 where the CPU has them. Without a compiler (`cc`, or $CC),
+or with LLMCOURSE_NATIVE=0, `available()` is False and `unavailable_reason()` says why; the course then runs on
+PyTorch's kernels alone. Inputs must be float32 CPU tensors, as decoding on the CPU uses.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from llmcourse.runtime import cache_dir, cpu_model
+
+SOURCE = Path(__file__).with_name("csrc") / "linear.c"
+NATIVE_ENV = "LLMCOURSE_NATIVE"  # "0" turns the C kernels off
+NATIVE_ROWS = 8  # inputs of more rows (a prompt) are faster on PyTorch's matmul, which reuses each weight it loads
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
+VECTOR_ISA = {16: "AVX-512", 8: "AVX2", 1: "plain C"}
+
+_float_p, _int_p = ctypes.POINTER(ctypes.c_float), ctypes.c_int
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def build(target: Path, flags: tuple[str, ...] = FLAGS, compiler: str | None = None) -> None:
+    """Compile SOURCE into the shared library `target` with `flags`, and OpenMP when the compiler has it (Apple's
+    clang has not: one thread). Raises OSError with the compiler's last line of error."""
+    compiler = compiler or _compiler()
+    if compiler is None:
+        raise OSError("no C compiler found (install gcc or clang, or set CC)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        errors: list[str] = []
+        for openmp in (["-fopenmp"], []):
+            run = subprocess.run([compiler, *flags, *openmp, str(SOURCE), "-o", str(built)], capture_output=True,
+                                 text=True, timeout=120)
+            if run.returncode == 0:
+                os.replace(built, target)  # atomic: a test process building at the same time sees all or nothing
+                return
+            errors = run.stderr.strip().splitlines()[-1:] or [f"exit status {run.returncode}"]
+        raise OSError(f"{compiler} could not compile {SOURCE.name}: {errors[0]}")
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Give the library's functions their C signatures (ctypes then checks and converts every argument)."""
+    lib.linear_f32.argtypes = [_float_p, _int_p, _int_p, _float_p, _int_p, _float_p, _float_p]
+    lib.linear_int8.argtypes = [_float_p, _int_p, _int_p, ctypes.c_void_p, _float_p, _int_p, _float_p, _float_p]
+    lib.linear_int4.argtypes = [_float_p, _int_p, _int_p, ctypes.c_void_p, ctypes.c_void_p, _int_p, _int_p,
+                                _float_p, _float_p, _float_p]
+    lib.vector_width.restype = ctypes.c_int
+    for function in (lib.linear_f32, lib.linear_int8, lib.linear_int4):
+        function.restype = None
+    return lib
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+    """(the library, None) or (None, why not)."""
+    if os.environ.get(NATIVE_ENV, "1") == "0":
+        return None, f"turned off ({NATIVE_ENV}=0)"
+    compiler = _compiler()
+    if compiler is None:
+        return None, "no C compiler found (install gcc or clang, or set CC)"
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS, cpu_model())).encode())
+    target = cache_dir() / "native" / f"linear-{digest.hexdigest()[:16]}.so"
+    try:
+        if not target.is_file():
+            build(target, FLAGS, compiler)
+        return declare(ctypes.CDLL(str(target))), None
+    except (OSError, subprocess.SubprocessError) as err:
+        return None, str(err)
+
+
+def available() -> bool:
+    """True when the C kernels are built and loaded (see `unavailable_reason()` otherwise)."""
+    return _load()[0] is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the C kernels cannot be used here, or None when they can."""
+    return _load()[1]
+
+
+def vector_isa() -> str | None:
+    """The vector instructions the kernels were compiled for on this machine: "AVX-512", "AVX2" or "plain C"."""
+    lib = _load()[0]
+    return None if lib is None else VECTOR_ISA[lib.vector_width()]
+
+
+def _pointer(t: torch.Tensor):
+    return ctypes.cast(t.data_ptr(), _float_p)
+
+
+def _rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
+    """x (..., in_features) float32 on the CPU as a contiguous (M, in_features) matrix; a ValueError otherwise."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1:] != (in_features,):
+        raise ValueError(f"the C kernels take float32 CPU inputs with {in_features} features in the last dimension, "
+                         f"got {x.dtype} on {x.device.type} with shape {tuple(x.shape)}")
+    return x.reshape(-1, in_features).contiguous()
+
+
+def _call(name: str, x: torch.Tensor, out_features: int, *args) -> torch.Tensor:
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(f"the course's C kernels are not available here: {reason}")
+    rows = _rows(x, x.shape[-1])
+    y = torch.empty(rows.shape[0], out_features)
+    getattr(lib, name)(_pointer(rows), rows.shape[0], rows.shape[1], *args, _pointer(y))
+    return y.reshape(*x.shape[:-1], out_features)
+
+
+def _bias(bias: torch.Tensor | None, out_features: int):
+    if bias is None:
+        return None
+    if bias.dtype != torch.float32 or bias.shape != (out_features,) or not bias.is_contiguous():
+        raise ValueError(f"bias must be a contiguous float32 vector of {out_features}, got {bias.dtype} "
+                         f"{tuple(bias.shape)}")
+    return _pointer(bias)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` for float32 weight (N, K) and x (..., K) on the CPU."""
+    N, K = weight.shape
+    if weight.dtype != torch.float32 or not weight.is_contiguous():
+        raise ValueError(f"weight must be a contiguous float32 (N, K) matrix, got {weight.dtype} {tuple(weight.shape)}")
+    _rows(x, K)
+    return _call("linear_f32", x, N, _pointer(weight), N, _bias(bias, N))
+
+
+def linear_int8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ (codes * scale[:, None])^T + bias: codes int8 (N, K), scale float32 (N,) one per row."""
+    N, K = codes.shape
+    if codes.dtype != torch.int8 or not codes.is_contiguous():
+        raise ValueError(f"codes must be a contiguous int8 (N, K) matrix, got {codes.dtype} {tuple(codes.shape)}")
+    if scale.dtype != torch.float32 or scale.numel() != N or not scale.is_contiguous():
+        raise ValueError(f"scale must hold {N} contiguous float32 values (one per row), got {scale.dtype} "
+                         f"{tuple(scale.shape)}")
+    _rows(x, K)
+    return _call("linear_int8", x, N, codes.data_ptr(), _pointer(scale), N, _bias(bias, N))
+
+
+def linear_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, group_size: int,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W^T + bias for int4 weights W (N, K): packed uint8 (N, K / 2), column 2i in the low nibble of byte i and
+    2i + 1 in the high one (two's complement), scale float16 (N, K / group_size), one per group of columns."""
+    N, half = packed.shape
+    K = 2 * half
+    if packed.dtype != torch.uint8 or not packed.is_contiguous():
+        raise ValueError(f"packed must be a contiguous uint8 (N, K / 2) matrix, got {packed.dtype}")
+    if group_size < 2 or K % group_size or scale.dtype != torch.float16 or scale.shape != (N, K // group_size) \
+            or not scale.is_contiguous():
+        raise ValueError(f"scale must be a contiguous float16 ({N}, {K} / group_size) matrix with group_size "
+                         f"dividing {K}, got {scale.dtype} {tuple(scale.shape)} and group_size {group_size}")
+    rows = _rows(x, K)
+    transposed = torch.empty_like(rows)  # the kernel's working copy of x, reordered for its vector lanes
+    return _call("linear_int4", x, N, packed.data_ptr(), scale.data_ptr(), group_size, N, _bias(bias, N),
+                 _pointer(transposed))

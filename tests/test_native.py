@@ -1,0 +1,135 @@
+"""The course's C kernels (llmcourse/native.py, llmcourse/csrc/linear.c): the same products as PyTorch's, in every
+build (AVX-512, AVX2, plain C), with any thread count, and one-line errors for inputs they do not take."""
+
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmcourse import native
+from llmcourse.quantization import dequantize_groupwise_torch, pack_int4_torch, quantize_groupwise_torch
+
+pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")
+
+SHAPES = [(1, 768, 2304), (3, 768, 96), (1, 3072, 64), (2, 70, 30), (8, 96, 50), (1, 256, 16)]
+
+
+def _flags_of_this_cpu() -> list[tuple[str, ...]]:
+    """The builds this CPU can run: plain C always, AVX2 and AVX-512 when /proc/cpuinfo lists them."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    builds = [("-O3", "-fPIC", "-shared")]
+    if " avx2 " in flags and " fma " in flags and " f16c " in flags:
+        builds.append(("-O3", "-fPIC", "-shared", "-mavx2", "-mfma", "-mf16c"))
+    if " avx512f " in flags:
+        builds.append(("-O3", "-fPIC", "-shared", "-mavx512f", "-mavx2", "-mfma", "-mf16c"))
+    return builds
+
+
+@pytest.fixture(scope="module", params=range(3), ids=["plain", "avx2", "avx512"])
+def build(request, tmp_path_factory):
+    """The kernels compiled for one instruction set (skipped where this CPU lacks it), in place of the cached one."""
+    builds = _flags_of_this_cpu()
+    if request.param >= len(builds):
+        pytest.skip("this CPU lacks the instruction set")
+    target = tmp_path_factory.mktemp("native") / "linear.so"
+    native.build(target, builds[request.param])
+    lib = native.declare(ctypes.CDLL(str(target)))
+    assert lib.vector_width() == (1, 8, 16)[request.param]
+    patch = pytest.MonkeyPatch()
+    patch.setattr(native, "_load", lambda: (lib, None))
+    yield lib
+    patch.undo()
+
+
+def test_the_kernels_are_built_and_loaded_here():
+    assert native.available(), native.unavailable_reason()
+    assert native.vector_isa() in ("AVX-512", "AVX2", "plain C")
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_float32_kernel_equals_torch(build, M, K, N):
+    g = torch.Generator().manual_seed(K + N)
+    x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    torch.testing.assert_close(native.linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(native.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_int8_kernel_equals_the_dequantized_matmul(build, M, K, N):
+    g = torch.Generator().manual_seed(K * N)
+    x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    codes, scale = quantize_groupwise_torch(w, 8, K)
+    expected = F.linear(x, dequantize_groupwise_torch(codes, scale), b)
+    torch.testing.assert_close(native.linear_int8(x, codes, scale.view(-1), b), expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("group", [2, 8, 16, 32, 64, 128])
+@pytest.mark.parametrize("M,K,N", SHAPES)
+def test_int4_kernel_equals_the_dequantized_matmul(build, M, K, N, group):
+    if K % group:
+        pytest.skip("the group size does not divide K")
+    g = torch.Generator().manual_seed(K + group)
+    x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
+    codes, scale = quantize_groupwise_torch(w, 4, group)
+    codes[0, :8] = torch.tensor([-8, -7, -1, 0, 1, 6, 7, -8], dtype=torch.int8)[: min(8, K)]  # every sign and edge
+    scale = scale.half()
+    expected = F.linear(x, dequantize_groupwise_torch(codes, scale.float()))
+    out = native.linear_int4(x, pack_int4_torch(codes), scale, group)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_leading_dimensions_and_thread_counts_change_nothing():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(2, 3, 256, generator=g), torch.randn(40, 256, generator=g)
+    codes, scale = quantize_groupwise_torch(w, 4, 32)
+    packed, scale = pack_int4_torch(codes), scale.half()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = native.linear_int4(x, packed, scale, 32)
+        torch.set_num_threads(2)
+        two = native.linear_int4(x, packed, scale, 32)
+    finally:
+        torch.set_num_threads(threads)
+    assert one.shape == (2, 3, 40)
+    torch.testing.assert_close(one, two, rtol=0, atol=0)  # each output is one thread's sum, whatever the split
+
+
+def test_one_openmp_runtime_in_the_process():
+    """The library must use PyTorch's libgomp, not load a second OpenMP runtime whose threads would fight it."""
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs Linux's /proc")
+    assert native.available()
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libomp" in line or "libiomp" in line}
+    assert len(runtimes) <= 1, runtimes
+
+
+def test_bad_inputs_get_one_line_errors():
+    w = torch.randn(8, 16)
+    with pytest.raises(ValueError, match="float32 CPU inputs with 16 features"):
+        native.linear(torch.randn(2, 15), w)
+    with pytest.raises(ValueError, match="float32 CPU inputs"):
+        native.linear(torch.randn(2, 16, dtype=torch.float64), w)
+    with pytest.raises(ValueError, match="contiguous float32"):
+        native.linear(torch.randn(2, 16), w.t())
+    with pytest.raises(ValueError, match="int8"):
+        native.linear_int8(torch.randn(1, 16), w, torch.ones(8))
+    with pytest.raises(ValueError, match="one per row"):
+        native.linear_int8(torch.randn(1, 16), w.to(torch.int8), torch.ones(7))
+    with pytest.raises(ValueError, match="group_size"):
+        native.linear_int4(torch.randn(1, 16), torch.zeros(8, 8, dtype=torch.uint8), torch.ones(8, 3).half(), 5)
+    with pytest.raises(ValueError, match="bias"):
+        native.linear(torch.randn(1, 16), w, torch.ones(7))
+
+
+def test_turned_off_by_the_environment_with_a_reason():
+    env = {**os.environ, native.NATIVE_ENV: "0"}
+    code = "from llmcourse import native; print(native.available(), native.unavailable_reason())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"False turned off ({native.NATIVE_ENV}=0)"
