@@ -214,6 +214,52 @@ def test_int4_mse_halves_the_perplexity_cost_of_plain_int4_on_the_shipped_model(
                                                                                                       "int4-g32"))
 
 
+@pytest.mark.parametrize("scheme", ["int8", "int4-g32", "int4-g128-mse"])
+def test_the_c_kernels_decode_the_shipped_model_to_the_same_tokens(scheme):
+    """The course's C kernels compute the dequantized matmul in another order of additions: the same greedy tokens
+    on the shipped model, logits within float32 rounding of the reference kernel's, prompt and decoding alike."""
+    from llmcourse import native
+    from llmcourse.generate import generate
+    from llmcourse.pretrained import load_tiny_gpt
+
+    if not native.available():
+        pytest.skip(f"no C kernels here: {native.unavailable_reason()}")
+    model, tok = load_tiny_gpt("cpu")
+    reference, fast = (Q.quantize_model(model, scheme, kernel=k) for k in ("dequantize", "native"))
+    assert {m.kernel for m in fast.modules() if isinstance(m, Q.QuantizedLinear)} == {"native"}
+    for text in ("The model", "Attention is", "A cache of keys"):
+        prompt = torch.tensor(tok.encode(text))
+        with torch.no_grad():
+            torch.testing.assert_close(fast(prompt[None, :1]), reference(prompt[None, :1]), rtol=1e-4, atol=1e-4)
+        assert generate(fast, prompt, 24, temperature=0).tolist() == generate(reference, prompt, 24,
+                                                                              temperature=0).tolist()
+
+
+def test_auto_picks_each_layers_kernel_from_the_measured_choice(monkeypatch):
+    from llmcourse import kernels, native
+
+    model = tiny_gpt()
+    if not native.available():
+        assert {m.kernel for m in Q.quantize_model(model, "int8").modules()
+                if isinstance(m, Q.QuantizedLinear)} == {"dequantize"}
+        return
+    seen = []
+
+    def fake_choose(m, rows, *, weights):  # every shape "measured": native for the head, dequantize elsewhere
+        seen.append(weights)
+        return {(c.in_features, c.out_features): kernels.KernelChoice(
+            c.in_features, c.out_features, rows, {}, "native" if c.out_features == TINY.vocab_size else "dequantize",
+            weights) for c in m.modules() if isinstance(c, torch.nn.Linear)}
+
+    monkeypatch.setattr(kernels, "choose_linear_kernels", fake_choose)
+    quantized = Q.quantize_model(model, "int4-g16-mse")
+    assert seen == ["int4-g16"], "an -mse scheme runs its plain twin's kernel"
+    assert quantized.lm_head.kernel == "native"
+    assert {quantized.transformer.h[0].mlp.c_fc.kernel} == {"dequantize"}
+    with pytest.raises(ValueError, match="unknown kernel 'fast'"):
+        Q.quantize_model(model, "int8", kernel="fast")
+
+
 def test_bad_schemes_are_clear_errors():
     model = tiny_gpt()
     with pytest.raises(ValueError, match="unknown quantization scheme 'int3'"):
