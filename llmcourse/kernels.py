@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from llmcourse import native
 from llmcourse.files import atomic_write
 from llmcourse.runtime import cache_dir, get_device, machine_key
-from llmcourse.timing import interleaved
+from llmcourse.timing import interleaved, measure
 
 
 def prepack_available(device: torch.device | str | None = None) -> bool:
@@ -109,6 +109,7 @@ class NativeLinear(nn.Module):
 
 STREAM_BYTES = 32 << 20  # candidates are timed on copies of the weight this large in all (beyond the L2 caches)
 MAX_COPIES = 64  # a small weight lives in the caches when decoding too: no more copies than this
+PRUNE = 1.5  # a candidate this many times slower than the fastest at a first look is not timed further
 CLOSE = 1e-5  # a candidate's largest difference from the reference, relative to the reference's largest value
 
 
@@ -185,7 +186,8 @@ def time_linear_kernels(in_features: int, out_features: int, rows: int = 1, *, w
 
     Decoding reads a model's weights from memory, not from the CPU's caches, so each candidate is timed on a
     series of copies of its weight (up to STREAM_BYTES in all, at most MAX_COPIES), called in turn; the
-    candidates take turns too (`interleaved`), so that a change of the machine's load hits them alike.
+    candidates take turns too (`interleaved`), so that a change of the machine's load hits them alike. Those far
+    behind at a first look (PRUNE) keep that one timing.
     """
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=generator) * 0.02
@@ -196,14 +198,18 @@ def time_linear_kernels(in_features: int, out_features: int, rows: int = 1, *, w
     errors = {name: _relative_error(kernel(x), reference) for name, kernel in candidates.items()}
     from llmcourse.quantization import weight_bytes
 
-    runs, calls = {}, {}
+    runs, calls, first = {}, {}, {}
     for name, kernel in candidates.items():
         count = min(MAX_COPIES, STREAM_BYTES // weight_bytes(kernel))
         copies = [kernel] + [_replica(kernel, name, weight, bias, weights) for _ in range(count - 1)]
         runs[name] = lambda copies=copies: [k(x) for k in copies]
-        runs[name]()  # warm-up
         calls[name] = len(copies)
-    seconds = {name: m.median / calls[name] for name, m in interleaved(runs, repeats).items()}
+        runs[name]()  # warm-up
+        first[name] = measure(runs[name], warmup=0, repeats=1).median / calls[name]  # a first look
+    # Only the candidates within PRUNE of the fastest exact one are timed further, in turns.
+    fastest = min(first[name] for name in candidates if errors[name] <= CLOSE)
+    contenders = {name: run for name, run in runs.items() if first[name] <= PRUNE * fastest}
+    seconds = {**first, **{name: m.median / calls[name] for name, m in interleaved(contenders, repeats).items()}}
     exact = [name for name in candidates if errors[name] <= CLOSE]
     return KernelChoice(in_features, out_features, rows, seconds, min(exact, key=seconds.get), weights, errors)
 
