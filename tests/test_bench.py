@@ -184,3 +184,13 @@ def test_machine_limits_are_measured_with_the_fastest_pattern_and_kernel(monkeyp
     assert len(calls) == 2  # a read-only pass and a copy: the better one is the limit
     assert timing.matmul_gflops(n=64, repeats=1) > 0
     assert len(calls) == 2 + 1 + prepack_available()  # the default matmul, and oneDNN's where there is one
+
+
+def test_compare_hf_times_transformers_generate_on_the_same_weights(results):
+    pytest.importorskip("transformers", reason="transformers is a test-only dependency (the dev extra)")
+    model = bench.gpt2_shape_model(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    result = bench.compare_hf(model, model, new_tokens=6, repeats=1)
+    assert result["identical_tokens"] is True, "the same weights must give the same greedy tokens"
+    assert result["ratio"] == pytest.approx(result["ours_tok_s"] / result["hf_tok_s"])
+    line = bench.format_table({**results, "compare_hf": result})
+    assert "Against Hugging Face transformers" in line and f"{result['ratio']:.2f}x" in line
