@@ -593,6 +593,41 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(results: dict) -> str:
+    """The headline figures of a run as a Markdown table, for the README: every figure a ratio of the same run or a
+    fraction of the machine's limit, the machine named at the top (`llmcourse bench --markdown FILE.json`)."""
+    m, kv, bt, rf = results["machine"], results["kv_cache"], results["batching"], results["roofline"]
+    check = results.get("interference", {"trusted": True, "reasons": []})
+    balance = m["matmul_gflops"] / m["memory_bandwidth_gbs"]
+    rows = [("machine", f"{m.get('cpu', m['processor'])}, {m['threads']} threads, torch {m['torch']}, C kernels: "
+                        f"{m.get('native_kernels', 'not measured')}"),
+            ("limits", f"read bandwidth {m['memory_bandwidth_gbs']:.1f} GB/s, float32 matmul "
+                       f"{m['matmul_gflops']:.0f} GFLOP/s: balance {balance:.0f} FLOP per byte"),
+            ("measurements", "no sign of interference" if check["trusted"] else
+             "disturbed: " + "; ".join(check["reasons"])),
+            ("KV-cache vs recomputing, greedy, identical tokens: " + str(kv["identical_tokens"]).lower(),
+             ", ".join(f"{s:.1f}x at {n}" for n, s in zip(kv["new_tokens"], kv["speedup"])) + " new tokens"),
+            (f"batch-1 cached decoding vs its bound ({rf['bound_tok_s']:.0f} tok/s)",
+             ", ".join(f"{rf[f'{k}_tok_s']:.1f} tok/s ({100 * rf[f'{k}_fraction']:.0f}%) {k}" for k in rf["kernels"])),
+            (f"throughput of batch {bt['batch_sizes'][-1]} vs batch 1, identical tokens: "
+             + str(bt["identical_tokens"]).lower(), f"{bt['speedup_over_batch1'][-1]:.1f}x")]
+    if "continuous_over_static" in bt:
+        rows.append(("continuous vs static batching, identical outputs", f"{bt['continuous_over_static']:.2f}x "
+                                                                          "throughput"))
+    for q in results.get("quantization", []):
+        if q["scheme"] == "fp32":
+            continue
+        fraction = f", {100 * q['fraction']:.0f}% of its own bound" if "fraction" in q else ""
+        rows.append((f"{q['scheme']}: weight bytes, perplexity change (shipped model), batch-1 tok/s",
+                     f"{q['weight_ratio']:.3f}x, {100 * q['perplexity_change']:+.2f}%, {q['speedup']:.2f}x fp32"
+                     + fraction))
+    if results.get("compare_hf"):
+        hf = results["compare_hf"]
+        rows.append((f"cached decoding vs transformers {hf['transformers']} `generate`, identical tokens: "
+                     + str(hf["identical_tokens"]).lower(), f"{hf['ratio']:.2f}x"))
+    return "\n".join(["| figure | measured |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
+
+
 def label_log_axes(ax, x_values: Sequence[int]) -> None:
     """Label log-log axes with plain numbers: x at exactly `x_values`, y at 1, 2 and 5 times powers of ten."""
     from matplotlib.ticker import FixedLocator, LogLocator, NullFormatter, NullLocator

@@ -142,6 +142,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
     from llmcourse import bench
+    if args.markdown:  # no measuring: the table of a saved run
+        from llmcourse.files import read_json
+        print(bench.markdown_table(read_json(args.markdown, "bench results")))
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     results = bench.run(quick=args.quick, hf=args.compare_hf)
@@ -245,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     be.add_argument("--plots", metavar="DIR", help="also write PNG plots into DIR")
     be.add_argument("--threads", type=_processes, help="CPU threads for PyTorch (default: PyTorch's choice)")
+    be.add_argument("--markdown", metavar="FILE", help="print the Markdown table of a saved run (--json FILE) and "
+                    "measure nothing")
     be.add_argument("--compare-hf", action="store_true", help="also time Hugging Face transformers' generate on the "
                     "same weights (needs `pip install transformers`)")
     be.set_defaults(func=cmd_bench)

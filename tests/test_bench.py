@@ -194,3 +194,12 @@ def test_compare_hf_times_transformers_generate_on_the_same_weights(results):
     assert result["ratio"] == pytest.approx(result["ours_tok_s"] / result["hf_tok_s"])
     line = bench.format_table({**results, "compare_hf": result})
     assert "Against Hugging Face transformers" in line and f"{result['ratio']:.2f}x" in line
+
+
+def test_markdown_table_of_a_saved_run(results, tmp_path, capsys):
+    table = bench.markdown_table(results)
+    assert table.startswith("| figure | measured |") and "KV-cache vs recomputing" in table
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps(results))
+    assert cli.main(["bench", "--markdown", str(saved)]) == 0
+    assert capsys.readouterr().out.strip() == table
