@@ -37,89 +37,81 @@ static inline float half_to_float(uint16_t h) {
 static inline float lo4(int8_t b) { return (float)((int8_t)(b << 4) >> 4); }  /* low nibble, two's complement */
 static inline float hi4(int8_t b) { return (float)(b >> 4); }                  /* high nibble */
 
-/* -- one output: a row of weights against one row of x ------------------------------------------------------ */
-
-static float dot_f32(const float *w, const float *x, int K) {
-    int k = 0;
-    float s = 0.0f;
-#if defined(__AVX512F__)
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; k + 64 <= K; k += 64) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
-    }
-    s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-#elif defined(__AVX2__)
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; k + 32 <= K; k += 32) {
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 16), _mm256_loadu_ps(x + k + 16), a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 24), _mm256_loadu_ps(x + k + 24), a3);
-    }
-    __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-#endif
-    for (; k < K; k++) s += w[k] * x[k];
-    return s;
-}
+/* -- vectors of V floats, and one output: a row of weights against one row of x -------------------------------- */
 
 #if defined(__AVX512F__)
-static inline __m512 i8x16(const int8_t *q) {  /* 16 int8 codes -> 16 floats */
+#define V 16
+typedef __m512 vec;
+static inline vec vzero(void) { return _mm512_setzero_ps(); }
+static inline vec vload(const float *x) { return _mm512_loadu_ps(x); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+static inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
+static inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
+static inline vec i8_floats(const int8_t *q) {  /* V int8 codes -> V floats */
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
 }
 #elif defined(__AVX2__)
-static inline __m256 i8x8(const int8_t *q) {  /* 8 int8 codes -> 8 floats */
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
-}
-#endif
-
-static float dot_i8(const int8_t *q, const float *x, int K) {
-    int k = 0;
-    float s = 0.0f;
-#if defined(__AVX512F__)
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; k + 64 <= K; k += 64) {
-        a0 = _mm512_fmadd_ps(i8x16(q + k), _mm512_loadu_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(i8x16(q + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-        a2 = _mm512_fmadd_ps(i8x16(q + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-        a3 = _mm512_fmadd_ps(i8x16(q + k + 48), _mm512_loadu_ps(x + k + 48), a3);
-    }
-    s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
-#elif defined(__AVX2__)
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; k + 32 <= K; k += 32) {
-        a0 = _mm256_fmadd_ps(i8x8(q + k), _mm256_loadu_ps(x + k), a0);
-        a1 = _mm256_fmadd_ps(i8x8(q + k + 8), _mm256_loadu_ps(x + k + 8), a1);
-        a2 = _mm256_fmadd_ps(i8x8(q + k + 16), _mm256_loadu_ps(x + k + 16), a2);
-        a3 = _mm256_fmadd_ps(i8x8(q + k + 24), _mm256_loadu_ps(x + k + 24), a3);
-    }
-    __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+#define V 8
+typedef __m256 vec;
+static inline vec vzero(void) { return _mm256_setzero_ps(); }
+static inline vec vload(const float *x) { return _mm256_loadu_ps(x); }
+static inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+static inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
+static inline float vsum(vec a) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    s = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+static inline vec i8_floats(const int8_t *q) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q)));
+}
+#else
+#define V 1
 #endif
-    for (; k < K; k++) s += (float)q[k] * x[k];
+
+/* float32 or int8 weights: `floats(w, k)` gives V weights from column k as floats, `one(w, k)` one of them. Four
+   accumulators of V lanes each, summed at the end. Inlined into each caller, so the loaders are inlined too. */
+#if V > 1
+typedef vec (*vector_loader)(const void *w, int k);
+#endif
+static inline __attribute__((always_inline)) float dot(const void *w, const float *x, int K,
+#if V > 1
+                                                       vector_loader floats,
+#endif
+                                                       float (*one)(const void *w, int k)) {
+    int k = 0;
+    float s = 0.0f;
+#if V > 1
+    vec a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 4 * V <= K; k += 4 * V) {
+        a0 = vfma(floats(w, k), vload(x + k), a0);
+        a1 = vfma(floats(w, k + V), vload(x + k + V), a1);
+        a2 = vfma(floats(w, k + 2 * V), vload(x + k + 2 * V), a2);
+        a3 = vfma(floats(w, k + 3 * V), vload(x + k + 3 * V), a3);
+    }
+    s = vsum(vadd(vadd(a0, a1), vadd(a2, a3)));
+#endif
+    for (; k < K; k++) s += one(w, k) * x[k];
     return s;
 }
+
+static inline float f32_one(const void *w, int k) { return ((const float *)w)[k]; }
+static inline float i8_one(const void *w, int k) { return (float)((const int8_t *)w)[k]; }
+#if V > 1
+static inline vec f32_floats(const void *w, int k) { return vload((const float *)w + k); }
+static inline vec i8_floats_at(const void *w, int k) { return i8_floats((const int8_t *)w + k); }
+static float dot_f32(const float *w, const float *x, int K) { return dot(w, x, K, f32_floats, f32_one); }
+static float dot_i8(const int8_t *q, const float *x, int K) { return dot(q, x, K, i8_floats_at, i8_one); }
+#else
+static float dot_f32(const float *w, const float *x, int K) { return dot(w, x, K, f32_one); }
+static float dot_i8(const int8_t *q, const float *x, int K) { return dot(q, x, K, i8_one); }
+#endif
 
 /* int4: byte i of a row holds column 2i in its low nibble and 2i+1 in its high one, so 32-bit lane l of a block of
    V lanes (4 V bytes, 8 V columns) holds columns 8l .. 8l+7 in its nibbles 0 .. 7. Nibble j of every lane is then
    one vector op away (a shift), and multiplies x at columns 8l + j: `xt` is x with each block of 8 V columns
    transposed from (V, 8) to (8, V). s: one scale per group of G columns; G a multiple of 8 keeps a lane (8
    columns) in one group. */
-#if defined(__AVX512F__)
-#define V 16
-#elif defined(__AVX2__)
-#define V 8
-#else
-#define V 1
-#endif
-
 static float dot_i4(const int8_t *p, const float *xt, const float *s, int K, int G, int whole) {
     float total = 0.0f;
     int k = 0;
@@ -148,7 +140,7 @@ static float dot_i4(const int8_t *p, const float *xt, const float *s, int K, int
         acc0 = _mm512_fmadd_ps(t0, sc, acc0);
         acc1 = _mm512_fmadd_ps(t1, sc, acc1);
     }
-    total = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    total = vsum(_mm512_add_ps(acc0, acc1));
 #elif defined(__AVX2__)
     const int per_block = 8 * V / G;  /* groups in a block of 64 columns, when G < 64 */
     const __m256i lane_group = _mm256_srli_epi32(_mm256_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56), __builtin_ctz(G));
@@ -173,10 +165,7 @@ static float dot_i4(const int8_t *p, const float *xt, const float *s, int K, int
         acc0 = _mm256_fmadd_ps(t0, sc, acc0);
         acc1 = _mm256_fmadd_ps(t1, sc, acc1);
     }
-    __m256 a = _mm256_add_ps(acc0, acc1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    total = _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+    total = vsum(_mm256_add_ps(acc0, acc1));
 #endif
     /* the columns after the last whole block (all of them without vector instructions): xt is x there */
     for (; k < K; k += 2) {
