@@ -270,11 +270,19 @@ def mixed_requests(model: GPT, count: int, *, prompt_range: tuple[int, int] = (4
 
 
 def continuous_vs_static(model: GPT, requests: Sequence[Request], max_batch: int, *, repeats: int = 3) -> dict:
-    """Serve the same requests with static and with continuous batching, in turns; medians over `repeats`."""
-    reports: dict[str, list] = {"static": [], "continuous": []}
+    """Serve the same requests with static batching, continuous batching, and continuous batching on a paged
+    KV-cache (`llmcourse.paged.serve_paged`, blocks of 16 positions, a pool that holds `max_batch` of the longest
+    requests), in turns; medians over `repeats`."""
+    from llmcourse.paged import PagedKVCache, serve_paged
+
+    longest = max(len(r.prompt) + r.max_new_tokens for r in requests)
+    blocks = max_batch * -(-longest // 16)
+    reports: dict[str, list] = {"static": [], "continuous": [], "paged": []}
     for _ in range(repeats):
         reports["static"].append(serve_static(model, requests, max_batch))
         reports["continuous"].append(serve_continuous(model, requests, max_batch))
+        reports["paged"].append(serve_paged(model, requests, PagedKVCache(model.config, blocks, 16,
+                                                                          device=get_device()), max_batch))
     median = lambda kind, f: statistics.median(f(r) for r in reports[kind])  # noqa: E731
     result = {"requests": len(requests), "max_batch": max_batch, "tokens": reports["static"][0].tokens}
     for kind in reports:
@@ -541,6 +549,10 @@ def format_table(results: dict) -> str:
                   f"{sv['continuous_mean_latency_s']:.2f} s, {sv['continuous_steps']} steps",
                   f"  continuous / static throughput: {sv['continuous_over_static']:.2f}x, mean latency "
                   f"{sv['latency_ratio']:.2f}x"]
+        if "paged_tok_s" in sv:
+            lines.append(f"  continuous on a paged KV-cache: {sv['paged_tok_s']:8.1f} tok/s "
+                         f"({sv['paged_tok_s'] / sv['continuous_tok_s']:.2f}x the contiguous cache: the gather "
+                         "through block tables costs time; what it buys is memory, below)")
     lines += ["", f"Roofline of batch-1 cached decoding ({rf['model']}): bound {rf['bound_tok_s']:.1f} tok/s "
                   f"({rf['bytes_per_token'] / 1e6:.0f} MB read per token at {rf['bandwidth_gbs']:.1f} GB/s; "
                   f"identical tokens: {rf['identical_tokens']})"]

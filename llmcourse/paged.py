@@ -146,6 +146,96 @@ class PagedBatch:
             self.pool.lengths[seq] += new_tokens
 
 
+# -- continuous batching on the pool ----------------------------------------------------------------------------
+
+@torch.no_grad()
+def serve_paged(model, requests: Sequence, pool: PagedKVCache, max_batch: int, *, temperature: float = 0.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int | None = None):
+    """Continuous batching (`batching.serve_continuous`) with every request's keys and values in `pool`'s blocks.
+
+    After each decoding step finished requests leave and hand their blocks back; waiting requests join (their
+    prompt prefilled into blocks taken on demand) while fewer than `max_batch` run and the pool has blocks for their
+    prompts. When a running request needs a block and none is free, the request that joined last is preempted: its
+    blocks go back, and it waits at the head of the queue to start again from its prompt (vLLM's recomputation; with
+    greedy decoding, or a seed, it produces the same tokens again). Returns a `batching.ServeReport`.
+    """
+    import time
+    from collections import deque
+
+    from llmcourse.batching import Completion, ServeReport, _check_requests, _generators, _pick, _wait_until
+    from llmcourse.generate import check_sampling_args
+
+    check_sampling_args(temperature, top_k, top_p)
+    pending = deque(_check_requests(model, requests, max_batch))
+    device = next(model.parameters()).device
+    waiting: deque = deque()
+    running: list = []  # in the order they joined
+    completions: dict = {}
+    generators: dict = {}
+    last: dict = {}
+    steps, start = 0, time.perf_counter()
+
+    def pick(logits: torch.Tensor, ids: list) -> list[int]:
+        return _pick(logits, [generators[i] for i in ids], temperature=temperature, top_k=top_k,
+                     top_p=top_p).tolist()
+
+    def finish(request_id) -> None:
+        running.remove(request_id)
+        pool.release(request_id)
+        completions[request_id].finished_at = time.perf_counter() - start
+
+    while pending or waiting or running:
+        now = time.perf_counter() - start
+        while pending and pending[0].arrival <= now:
+            waiting.append(pending.popleft())
+        while waiting and len(running) < max_batch:  # join: prefill each prompt into its own blocks
+            request = waiting[0]
+            try:
+                pool.reserve(request.id, len(request.prompt))
+            except OutOfBlocks:
+                pool.release(request.id)
+                if not running:
+                    raise
+                break
+            waiting.popleft()
+            running.append(request.id)
+            completions[request.id] = Completion(request)
+            generators[request.id] = _generators(1, seed, device)[0]
+            view = pool.batch([request.id])
+            ids = torch.tensor([request.prompt], device=device)
+            logits = model(ids, cache=view, positions=view.positions(len(request.prompt)), last_only=True)[:, -1]
+            steps += 1
+            last[request.id] = pick(logits, [request.id])[0]
+            completions[request.id].tokens.append(last[request.id])
+            if len(completions[request.id].tokens) == request.max_new_tokens:
+                finish(request.id)
+        if not running:
+            if pending:
+                _wait_until(start, pending[0].arrival)
+            continue
+        for request_id in list(running):  # room for one more token each, preempting the newest if need be
+            while request_id in running:
+                try:
+                    pool.reserve(request_id, 1)
+                    break
+                except OutOfBlocks:
+                    victim = running.pop()
+                    pool.release(victim)
+                    waiting.appendleft(completions.pop(victim).request)
+            if not running:
+                raise OutOfBlocks(f"the pool's {pool.n_blocks} blocks cannot hold even one request: make it larger")
+        view = pool.batch(running)
+        ids = torch.tensor([[last[i]] for i in running], device=device)
+        logits = model(ids, cache=view, positions=view.positions(1), attention_mask=view.mask(1), last_only=True)
+        steps += 1
+        for request_id, token in zip(list(running), pick(logits[:, -1], list(running))):
+            last[request_id] = token
+            completions[request_id].tokens.append(token)
+            if len(completions[request_id].tokens) == completions[request_id].request.max_new_tokens:
+                finish(request_id)
+    return ServeReport(completions, time.perf_counter() - start, steps)
+
+
 # -- how many requests fit a KV budget: contiguous reservations against pages (a simulation, no model) -----------
 
 def simulate_kv_budget(prompt_lengths: Sequence[int], output_lengths: Sequence[int], max_new_tokens: int,

@@ -43,6 +43,8 @@ def test_json_schema(results):
     assert ("prepacked" in rf["kernels"]) == prepack_available()
     assert ("prepacked_tok_s" in bt) == prepack_available()  # the batching sweep on the faster kernel too
     assert results["serving"]["continuous_steps"] < results["serving"]["static_steps"]
+    assert results["serving"]["paged_tok_s"] > 0
+    assert results["serving"]["identical_tokens"] is True  # static, continuous and paged alike
 
 
 def test_table_and_plots(results, tmp_path):

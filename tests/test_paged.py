@@ -100,3 +100,37 @@ def test_a_dry_pool_preempts_and_still_serves_everything():
     assert tight["preemptions"] > 0 and tight["steps"] > 0
     with pytest.raises(ValueError, match="alone needs more"):
         simulate_kv_budget([100], [10], 256, 64, paged=False)
+
+
+def _requests(count: int, seed: int) -> list[Request]:
+    g = torch.Generator().manual_seed(seed)
+    return [Request(i, tuple(torch.randint(0, 50, (int(torch.randint(1, 12, (1,), generator=g)),),
+                                           generator=g).tolist()),
+                    int(torch.randint(1, 16, (1,), generator=g))) for i in range(count)]
+
+
+@pytest.mark.parametrize("model", [GPT_MODEL, LLAMA_MODEL], ids=["gpt", "llama"])
+def test_continuous_batching_on_pages_gives_the_contiguous_caches_tokens(model):
+    from llmcourse.paged import serve_paged
+
+    requests = _requests(9, seed=3)
+    expected = serve_continuous(model, requests, 3).outputs()
+    pool = PagedKVCache(model.config, n_blocks=64, block_size=4)
+    report = serve_paged(model, requests, pool, 3)
+    assert report.outputs() == expected
+    assert len(pool.free) == pool.n_blocks and not pool.tables, "every block is back in the pool"
+
+
+def test_a_dry_pool_preempts_the_newest_request_and_the_tokens_stay_the_same():
+    from llmcourse.paged import serve_paged
+
+    requests = _requests(8, seed=4)
+    expected = serve_continuous(GPT_MODEL, requests, 4).outputs()
+    roomy = serve_paged(GPT_MODEL, requests, PagedKVCache(GPT_MODEL.config, n_blocks=64, block_size=4), 4)
+    tight_pool = PagedKVCache(GPT_MODEL.config, n_blocks=8, block_size=4)  # 32 positions for 4 rows
+    tight = serve_paged(GPT_MODEL, requests, tight_pool, 4)
+    assert tight.outputs() == roomy.outputs() == expected
+    assert tight.steps > roomy.steps, "preempted requests started again: more forward passes"
+    assert len(tight_pool.free) == tight_pool.n_blocks
+    with pytest.raises(OutOfBlocks, match="blocks"):
+        serve_paged(GPT_MODEL, [Request(0, tuple(range(20)), 4)], PagedKVCache(GPT_MODEL.config, 2, 4), 2)
