@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from llmcourse import cli
 from llmcourse.gpt import GPT, GPTConfig
 from llmcourse.llama import Llama, LlamaConfig
-from llmcourse.pretrained import ASSETS, load_tiny_gpt, tiny_gpt_record
+from llmcourse.pretrained import ASSETS, load_tiny_gpt, load_tiny_llama, tiny_gpt_record, tiny_llama_record
 from llmcourse.runtime import get_device
 from llmcourse.tokenizer import CharTokenizer
 from llmcourse.train import (
@@ -299,13 +299,15 @@ def test_load_tiny_gpt(shipped):
     assert other is not model, "each call gives a fresh model, so one notebook's changes do not leak into another"
 
 
-def test_shipped_gpt_beats_the_bigram_baseline_on_held_out_text(shipped):
-    model, tok = shipped
+@pytest.mark.parametrize("load, record", [(load_tiny_gpt, tiny_gpt_record), (load_tiny_llama, tiny_llama_record)],
+                         ids=["gpt", "llama"])
+def test_shipped_models_beat_the_bigram_baseline_on_held_out_text(load, record):
+    model, tok = load()
     from llmcourse.data import load_corpus, train_val_split
 
     train_text, val_text = train_val_split(load_corpus())
-    gpt = held_out_perplexity(model, tok, val_text)
+    ours = held_out_perplexity(model, tok, val_text)
     bigram = math.exp(bigram_per_char_loss(tok, train_text, val_text))
-    assert gpt < 0.85 * bigram, f"the shipped GPT's held-out perplexity per character {gpt:.3f} should beat the " \
-                                f"bigram baseline's {bigram:.3f} clearly"
-    assert gpt == pytest.approx(tiny_gpt_record()["val_perplexity_per_char"], rel=1e-6)
+    assert ours < 0.85 * bigram, f"the shipped {type(model).__name__}'s held-out perplexity per character " \
+                                 f"{ours:.3f} should beat the bigram baseline's {bigram:.3f} clearly"
+    assert ours == pytest.approx(record()["val_perplexity_per_char"], rel=1e-6)
