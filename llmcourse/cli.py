@@ -126,13 +126,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, min_lr=args.lr / 10,
                          warmup_steps=min(args.warmup, args.steps), eval_every=args.eval_every, seed=args.seed)
-    gpt = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size)
-    options = ("out", "name", "corpus", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size",
-               "steps", "batch_size", "lr", "warmup", "eval_every", "seed", "threads")
-    command = shlex.join(["llmcourse", "train"] + [item for key in options if getattr(args, key) is not None
-                                                   for item in (f"--{key.replace('_', '-')}", str(getattr(args, key)))])
-    record = run(args.out, name=args.name, corpus=args.corpus, tokenizer=args.tokenizer,
-                 vocab_size=args.vocab_size, gpt=gpt, config=config, command=command)
+    shape = dict(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size)
+    llama_only = {"n_kv_head": args.n_kv_head, "hidden": args.hidden, "tie_head": args.tie_head or None}
+    if args.arch == "llama":
+        hidden = args.hidden or -(-8 * args.n_embd // 3 // 32) * 32  # 8/3 n_embd rounded up to a multiple of 32
+        shape |= dict(n_kv_head=args.n_kv_head or args.n_head, hidden=hidden, tie_word_embeddings=args.tie_head)
+    elif any(value is not None for value in llama_only.values()):
+        given = [f"--{key.replace('_', '-')}" for key, value in llama_only.items() if value is not None]
+        raise ValueError(f"{', '.join(given)} only apply to --arch llama")
+    options = ("out", "name", "corpus", "tokenizer", "vocab_size", "arch", "n_layer", "n_head", "n_kv_head",
+               "n_embd", "hidden", "block_size", "steps", "batch_size", "lr", "warmup", "eval_every", "seed",
+               "threads")
+    words = [item for key in options if getattr(args, key) is not None and (key != "arch" or args.arch != "gpt")
+             for item in (f"--{key.replace('_', '-')}", str(getattr(args, key)))]
+    command = shlex.join(["llmcourse", "train"] + words + (["--tie-head"] if args.tie_head else []))
+    record = run(args.out, name=args.name, corpus=args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                 arch=args.arch, shape=shape, config=config, command=command)
     print(f"{record['parameters']:,} parameters trained in {record['seconds']:.0f} s; held-out perplexity per "
           f"character {record['val_perplexity_per_char']:.3f} (bigram baseline "
           f"{record['bigram_perplexity_per_char']:.3f}); saved {args.out}/{args.name}.*")
@@ -216,19 +225,27 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--out", default="autograder.zip", metavar="FILE", help="the zip to write (autograder.zip)")
     ag.set_defaults(func=cmd_autograder)
 
-    tr = sub.add_parser("train", help="train a tokenizer and a small GPT on the corpus; save a checkpoint",
-                        description="Train a byte-level BPE (or character) tokenizer and a GPT on the corpus "
-                        "(default: Python's pydoc topics), report the held-out perplexity per character, and save the "
-                        "checkpoint OUT/NAME.json (with the weights and tokenizer files it names) at every evaluation, "
-                        "as one unit. A NaN or infinite loss stops the run and keeps the last good checkpoint.")
+    tr = sub.add_parser("train", help="train a tokenizer and a small GPT (or Llama) on the corpus; save a checkpoint",
+                        description="Train a byte-level BPE (or character) tokenizer and a GPT or a Llama on the "
+                        "corpus (default: Python's pydoc topics), report the held-out perplexity per character, and "
+                        "save the checkpoint OUT/NAME.json (with the weights and tokenizer files it names) at every "
+                        "evaluation, as one unit. A NaN or infinite loss stops the run and keeps the last good "
+                        "checkpoint.")
     tr.add_argument("--out", required=True, metavar="DIR", help="folder for the checkpoint")
     tr.add_argument("--name", default="tiny_gpt", help="file name stem of the checkpoint (tiny_gpt)")
     tr.add_argument("--corpus", metavar="FILE", help="a UTF-8 text file instead of the default corpus")
     tr.add_argument("--tokenizer", choices=("bpe", "char"), default="bpe", help="bpe (default) or char")
     tr.add_argument("--vocab-size", type=int, default=512, help="BPE vocabulary size (512)")
+    tr.add_argument("--arch", choices=("gpt", "llama"), default="gpt", help="gpt (GPT-2's architecture, default) "
+                    "or llama (RMSNorm, SwiGLU, rotary positions, grouped-query attention)")
     tr.add_argument("--n-layer", type=int, default=4, help="transformer blocks (4)")
     tr.add_argument("--n-head", type=int, default=4, help="attention heads (4)")
+    tr.add_argument("--n-kv-head", type=int, help="llama: key/value heads, dividing n_head (default: n_head)")
     tr.add_argument("--n-embd", type=int, default=128, help="embedding width (128)")
+    tr.add_argument("--hidden", type=int, help="llama: SwiGLU width (default: 8/3 n_embd rounded up to a multiple "
+                    "of 32)")
+    tr.add_argument("--tie-head", action="store_true", help="llama: the output head is the embedding table "
+                    "(default: a head of its own; a GPT always ties them)")
     tr.add_argument("--block-size", type=int, default=128, help="context length in tokens (128)")
     tr.add_argument("--steps", type=int, default=600, help="optimisation steps (600)")
     tr.add_argument("--batch-size", type=int, default=16, help="windows per step (16)")

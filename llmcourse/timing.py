@@ -102,3 +102,21 @@ def interleaved(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str
         for name, run in runs.items():
             samples[name] += measure(run, warmup=0, repeats=1).samples
     return {name: Measurement(tuple(s)) for name, s in samples.items()}
+
+
+class _CountCalls(torch.overrides.TorchFunctionMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls += 1
+        return func(*args, **(kwargs or {}))
+
+
+def torch_calls(fn: Callable[[], object]) -> int:
+    """How many PyTorch functions and tensor methods one call of `fn` makes (calls they make in turn not counted).
+    Each costs a fixed overhead whatever its size, which is what a small model's decoding step mostly pays."""
+    with _CountCalls() as counter:
+        fn()
+    return counter.calls

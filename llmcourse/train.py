@@ -4,7 +4,9 @@ evaluation, and checkpoints written atomically.
     llmcourse train --out runs/tiny --steps 600 --tokenizer bpe --vocab-size 512     # the command line
     summary = run("runs/tiny", gpt=dict(n_layer=4, ...), config=TrainConfig(steps=600))  # the same from Python
 
-A checkpoint named NAME in a folder is NAME.json (the GPTConfig, the training record: settings, loss curves, held-out
+The model is a GPT (`llmcourse.gpt`) or a Llama (`llmcourse.llama`, `run(..., arch="llama")`): the loop, the
+evaluation and the checkpoints are the same for both. A checkpoint named NAME in a folder is NAME.json (the model's
+config under its architecture's name, "gpt" or "llama"; the training record: settings, loss curves, held-out
 perplexities) and the two files it names with their SHA-256: the weights (NAME.<hash>.safetensors) and the tokenizer
 (NAME.<hash>.tokenizer.json). A save writes the two files first, then replaces NAME.json in one rename (`os.replace`)
 and only then removes the previous files: whenever a save is interrupted, the folder holds the previous checkpoint
@@ -34,13 +36,14 @@ from tqdm.auto import tqdm
 
 from llmcourse.data import load_corpus, train_val_split
 from llmcourse.files import atomic_write, write_then_name
-from llmcourse.gpt import GPT, GPTConfig
+from llmcourse.gpt import GPT, GPTConfig, LanguageModel
+from llmcourse.llama import Llama, LlamaConfig
 from llmcourse.runtime import get_device, set_seed
 from llmcourse.tokenizer import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
 FORMAT = "llmcourse-gpt-checkpoint"
 FORMAT_VERSION = 2  # 2: files named by their hash, listed with their SHA-256
-TIED = "lm_head.weight"  # the output head is the token embedding: stored once, as transformer.wte.weight
+ARCHITECTURES = {"gpt": (GPT, GPTConfig), "llama": (Llama, LlamaConfig)}  # the record's key -> model, config
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, ids, *, max_tokens: int | None = None, batch_size: int = 16) -> Evaluation:
+def evaluate(model: LanguageModel, ids, *, max_tokens: int | None = None, batch_size: int = 16) -> Evaluation:
     """Cross-entropy of `model` on the token stream `ids`, cut into consecutive windows of block_size tokens.
 
     Every token after the first is predicted exactly once, from the tokens before it in its window; with
@@ -178,14 +181,14 @@ def chars_predicted(tokenizer: Tokenizer, ids: list[int]) -> int:
     return len(tokenizer.decode(ids)) - len(tokenizer.decode(ids[:1]))
 
 
-def per_char_loss(model: GPT, tokenizer: Tokenizer, text: str, *, max_tokens: int | None = None) -> float:
+def per_char_loss(model: LanguageModel, tokenizer: Tokenizer, text: str, *, max_tokens: int | None = None) -> float:
     """Mean negative log-likelihood in nats per character of `text` (comparable across tokenizers)."""
     ids = tokenizer.encode(text)[:max_tokens]
     result = evaluate(model, ids)
     return result.total_nll / chars_predicted(tokenizer, ids)
 
 
-def held_out_perplexity(model: GPT, tokenizer: Tokenizer, text: str | None = None, *,
+def held_out_perplexity(model: LanguageModel, tokenizer: Tokenizer, text: str | None = None, *,
                         max_tokens: int | None = None) -> float:
     """Per-character perplexity of `model` on `text` (default: the corpus's held-out part); lower is better.
 
@@ -216,7 +219,7 @@ def _check_finite(loss: float, what: str, step: int, lr: float) -> None:
                                "lower the learning rate (or lengthen the warm-up) and train again")
 
 
-def train(model: GPT, train_ids, val_ids, config: TrainConfig, *, step: Callable | None = None,
+def train(model: LanguageModel, train_ids, val_ids, config: TrainConfig, *, step: Callable | None = None,
           progress: bool = True, desc: str = "training", on_eval: Callable[[int], None] | None = None) -> History:
     """Train `model` in place on random windows of train_ids for `config.steps` steps, with a progress bar.
 
@@ -293,7 +296,25 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(folder: str | os.PathLike, model: GPT, tokenizer: Tokenizer, *, name: str = "tiny_gpt",
+def _architecture(model: LanguageModel) -> str:
+    """The record's name for the model's architecture: "gpt" or "llama"."""
+    for arch, (cls, _) in ARCHITECTURES.items():
+        if type(model) is cls:
+            return arch
+    raise TypeError(f"a checkpoint holds a GPT or a Llama, got {type(model).__name__}")
+
+
+def _tied(model: LanguageModel) -> set[str]:
+    """Entries of the state dict that are another entry's tensor (a tied head): stored once, under the first name."""
+    seen, tied = set(), set()
+    for key, value in model.state_dict(keep_vars=True).items():
+        if id(value) in seen:
+            tied.add(key)
+        seen.add(id(value))
+    return tied
+
+
+def save_checkpoint(folder: str | os.PathLike, model: LanguageModel, tokenizer: Tokenizer, *, name: str = "tiny_gpt",
                     training: dict | None = None) -> dict[str, Path]:
     """Write checkpoint `name` into `folder` as one unit: the previous checkpoint or this one, never a mix.
 
@@ -304,6 +325,7 @@ def save_checkpoint(folder: str | os.PathLike, model: GPT, tokenizer: Tokenizer,
     from safetensors.torch import save_file
 
     _check_name(name)
+    arch = _architecture(model)
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding table has "
                          f"{model.config.vocab_size} rows: save the tokenizer the model was built for")
@@ -314,7 +336,8 @@ def save_checkpoint(folder: str | os.PathLike, model: GPT, tokenizer: Tokenizer,
     except ValueError:  # a damaged NAME.json: this save replaces it
         old = {f"{name}.safetensors", f"{name}.tokenizer.json"}
     config = json.dumps(asdict(model.config), sort_keys=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k != TIED}
+    tied = _tied(model)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k not in tied}
     files = {
         # One metadata entry: safetensors writes several in no fixed order, and the file's hash names it.
         "weights": write_then_name(folder, lambda tmp: save_file(weights, tmp, metadata={FORMAT: config}),
@@ -322,7 +345,7 @@ def save_checkpoint(folder: str | os.PathLike, model: GPT, tokenizer: Tokenizer,
         "tokenizer": write_then_name(folder, tokenizer.save, lambda tmp: f"{name}.{_sha256(tmp)[:12]}.tokenizer.json",
                                      hint=name),
     }
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "gpt": asdict(model.config),
+    meta = {"format": FORMAT, "version": FORMAT_VERSION, arch: asdict(model.config),
             "files": {kind: path.name for kind, path in files.items()},
             "sha256": {kind: _sha256(path) for kind, path in files.items()}, "training": training or {}}
     text = json.dumps(meta, indent=1) + "\n"
@@ -350,8 +373,9 @@ def _damaged(path: Path, why: str) -> ValueError:
 
 
 def load_checkpoint(folder: str | os.PathLike, *, name: str = "tiny_gpt",
-                    device: torch.device | str | None = None) -> tuple[GPT, Tokenizer, dict]:
-    """(model in eval mode on `device` (default `get_device()`), tokenizer, NAME.json's contents).
+                    device: torch.device | str | None = None) -> tuple[LanguageModel, Tokenizer, dict]:
+    """(model in eval mode on `device` (default `get_device()`), tokenizer, NAME.json's contents). The model is a
+    GPT or a Llama, as the record says.
 
     Each file is checked against the SHA-256 that NAME.json records, the weights against the model's shape, and the
     tokenizer against the embedding table: a damaged or mismatched checkpoint is refused with a one-line error.
@@ -371,8 +395,12 @@ def load_checkpoint(folder: str | os.PathLike, *, name: str = "tiny_gpt",
             raise _damaged(paths[kind], f"is missing (named by {paths['meta'].name})")
         if _sha256(paths[kind]) != expected:
             raise _damaged(paths[kind], "does not match the SHA-256 recorded in " + paths["meta"].name)
+    archs = [arch for arch in ARCHITECTURES if arch in meta]
+    if len(archs) != 1:
+        raise _damaged(paths["meta"], f"must describe one model under one of {list(ARCHITECTURES)}, found {archs}")
+    model_class, config_class = ARCHITECTURES[archs[0]]
     try:
-        config = GPTConfig(**meta["gpt"])
+        config = config_class(**meta[archs[0]])
     except (KeyError, TypeError, ValueError) as err:
         raise _damaged(paths["meta"], f"has no valid model shape ({err})") from None
     try:
@@ -383,15 +411,16 @@ def load_checkpoint(folder: str | os.PathLike, *, name: str = "tiny_gpt",
         raise _damaged(paths["weights"], f"cannot be read ({err})") from None
     if stored is not None and json.loads(stored) != asdict(config):
         raise _damaged(paths["meta"], f"describes the model {asdict(config)}, but the weights were saved for {stored}")
-    model = GPT(config)
+    model = model_class(config)
+    tied = _tied(model)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
         raise _damaged(paths["weights"], "does not fit the model's shape: " + str(err).splitlines()[-1].strip()) \
             from None
-    if missing != [TIED] or unexpected:
+    if set(missing) != tied or unexpected:
         raise _damaged(paths["weights"], f"does not fit the model in {paths['meta'].name}: missing "
-                       f"{[k for k in missing if k != TIED]}, unexpected {unexpected}")
+                       f"{[k for k in missing if k not in tied]}, unexpected {unexpected}")
     tokenizer = load_tokenizer(paths["tokenizer"])
     if tokenizer.vocab_size != config.vocab_size:
         raise _damaged(paths["tokenizer"], f"has {tokenizer.vocab_size} tokens but the model's embedding table "
@@ -423,17 +452,24 @@ def bigram_per_char_loss(tokenizer: Tokenizer, train_text: str, val_text: str, s
 
 
 def run(out: str | os.PathLike, *, name: str = "tiny_gpt", corpus: str | os.PathLike | None = None,
-        tokenizer: str = "bpe", vocab_size: int = 512, gpt: dict | None = None,
+        tokenizer: str = "bpe", vocab_size: int = 512, arch: str = "gpt", shape: dict | None = None,
         config: TrainConfig = TrainConfig(), command: str | None = None, progress: bool = True) -> dict:
-    """Train a tokenizer and a GPT on the corpus, evaluate on the held-out part, save the checkpoint; its record."""
+    """Train a tokenizer and a model on the corpus, evaluate on the held-out part, save the checkpoint; its record.
+
+    `arch` is "gpt" or "llama"; `shape` holds the fields of its config (GPTConfig or LlamaConfig) other than
+    vocab_size, which is the tokenizer's.
+    """
     _check_name(name)
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {list(ARCHITECTURES)}, got {arch!r}")
+    model_class, config_class = ARCHITECTURES[arch]
     _check_writable(Path(out))
     set_seed(config.seed)
     text = load_corpus(corpus)
     train_text, val_text = train_val_split(text)
     tok = make_tokenizer(tokenizer, train_text, text, vocab_size)
     train_ids, val_ids = tok.encode(train_text), tok.encode(val_text)
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **(gpt or {}))).to(get_device())
+    model = model_class(config_class(vocab_size=tok.vocab_size, **(shape or {}))).to(get_device())
     saved: list[int] = []
 
     def keep(steps_done: int) -> None:  # a checkpoint at every evaluation: a diverging or killed run loses little

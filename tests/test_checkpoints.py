@@ -117,6 +117,8 @@ def test_damaged_checkpoints_are_refused_in_one_line(tmp_path):
         "meta of another kind": lambda p: p["meta"].write_text("[1, 2]"),
         "n_head edited": lambda p: edit_meta(p["meta"], lambda m: m["gpt"].update(n_head=4)),
         "shape edited": lambda p: edit_meta(p["meta"], lambda m: m["gpt"].update(n_embd="sixteen")),
+        "called a Llama": lambda p: edit_meta(p["meta"], lambda m: m.update(llama=m.pop("gpt"))),
+        "two models": lambda p: edit_meta(p["meta"], lambda m: m.update(llama=m["gpt"])),
         "tokenizer swapped": lambda p: p["tokenizer"].write_text('{"type": "char", "chars": "ab"}'),
     }
     for case, damage in cases.items():
@@ -154,7 +156,7 @@ def test_the_first_format_still_loads(tmp_path):
 
     tok = CharTokenizer.train(TEXT)
     model = small_gpt(tok.vocab_size)
-    save_file({k: v for k, v in model.state_dict().items() if k != train_module.TIED}, tmp_path / "m.safetensors")
+    save_file({k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}, tmp_path / "m.safetensors")
     tok.save(tmp_path / "m.tokenizer.json")
     (tmp_path / "m.json").write_text(json.dumps({"format": train_module.FORMAT, "version": 1,
                                                  "gpt": model.config.__dict__, "training": {}}))
@@ -178,9 +180,9 @@ def test_a_diverging_run_stops_at_the_first_nan_and_keeps_its_last_good_checkpoi
 
     monkeypatch.setattr(train_module, "training_step", step_that_diverges)
     config = TrainConfig(steps=6, batch_size=2, warmup_steps=1, eval_every=2, eval_tokens=64)
-    gpt = dict(n_layer=1, n_head=2, n_embd=16, block_size=8)
+    shape = dict(n_layer=1, n_head=2, n_embd=16, block_size=8)
     with pytest.raises(TrainingDiverged, match=r"at step 3 .*last good checkpoint \(after step 2\)"):
-        run(tmp_path / "out", corpus=corpus, tokenizer="char", gpt=gpt, config=config, progress=False)
+        run(tmp_path / "out", corpus=corpus, tokenizer="char", shape=shape, config=config, progress=False)
     assert len(calls) == 3, "training must stop at the step whose loss is not finite"
     model, tok, meta = load_checkpoint(tmp_path / "out", device="cpu")
     assert meta["training"]["steps_done"] == 2
@@ -192,5 +194,5 @@ def test_a_huge_learning_rate_stops_with_a_message(tmp_path):
     corpus.write_text(TEXT, encoding="utf-8")
     config = TrainConfig(steps=20, batch_size=2, lr=1e6, min_lr=1e5, warmup_steps=1, eval_every=10, eval_tokens=64)
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
-        run(tmp_path / "out", corpus=corpus, tokenizer="char", gpt=dict(n_layer=1, n_head=2, n_embd=16,
+        run(tmp_path / "out", corpus=corpus, tokenizer="char", shape=dict(n_layer=1, n_head=2, n_embd=16,
             block_size=8), config=config, progress=False)

@@ -10,12 +10,13 @@ import torch.nn.functional as F
 
 from llmcourse import cli
 from llmcourse.gpt import GPT, GPTConfig
-from llmcourse.pretrained import ASSETS, load_tiny_gpt, tiny_gpt_record
+from llmcourse.llama import Llama, LlamaConfig
+from llmcourse.pretrained import ASSETS, load_tiny_gpt, load_tiny_llama, tiny_gpt_record, tiny_llama_record
 from llmcourse.runtime import get_device
 from llmcourse.tokenizer import CharTokenizer
 from llmcourse.train import (
     TrainConfig, atomic_write, bigram_per_char_loss, evaluate, get_batch,
-    held_out_perplexity, held_out_text, load_checkpoint, lr_at, per_char_loss, save_checkpoint, train,
+    held_out_perplexity, held_out_text, load_checkpoint, lr_at, per_char_loss, run, save_checkpoint, train,
 )
 
 TEXT = "the cat sat on the mat. the dog sat on the log.\n" * 60
@@ -154,6 +155,24 @@ def test_checkpoint_round_trip(tmp_path):
     assert {p.stat().st_mode & 0o777 for p in paths.values()} == {0o644}, "every file of a checkpoint is 0644"
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_llama_checkpoint_round_trips(tmp_path, tied):
+    from safetensors import safe_open
+
+    tok = CharTokenizer.train(TEXT)
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                              hidden=96, tie_word_embeddings=tied))
+    paths = save_checkpoint(tmp_path, model, tok, name="m")
+    loaded, _, meta = load_checkpoint(tmp_path, name="m", device="cpu")
+    assert type(loaded) is Llama and loaded.config == model.config and "gpt" not in meta
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), f"{name} changed in the round trip"
+    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == tied
+    with safe_open(str(paths["weights"]), "pt") as f:
+        assert ("lm_head.weight" in f.keys()) != tied, "a tied head is stored once, an untied one on its own"
+
+
 def test_load_checkpoint_says_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="llmcourse train"):
         load_checkpoint(tmp_path, name="nothing")
@@ -213,6 +232,43 @@ def test_llmcourse_train_short_run(tmp_path, capsys):
     assert vars(parsed) | {"func": None} == vars(cli.build_parser().parse_args(args)) | {"func": None}
 
 
+def test_llmcourse_train_trains_a_llama(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    args = ["train", "--out", str(tmp_path / "ckpt"), "--name", "l", "--corpus", str(corpus), "--vocab-size", "270",
+            "--arch", "llama", "--n-layer", "1", "--n-head", "4", "--n-kv-head", "1", "--n-embd", "24",
+            "--block-size", "16", "--steps", "4", "--batch-size", "4", "--warmup", "2", "--eval-every", "2"]
+    assert cli.main(args) == 0
+    model, tok, meta = load_checkpoint(tmp_path / "ckpt", name="l", device="cpu")
+    assert type(model) is Llama and model.config.n_kv_head == 1 and not model.config.tie_word_embeddings
+    assert model.config.hidden == 64, "the default SwiGLU width is 8/3 n_embd rounded up to a multiple of 32"
+    parsed = cli.build_parser().parse_args(shlex.split(meta["training"]["command"])[1:])
+    assert vars(parsed) | {"func": None} == vars(cli.build_parser().parse_args(args)) | {"func": None}
+
+
+def test_a_llama_trains_reproducibly(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    config = TrainConfig(steps=3, batch_size=2, warmup_steps=1, eval_every=3, eval_tokens=64)
+    shape = dict(n_layer=1, n_head=2, n_kv_head=1, n_embd=16, hidden=48, block_size=8)
+    for out in ("a", "b"):
+        run(tmp_path / out, corpus=corpus, tokenizer="char", arch="llama", shape=shape, config=config, progress=False)
+    first, second = (load_checkpoint(tmp_path / out, device="cpu")[0].state_dict() for out in ("a", "b"))
+    assert all(torch.equal(first[k], second[k]) for k in first), "the same seed must give the same weights"
+
+
+@pytest.mark.parametrize("option", [["--n-kv-head", "2"], ["--hidden", "64"], ["--tie-head"]])
+def test_llama_options_need_arch_llama(tmp_path, capsys, option):
+    assert cli.main(["train", "--out", str(tmp_path / "o"), *option]) == 2
+    assert "only apply to --arch llama" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_rejects_an_unknown_architecture(tmp_path):
+    with pytest.raises(ValueError, match="arch must be one of"):
+        run(tmp_path, arch="mamba")
+
+
 def test_llmcourse_train_rejects_a_bad_tokenizer():
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["train", "--out", "x", "--tokenizer", "words"])
@@ -243,13 +299,15 @@ def test_load_tiny_gpt(shipped):
     assert other is not model, "each call gives a fresh model, so one notebook's changes do not leak into another"
 
 
-def test_shipped_gpt_beats_the_bigram_baseline_on_held_out_text(shipped):
-    model, tok = shipped
+@pytest.mark.parametrize("load, record", [(load_tiny_gpt, tiny_gpt_record), (load_tiny_llama, tiny_llama_record)],
+                         ids=["gpt", "llama"])
+def test_shipped_models_beat_the_bigram_baseline_on_held_out_text(load, record):
+    model, tok = load()
     from llmcourse.data import load_corpus, train_val_split
 
     train_text, val_text = train_val_split(load_corpus())
-    gpt = held_out_perplexity(model, tok, val_text)
+    ours = held_out_perplexity(model, tok, val_text)
     bigram = math.exp(bigram_per_char_loss(tok, train_text, val_text))
-    assert gpt < 0.85 * bigram, f"the shipped GPT's held-out perplexity per character {gpt:.3f} should beat the " \
-                                f"bigram baseline's {bigram:.3f} clearly"
-    assert gpt == pytest.approx(tiny_gpt_record()["val_perplexity_per_char"], rel=1e-6)
+    assert ours < 0.85 * bigram, f"the shipped {type(model).__name__}'s held-out perplexity per character " \
+                                 f"{ours:.3f} should beat the bigram baseline's {bigram:.3f} clearly"
+    assert ours == pytest.approx(record()["val_perplexity_per_char"], rel=1e-6)

@@ -90,3 +90,20 @@ def test_every_notebook_opens_with_a_link_to_its_guide(stem):
 
     first = json.loads((NOTEBOOKS / f"{stem}.ipynb").read_text(encoding="utf-8"))["cells"][0]
     assert f"](zh/{stem}.md)" in "".join(first["source"]), f"{stem}.ipynb's first cell should link zh/{stem}.md"
+
+
+def test_the_guides_read_as_chinese_prose():
+    from llmcourse.data import load_chinese_guides
+
+    text = load_chinese_guides(ZH)
+    assert "```" not in text and "](" not in text and "\n|" not in text and "**" not in text, "Markdown left in"
+    han = sum("\u4e00" <= c <= "\u9fff" for c in text)
+    assert han > 0.4 * len(text), f"only {han} of {len(text)} characters are Chinese: is the markup stripped?"
+    assert "词元" in text and "英文原文" in text
+
+
+def test_reading_guides_from_a_folder_without_them_says_so(tmp_path):
+    from llmcourse.data import load_chinese_guides
+
+    with pytest.raises(FileNotFoundError, match="holds no Chinese guides"):
+        load_chinese_guides(tmp_path)
