@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llmcourse import native
-from llmcourse.gpt import GPT
+from llmcourse.gpt import GPT, LanguageModel
 
 SCHEMES = ("fp32", "int8", "int8-kernel", "int4-g32", "int4-g32-mse")  # what the report compares by default
 _SCHEME = re.compile(r"^(fp32|int8|int8-kernel|int4-g(\d+)(-mse)?)$")
@@ -307,15 +307,24 @@ def parse_scheme(scheme: str) -> tuple[str, int | None, bool]:
 
 
 @torch.no_grad()
-def quantize_model(model: GPT, scheme: str, kernel: str = "auto") -> nn.Module:
-    """A new model with the weights of `model` quantized by `scheme` (see the module docstring); eval mode.
+def _children(model: nn.Module, kind: type) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent, attribute name, module) of every submodule of type `kind`, found before any is replaced."""
+    return [(parent, name, child) for parent in list(model.modules())
+            for name, child in list(parent.named_children()) if isinstance(child, kind)]
+
+
+def quantize_model(model: LanguageModel, scheme: str, kernel: str = "auto") -> nn.Module:
+    """A new model with the weights of `model` (a GPT or a Llama) quantized by `scheme` (see the module docstring);
+    eval mode. Every embedding table and every Linear layer is quantized; an output head tied to the token table
+    stays tied (one quantized table, two uses).
 
     `kernel` (weight-only schemes): "dequantize" or "native" for every layer (see QuantizedLinear), or "auto": on
     the CPU with the course's C kernels built, the kernel measured fastest for each layer's shape among those that
     compute the same result (`llmcourse.kernels.choose_linear_kernels`, measured once per machine and remembered);
     "dequantize" elsewhere.
 
-    Raises ValueError for an unknown scheme or kernel, or an int4 group size that does not divide n_embd.
+    Raises ValueError for an unknown scheme or kernel, or an int4 group size that does not divide the inputs of
+    every layer.
     """
     kind, group, search = parse_scheme(scheme)
     if kernel not in KERNELS:
@@ -324,9 +333,12 @@ def quantize_model(model: GPT, scheme: str, kernel: str = "auto") -> nn.Module:
         if not torch.isfinite(param).all():
             raise ValueError(f"the model's {name} holds NaN or infinite values: quantize a model whose weights are "
                              "finite (a diverged training run?)")
-    if kind == "int4" and model.config.n_embd % group:
-        raise ValueError(f"group size {group} does not divide n_embd = {model.config.n_embd}: choose a divisor "
-                         f"of {model.config.n_embd}, such as 32 or 64")
+    if kind == "int4":
+        widths = sorted({m.in_features for m in model.modules() if isinstance(m, nn.Linear)}
+                        | {m.embedding_dim for m in model.modules() if isinstance(m, nn.Embedding)})
+        if any(width % group for width in widths):
+            raise ValueError(f"group size {group} does not divide every layer's inputs ({', '.join(map(str, widths))}"
+                             f"; n_embd = {model.config.n_embd}): choose a common divisor, such as 32 or 16")
     if kind == "int8-kernel":
         new = int8_kernel_linears(model)  # every nn.Linear, the output head included (fbgemm keeps its own copy)
     else:
@@ -334,18 +346,14 @@ def quantize_model(model: GPT, scheme: str, kernel: str = "auto") -> nn.Module:
     if kind == "fp32":
         return new.eval()
     bits = 4 if kind == "int4" else 8
-    wte, wpe = new.transformer.wte, new.transformer.wpe
-    token_table = QuantizedTensor(wte.weight, bits, group, search=search)
-    new.transformer.wte = QuantizedEmbedding(token_table)
-    new.transformer.wpe = QuantizedEmbedding(QuantizedTensor(wpe.weight, bits, group, search=search))
+    tables = {}  # id of an embedding's weight -> its quantized table (a tied head then shares it)
+    for parent, name, embedding in _children(new, nn.Embedding):
+        tables[id(embedding.weight)] = QuantizedTensor(embedding.weight, bits, group, search=search)
+        setattr(parent, name, QuantizedEmbedding(tables[id(embedding.weight)]))
     if kind != "int8-kernel":
-        for block in new.transformer.h:
-            for parent in (block.attn, block.mlp):
-                for name, child in list(parent.named_children()):
-                    if isinstance(child, nn.Linear):
-                        setattr(parent, name, QuantizedLinear(QuantizedTensor(child.weight, bits, group,
-                                                                              search=search), child.bias))
-        new.lm_head = QuantizedLinear(token_table, None)  # still tied: one quantized table, two uses
+        for parent, name, linear in _children(new, nn.Linear):
+            table = tables.get(id(linear.weight)) or QuantizedTensor(linear.weight, bits, group, search=search)
+            setattr(parent, name, QuantizedLinear(table, linear.bias))
         _set_kernels(model, new, scheme.removesuffix("-mse"), kernel)
     return new.eval()
 
@@ -392,10 +400,10 @@ def weight_bytes(model: nn.Module) -> int:
 def bytes_read_per_step(model: nn.Module) -> int:
     """Bytes of weights one decoding step reads (at batch 1, per token): `weight_bytes(model)` but the embedding
     tables, of which a step reads one row per token (negligible), unless the output head multiplies by the same
-    table (tied weights, read whole). Works for the plain GPT and for quantized or prepacked copies of it, whose
-    heads may keep a copy of the token table of their own."""
+    table (tied weights, read whole). Works for a GPT or a Llama and for quantized or prepacked copies of them,
+    whose heads may keep a copy of the token table of their own."""
     head = getattr(model.lm_head, "weight", None)
-    tables = [e for e in (model.transformer.wte, model.transformer.wpe) if e.weight is not head]
+    tables = [m for m in model.modules() if isinstance(m, (nn.Embedding, QuantizedEmbedding)) and m.weight is not head]
     return weight_bytes(model) - sum(weight_bytes(e) for e in tables)
 
 
@@ -426,13 +434,13 @@ def decoding_speed(setups: dict[str, tuple[nn.Module, int, bool]], *, new_tokens
     return {name: (setups[name][1] * new_tokens / m.median, m.spread) for name, m in times.items()}
 
 
-def quantization_report(model: GPT, val_ids_or_text=None, schemes=SCHEMES, *, tokenizer=None,
+def quantization_report(model: LanguageModel, val_ids_or_text=None, schemes=SCHEMES, *, tokenizer=None,
                         max_tokens: int | None = 4096, new_tokens: int = 16, repeats: int = 3,
                         measure_speed: bool = True, fp32_model: nn.Module | None = None) -> list[dict]:
     """Size, quality and speed of `model` under each quantization scheme, measured in one process.
 
     Args:
-        model: a GPT (llmcourse.gpt.GPT), e.g. the shipped tiny model or `GPT(GPTConfig.gpt2())`.
+        model: a GPT or a Llama, e.g. the shipped tiny model or `GPT(GPTConfig.gpt2())`.
         val_ids_or_text: held-out token ids (1-D), or text (then `tokenizer` encodes it), or None to skip quality.
         schemes: scheme names (see the module docstring), e.g. ("fp32", "int8", "int8-kernel", "int4-g32").
         max_tokens: evaluate perplexity on the first max_tokens held-out tokens (None: all of them).

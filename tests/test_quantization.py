@@ -260,11 +260,31 @@ def test_auto_picks_each_layers_kernel_from_the_measured_choice(monkeypatch):
         Q.quantize_model(model, "int8", kernel="fast")
 
 
+@pytest.mark.parametrize("scheme, bound", [("int8", 0.01), ("int4-g32-mse", 0.08)])
+def test_the_shipped_llama_quantizes_like_the_gpt(scheme, bound):
+    """Every embedding and Linear of a Llama (untied head, grouped-query attention) quantized; the perplexity
+    change within the GPT's bounds; cached decoding unchanged."""
+    from llmcourse.generate import generate
+    from llmcourse.pretrained import load_tiny_llama
+    from llmcourse.train import evaluate, held_out_text
+
+    model, tok = load_tiny_llama("cpu")
+    quantized = Q.quantize_model(model, scheme)
+    assert not any(isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) for m in quantized.modules())
+    assert Q.bytes_read_per_step(quantized) < Q.bytes_read_per_step(model) / (3.5 if scheme == "int8" else 6)
+    ids = tok.encode(held_out_text())[:4096]
+    change = evaluate(quantized, ids).perplexity / evaluate(model, ids).perplexity - 1
+    assert abs(change) < bound, f"{scheme} changes the Llama's perplexity by {100 * change:+.2f}%"
+    prompt = torch.tensor(tok.encode("The model"))
+    assert torch.equal(generate(quantized, prompt, 12, temperature=0),
+                       generate(quantized, prompt, 12, temperature=0, use_cache=False))
+
+
 def test_bad_schemes_are_clear_errors():
     model = tiny_gpt()
     with pytest.raises(ValueError, match="unknown quantization scheme 'int3'"):
         Q.quantize_model(model, "int3")
-    with pytest.raises(ValueError, match="group size 12 does not divide n_embd = 32"):
+    with pytest.raises(ValueError, match="group size 12 does not divide every layer's inputs"):
         Q.quantize_model(model, "int4-g12")
     with pytest.raises(ValueError, match="even"):
         Q.quantize_model(model, "int4-g1")
