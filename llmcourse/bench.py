@@ -621,8 +621,10 @@ def markdown_table(results: dict) -> str:
              ", ".join(f"{s:.1f}x at {n}" for n, s in zip(kv["new_tokens"], kv["speedup"])) + " new tokens"),
             (f"batch-1 cached decoding vs its bound ({rf['bound_tok_s']:.0f} tok/s)",
              ", ".join(f"{rf[f'{k}_tok_s']:.1f} tok/s ({100 * rf[f'{k}_fraction']:.0f}%) {k}" for k in rf["kernels"])),
-            (f"throughput of batch {bt['batch_sizes'][-1]} vs batch 1, identical tokens: "
-             + str(bt["identical_tokens"]).lower(), f"{bt['speedup_over_batch1'][-1]:.1f}x")]
+            ("throughput vs batch 1, by batch size, identical tokens: " + str(bt["identical_tokens"]).lower(),
+             ", ".join(f"{x:.1f}x at {b}" for b, x in zip(bt["batch_sizes"][1:], bt["speedup_over_batch1"][1:]))
+             + (f" (prepacked: {bt['prepacked_speedup_over_batch1'][-1]:.1f}x at {bt['batch_sizes'][-1]})"
+                if "prepacked_speedup_over_batch1" in bt else ""))]
     if "continuous_over_static" in bt:
         rows.append(("continuous vs static batching, identical outputs", f"{bt['continuous_over_static']:.2f}x "
                                                                           "throughput"))

@@ -37,9 +37,6 @@ NATIVE_ROWS = 8  # inputs of more rows (a prompt) are faster on PyTorch's matmul
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared")
 VECTOR_ISA = {16: "AVX-512", 8: "AVX2", 1: "plain C"}
 
-_float_p, _int_p = ctypes.POINTER(ctypes.c_float), ctypes.c_int
-
-
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
 
@@ -65,11 +62,13 @@ def build(target: Path, flags: tuple[str, ...] = FLAGS, compiler: str | None = N
 
 
 def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    """Give the library's functions their C signatures (ctypes then checks and converts every argument)."""
-    lib.linear_f32.argtypes = [_float_p, _int_p, _int_p, _float_p, _int_p, _float_p, _float_p]
-    lib.linear_int8.argtypes = [_float_p, _int_p, _int_p, ctypes.c_void_p, _float_p, _int_p, _float_p, _float_p]
-    lib.linear_int4.argtypes = [_float_p, _int_p, _int_p, ctypes.c_void_p, ctypes.c_void_p, _int_p, _int_p,
-                                _float_p, _float_p, _float_p]
+    """Give the library's functions their C signatures: addresses (`Tensor.data_ptr()`, or None) and ints, which
+    ctypes converts fastest (a decoding step makes ~50 calls)."""
+    address, integer = ctypes.c_void_p, ctypes.c_int
+    lib.linear_f32.argtypes = [address, integer, integer, address, integer, address, address]
+    lib.linear_int8.argtypes = [address, integer, integer, address, address, integer, address, address]
+    lib.linear_int4.argtypes = [address, integer, integer, address, address, integer, integer, address, address,
+                                address]
     lib.vector_width.restype = ctypes.c_int
     for function in (lib.linear_f32, lib.linear_int8, lib.linear_int4):
         function.restype = None
@@ -110,35 +109,28 @@ def vector_isa() -> str | None:
     return None if lib is None else VECTOR_ISA[lib.vector_width()]
 
 
-def _pointer(t: torch.Tensor):
-    return ctypes.cast(t.data_ptr(), _float_p)
-
-
 def _rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
     """x (..., in_features) float32 on the CPU as a contiguous (M, in_features) matrix; a ValueError otherwise."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1:] != (in_features,):
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1] != in_features:
         raise ValueError(f"the C kernels take float32 CPU inputs with {in_features} features in the last dimension, "
                          f"got {x.dtype} on {x.device.type} with shape {tuple(x.shape)}")
     return x.reshape(-1, in_features).contiguous()
 
 
-def _call(name: str, x: torch.Tensor, out_features: int, *args) -> torch.Tensor:
+def _library() -> ctypes.CDLL:
     lib, reason = _load()
     if lib is None:
         raise RuntimeError(f"the course's C kernels are not available here: {reason}")
-    rows = _rows(x, x.shape[-1])
-    y = torch.empty(rows.shape[0], out_features)
-    getattr(lib, name)(_pointer(rows), rows.shape[0], rows.shape[1], *args, _pointer(y))
-    return y.reshape(*x.shape[:-1], out_features)
+    return lib
 
 
-def _bias(bias: torch.Tensor | None, out_features: int):
+def _bias(bias: torch.Tensor | None, out_features: int) -> int | None:
     if bias is None:
         return None
     if bias.dtype != torch.float32 or bias.shape != (out_features,) or not bias.is_contiguous():
         raise ValueError(f"bias must be a contiguous float32 vector of {out_features}, got {bias.dtype} "
                          f"{tuple(bias.shape)}")
-    return _pointer(bias)
+    return bias.data_ptr()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -146,8 +138,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     N, K = weight.shape
     if weight.dtype != torch.float32 or not weight.is_contiguous():
         raise ValueError(f"weight must be a contiguous float32 (N, K) matrix, got {weight.dtype} {tuple(weight.shape)}")
-    _rows(x, K)
-    return _call("linear_f32", x, N, _pointer(weight), N, _bias(bias, N))
+    rows, b = _rows(x, K), _bias(bias, N)
+    y = torch.empty(rows.shape[0], N)
+    _library().linear_f32(rows.data_ptr(), rows.shape[0], K, weight.data_ptr(), N, b, y.data_ptr())
+    return y.view(*x.shape[:-1], N)
 
 
 def linear_int8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
@@ -159,8 +153,11 @@ def linear_int8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
     if scale.dtype != torch.float32 or scale.numel() != N or not scale.is_contiguous():
         raise ValueError(f"scale must hold {N} contiguous float32 values (one per row), got {scale.dtype} "
                          f"{tuple(scale.shape)}")
-    _rows(x, K)
-    return _call("linear_int8", x, N, codes.data_ptr(), _pointer(scale), N, _bias(bias, N))
+    rows, b = _rows(x, K), _bias(bias, N)
+    y = torch.empty(rows.shape[0], N)
+    _library().linear_int8(rows.data_ptr(), rows.shape[0], K, codes.data_ptr(), scale.data_ptr(), N, b,
+                           y.data_ptr())
+    return y.view(*x.shape[:-1], N)
 
 
 def linear_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, group_size: int,
@@ -175,7 +172,8 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, grou
             or not scale.is_contiguous():
         raise ValueError(f"scale must be a contiguous float16 ({N}, {K} / group_size) matrix with group_size "
                          f"dividing {K}, got {scale.dtype} {tuple(scale.shape)} and group_size {group_size}")
-    rows = _rows(x, K)
-    transposed = torch.empty_like(rows)  # the kernel's working copy of x, reordered for its vector lanes
-    return _call("linear_int4", x, N, packed.data_ptr(), scale.data_ptr(), group_size, N, _bias(bias, N),
-                 _pointer(transposed))
+    rows, b = _rows(x, K), _bias(bias, N)
+    y, transposed = torch.empty(rows.shape[0], N), torch.empty_like(rows)  # the kernel's reordered copy of x
+    _library().linear_int4(rows.data_ptr(), rows.shape[0], K, packed.data_ptr(), scale.data_ptr(), group_size, N,
+                           b, transposed.data_ptr(), y.data_ptr())
+    return y.view(*x.shape[:-1], N)
