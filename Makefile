@@ -15,7 +15,7 @@ setup: $(STAMP)
 # torch is pinned to 2.13.0 in pyproject.toml: a looser pin makes pip fetch a multi-GB CUDA build on Linux.
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,book]"
 	@touch $(STAMP)
 
 lab: setup
@@ -41,9 +41,10 @@ release: setup
 clean:
 	rm -rf build
 
-# Execute every notebook headless into build/notebooks/ (with HTML copies) and write build/index.html.
+# The course as a book: execute every notebook headless ($(JOBS) at a time), then build build/book/index.html (Sphinx,
+# from build/book-source/). Fails when a notebook raises; each notebook's run time is in the log and on the front page.
 course: setup
-	$(PY) -c "from llmcourse.course import build; import sys; sys.exit(any(r.errors for r in build()))"
+	$(PY) -m llmcourse.book --jobs $(JOBS)
 
 # Measure inference speed against this machine's limits: a table, build/bench.json and PNG plots in build/.
 bench: setup

@@ -1,12 +1,14 @@
-"""Execute the course's notebooks headless: for the tests, and for `make course` (executed copies, HTML, index)."""
+"""Execute the course's notebooks headless: for the tests, and for `make course` (which makes a book of them,
+llmcourse.book)."""
 
 from __future__ import annotations
 
-import html
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 from nbclient import NotebookClient
@@ -33,6 +35,12 @@ class ExecutedNotebook:
                     found.append(f"cell {index}: {output.get('ename')}: {output.get('evalue')}")
         return found
 
+    @property
+    def summary(self) -> str:
+        """`07_kv_cache.ipynb: 50.1 s`, and the errors if any: one line for a build log."""
+        errors = self.errors
+        return f"{self.path.name}: {self.seconds:.1f} s" + (f", {len(errors)} error(s): {errors[0]}" if errors else "")
+
 
 def notebook_paths() -> list[Path]:
     """The chapters in order: 00_welcome.ipynb, ..., 03_x.ipynb, 03b_y.ipynb, 04_z.ipynb (a letter inserts a chapter)."""
@@ -46,66 +54,32 @@ def stored_outputs(path: Path) -> list[int]:
             if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count"))]
 
 
-def execute(path: Path, *, fast: bool, cell_timeout: int = 600) -> ExecutedNotebook:
+def execute(path: Path, *, fast: bool, cell_timeout: int = 600, threads: int | None = None) -> ExecutedNotebook:
     """Run a notebook top to bottom in a fresh kernel, in its own folder; errors stay in the outputs
-    (`allow_errors`) so that every failing cell is reported, not only the first."""
+    (`allow_errors`) so that every failing cell is reported, not only the first. `threads` caps the kernel's math
+    threads (OMP_NUM_THREADS); the widgets' state is stored in the notebook's metadata."""
     notebook = nbformat.read(path, as_version=4)
-    previous = os.environ.get(FAST_ENV)
-    os.environ[FAST_ENV] = "1" if fast else "0"  # the kernel inherits this process's environment
-    try:
-        client = NotebookClient(notebook, timeout=cell_timeout, kernel_name="python3", allow_errors=True,
-                                resources={"metadata": {"path": str(path.parent)}})
-        start = time.perf_counter()
-        client.execute()
-        seconds = time.perf_counter() - start
-    finally:
-        if previous is None:
-            os.environ.pop(FAST_ENV, None)
-        else:
-            os.environ[FAST_ENV] = previous
-    return ExecutedNotebook(path, notebook, seconds)
+    env = dict(os.environ, **{FAST_ENV: "1" if fast else "0"})
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    client = NotebookClient(notebook, timeout=cell_timeout, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    client.execute(env=env)  # the kernel's environment
+    return ExecutedNotebook(path, notebook, time.perf_counter() - start)
 
 
-def build(out: Path = COURSE_ROOT / "build", *, fast: bool = False) -> list[ExecutedNotebook]:
-    """Execute every notebook into out/notebooks/ with an HTML copy of each, and write out/index.html."""
-    from nbconvert import HTMLExporter
+def execute_all(paths: list[Path], *, fast: bool, jobs: int = 1,
+                log: Callable[[str], None] = print) -> list[ExecutedNotebook]:
+    """Execute the notebooks `jobs` at a time, logging each one's run time (and errors) as it ends; results in the
+    order of `paths`. With jobs > 1 each kernel gets one math thread, so that they do not fight over the cores."""
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}: run at least one notebook at a time")
 
-    target = out / "notebooks"
-    target.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter()
-    done = []
-    for path in notebook_paths():
-        print(f"executing {path.name} ...", flush=True)
-        result = execute(path, fast=fast)
-        nbformat.write(result.notebook, target / path.name)
-        body, _ = exporter.from_notebook_node(result.notebook)
-        (target / path.with_suffix(".html").name).write_text(body, encoding="utf-8")
-        print(f"  {result.seconds:.1f} s" + (f", {len(result.errors)} error(s)" if result.errors else ""))
-        done.append(result)
-    (out / "index.html").write_text(index_page(done), encoding="utf-8")
-    return done
+    def run(path: Path) -> ExecutedNotebook:
+        result = execute(path, fast=fast, threads=1 if jobs > 1 else None)
+        log(f"  {result.summary}")
+        return result
 
-
-def _title(notebook: nbformat.NotebookNode, fallback: str) -> str:
-    for cell in notebook.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return fallback
-
-
-def index_page(results: list[ExecutedNotebook]) -> str:
-    rows = "\n".join(
-        f'<tr><td><a href="notebooks/{r.path.with_suffix(".html").name}">{html.escape(_title(r.notebook, r.path.stem))}'
-        f'</a></td><td><a href="notebooks/{r.path.name}">{r.path.name}</a></td><td>{r.seconds:.1f} s</td>'
-        f'<td>{"ok" if not r.errors else html.escape("; ".join(r.errors))}</td></tr>'
-        for r in results)
-    return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>llmcourse</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.3em .8em;text-align:left}}</style>
-</head><body><h1>llmcourse: how LLMs work and how their inference is made fast</h1>
-<table><tr><th>chapter</th><th>notebook</th><th>run time</th><th>status</th></tr>
-{rows}
-</table></body></html>
-"""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(run, paths))

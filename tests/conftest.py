@@ -1,8 +1,12 @@
-"""Shared by every test: the --impl option that picks what the graded tests run against, and its fixture."""
+"""Shared by every test: the --impl option that picks what the graded tests run against, and its fixture; the
+notebooks executed once per run, and the book built from them."""
 
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -102,3 +106,92 @@ def _grade_each_exercise_on_its_own(request: pytest.FixtureRequest) -> None:
         return
     request.getfixturevalue("impl").begin_test(answered_by_reference(exercise_id),
                                                substitute=not request.config.getoption("--own-dependencies"))
+
+
+# Notebooks are executed once per test run, however many tests and test processes (pytest-xdist's workers) use
+# them: tests/test_notebooks.py checks each one for errors, and the book's tests build the book from the same runs.
+
+class NotebookRuns:
+    """Each notebook executed once per run (LLMCOURSE_FAST=1) and kept in `folder`. A file lock per notebook makes a
+    process that asks for a notebook another one is executing wait for it, instead of executing it again."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _lock(self, path: Path, timeout: float = -1):
+        from filelock import FileLock
+        return FileLock(self.folder / f"{path.stem}.lock", timeout=timeout)
+
+    def _load_or_execute(self, path: Path):  # with the notebook's lock held
+        import nbformat
+
+        from llmcourse.course import ExecutedNotebook, execute
+        saved, seconds = self.folder / path.name, self.folder / f"{path.stem}.seconds"
+        if seconds.exists():  # written last
+            return ExecutedNotebook(path, nbformat.read(saved, as_version=4), float(seconds.read_text()))
+        result = execute(path, fast=True)
+        nbformat.write(result.notebook, saved)
+        seconds.write_text(repr(result.seconds))
+        return result
+
+    def get(self, path: Path):
+        """The executed notebook (an llmcourse.course.ExecutedNotebook)."""
+        with self._lock(path):
+            return self._load_or_execute(path)
+
+    def get_all(self, paths: list[Path]) -> list:
+        """Every one of them, in order; those no other process is executing are taken first."""
+        from filelock import Timeout
+        done = {}
+        while len(done) < len(paths):
+            waiting = True
+            for path in (p for p in paths if p not in done):
+                try:
+                    with self._lock(path, timeout=0):
+                        done[path] = self._load_or_execute(path)
+                        waiting = False
+                except Timeout:
+                    pass
+            if waiting:
+                time.sleep(0.5)
+        return [done[path] for path in paths]
+
+
+@pytest.fixture(scope="session")
+def run_folder(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """A folder that every test process of this run shares (pytest-xdist's workers have their temporary folders
+    in one folder per run)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base if worker_id == "master" else base.parent) / "shared"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def notebook_runs(run_folder: Path) -> NotebookRuns:
+    folder = run_folder / "notebooks"
+    folder.mkdir(exist_ok=True)
+    return NotebookRuns(folder)
+
+
+@dataclass
+class BuiltBook:
+    site: Path  # its front page is site/index.html
+    source: Path  # the Sphinx project it was built from
+    warnings: list[str]  # Sphinx's
+
+
+@pytest.fixture(scope="session")
+def built_book(run_folder: Path, notebook_runs: NotebookRuns) -> BuiltBook:
+    """The course's book (llmcourse.book), built once per run by the first process that asks, from the notebooks
+    executed for the tests."""
+    from filelock import FileLock
+
+    from llmcourse.book import build_html, write_source
+    from llmcourse.course import notebook_paths
+    site, source, warnings = run_folder / "book", run_folder / "book-source", run_folder / "book-warnings.txt"
+    with FileLock(run_folder / "book.lock"):
+        if not warnings.exists():  # written last
+            write_source(notebook_runs.get_all(notebook_paths()), source, fast=True)
+            warnings.write_text("\n".join(build_html(source, site)), encoding="utf-8")
+    return BuiltBook(site, source, warnings.read_text(encoding="utf-8").splitlines())

@@ -1,9 +1,11 @@
-"""A classroom demo in a real browser: JupyterLab on loopback, headless Chromium driven by Playwright.
+"""A classroom demo and the course's book in a real browser: headless Chromium driven by Playwright.
 
-The test opens notebook 02, runs every cell from JupyterLab's Run menu, moves the head slider of the attention
-explorer and checks that the heatmap changed. Screenshots go to build/screenshots/ for the README. It installs
-Debian's `chromium` itself when missing (no browser download: Playwright only drives the system's Chromium), and is
-skipped, saying why, only where Chromium cannot be installed.
+One test opens notebook 02 in JupyterLab (on loopback), runs every cell from JupyterLab's Run menu, moves the head
+slider of the attention explorer and checks that the heatmap changed. Another opens the book `make course` builds
+from file://, follows its sidebar from chapter 02 to 03, checks the math is typeset and search works, with no request
+leaving the machine. Screenshots go to build/screenshots/ for the README. The tests install Debian's `chromium` (and a
+font for the book's Chinese pages) when missing (no browser download: Playwright only drives the system's Chromium),
+and are skipped, saying why, only where Chromium cannot be installed.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def _chromium() -> str:
         pytest.skip("Chromium is not installed and this user cannot install it (needs root and apt-get): "
                     "install Debian's `chromium` package to run the browser test")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+    install = ["apt-get", "install", "-y", "-qq", "chromium", "fonts-wqy-microhei"]  # the font: the book's Chinese
+    for command in (["apt-get", "update", "-qq"], install):
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
         if proc.returncode != 0:
             pytest.skip(f"Chromium could not be installed ({' '.join(command)} failed): {proc.stderr.strip()[-300:]}")
@@ -174,3 +177,36 @@ def test_presenter_serves_a_notebook_with_live_widgets(tmp_path):
         proc.wait(timeout=20)
     assert "application/vnd.jupyter.widget-view+json" in page, "Voila's page holds no live widget"
     assert "Traceback" not in page, "a cell failed when Voila executed the notebook"
+
+
+def test_the_book_reads_in_a_browser_from_file(built_book):
+    """The book from file://: the sidebar leads from chapter 02 to 03, MathJax (shipped in the book) typesets 03's
+    math, the search page finds notebook 07, and nothing is fetched from outside the book's folder."""
+    chromium = _chromium()
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is part of the course's dev "
+                                     "dependencies: run `make test`, which installs it")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    fetched = []
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(60_000)
+        page.on("request", lambda request: fetched.append(request.url))
+        try:
+            page.goto((built_book.site / "02_self_attention.html").as_uri())
+            page.locator("nav.bd-docs-nav a[href='03_mlp_and_backprop.html']").click()
+            page.wait_for_url("**/03_mlp_and_backprop.html")
+            math = page.locator("article mjx-container").first
+            math.wait_for()  # MathJax replaced a \(...\) span with typeset math
+            math.scroll_into_view_if_needed()
+            page.screenshot(path=SCREENSHOTS / "book_chapter.png")
+
+            page.goto((built_book.site / "search.html").as_uri() + "?q=KV-cache")
+            page.locator("ul.search a[href*='07_kv_cache.html']").first.wait_for()
+        except Exception:
+            page.screenshot(path=SCREENSHOTS / "book_test_failure.png")
+            raise
+        finally:
+            browser.close()
+    outside = [url for url in fetched if not url.startswith(("file:", "data:"))]
+    assert not outside, f"the book fetched from outside its folder: {outside}"

@@ -1,8 +1,11 @@
-"""Every notebook runs top to bottom headless without an error output, and is stored without outputs."""
+"""Every notebook runs top to bottom headless without an error output, and is stored without outputs.
+
+Each notebook is executed once per test run, in a fresh kernel with LLMCOURSE_FAST=1, by the `notebook_runs` fixture
+(tests/conftest.py), which keeps the executed copy for the book's tests (tests/test_course_build.py)."""
 
 import pytest
 
-from llmcourse.course import execute, notebook_paths, stored_outputs
+from llmcourse.course import notebook_paths, stored_outputs
 
 NOTEBOOKS = notebook_paths()
 IDS = [path.stem for path in NOTEBOOKS]
@@ -20,6 +23,6 @@ def test_notebook_is_stored_without_outputs(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_runs_without_errors(path):
-    result = execute(path, fast=True)
+def test_notebook_runs_without_errors(path, notebook_runs):
+    result = notebook_runs.get(path)
     assert not result.errors, f"{path.name} shows errors:\n" + "\n".join(result.errors)
