@@ -193,6 +193,7 @@ def test_compare_hf_times_transformers_generate_on_the_same_weights(results):
     model = bench.gpt2_shape_model(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32))
     result = bench.compare_hf(model, model, new_tokens=6, repeats=1)
     assert result["identical_tokens"] is True, "the same weights must give the same greedy tokens"
+    assert result["max_logit_difference"] < 1e-4
     assert result["ratio"] == pytest.approx(result["ours_tok_s"] / result["hf_tok_s"])
     line = bench.format_table({**results, "compare_hf": result})
     assert "Against Hugging Face transformers" in line and f"{result['ratio']:.2f}x" in line
