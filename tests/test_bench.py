@@ -206,3 +206,17 @@ def test_markdown_table_of_a_saved_run(results, tmp_path, capsys):
     saved.write_text(json.dumps(results))
     assert cli.main(["bench", "--markdown", str(saved)]) == 0
     assert capsys.readouterr().out.strip() == table
+
+
+def test_the_bench_measures_a_llama_unchanged():
+    """Issue 14: the bench's pieces take any of the course's models (grouped-query KV-cache, rotary positions)."""
+    from llmcourse.llama import LlamaConfig, random_llama
+    from llmcourse.quantization import quantization_report
+
+    model = random_llama(LlamaConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                                     hidden=64), seed=0)
+    assert bench.batch1_roofline(model, 10.0, new_tokens=4, repeats=1)["identical_tokens"] is True
+    assert bench.kv_cache_speedup(model, [4], repeats=1)["identical_tokens"] is True
+    assert bench.batch_throughput(model, [1, 2], new_tokens=4, repeats=1)["identical_tokens"] is True
+    rows = quantization_report(model, None, ("fp32", "int8", "int4-g16"), new_tokens=2, repeats=1)
+    assert [r["bytes_per_step"] < rows[0]["bytes_per_step"] for r in rows[1:]] == [True, True]
