@@ -6,9 +6,9 @@ bytes than float32) should decode several times faster. PyTorch 2.13's kernels d
 measured: dequantizing to float32 and calling the float matmul reads the int8 codes, then writes and reads a
 float32 copy (slower than float32 alone); `torch._weight_int8pack_mm` and `_weight_int4pack_mm_for_cpu` are fast
 only with bfloat16 activations (which changes what the model computes by more than int8 weights do) and crawl with
-float32 ones (1395 us against 192 us for float32 on a 768x2304 layer); `torch.compile` of dequantize-then-matmul
-was 4x slower than float32. The kernel that is used for each layer is still chosen by measuring every candidate on
-the machine at hand (`llmcourse.kernels`): these kernels are candidates, not a decision.
+float32 ones (1395 us against 192 us for float32 on a 768x2304 layer); `torch.compile` of dequantize-then-matmul was
+2-5x slower than float32 in our runs. The kernel that is used for each layer is still chosen by measuring every
+candidate on the machine at hand (`llmcourse.kernels`): these kernels are candidates, not a decision.
 
 The library is compiled once per machine (CPU model and compiler flags) into $LLMCOURSE_CACHE/native/ with
 `-O3 -march=native -fopenmp`, so it uses AVX-512 or AVX2 where the CPU has them. Without a compiler (`cc`, or $CC),
