@@ -189,6 +189,8 @@ def time_linear_kernels(in_features: int, out_features: int, rows: int = 1, *, w
     candidates take turns too (`interleaved`), so that a change of the machine's load hits them alike. Those far
     behind at a first look (PRUNE) keep that one timing.
     """
+    from llmcourse.quantization import weight_bytes
+
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=generator) * 0.02
     bias = torch.randn(out_features, generator=generator) * 0.02
@@ -196,8 +198,7 @@ def time_linear_kernels(in_features: int, out_features: int, rows: int = 1, *, w
     candidates = linear_candidates(weight, bias, weights)
     reference = next(iter(candidates.values()))(x)
     errors = {name: _relative_error(kernel(x), reference) for name, kernel in candidates.items()}
-    from llmcourse.quantization import weight_bytes
-
+    exact = [name for name in candidates if errors[name] <= CLOSE]
     runs, calls, first = {}, {}, {}
     for name, kernel in candidates.items():
         count = min(MAX_COPIES, STREAM_BYTES // weight_bytes(kernel))
@@ -207,10 +208,9 @@ def time_linear_kernels(in_features: int, out_features: int, rows: int = 1, *, w
         runs[name]()  # warm-up
         first[name] = measure(runs[name], warmup=0, repeats=1).median / calls[name]  # a first look
     # Only the candidates within PRUNE of the fastest exact one are timed further, in turns.
-    fastest = min(first[name] for name in candidates if errors[name] <= CLOSE)
+    fastest = min(first[name] for name in exact)
     contenders = {name: run for name, run in runs.items() if first[name] <= PRUNE * fastest}
     seconds = {**first, **{name: m.median / calls[name] for name, m in interleaved(contenders, repeats).items()}}
-    exact = [name for name in candidates if errors[name] <= CLOSE]
     return KernelChoice(in_features, out_features, rows, seconds, min(exact, key=seconds.get), weights, errors)
 
 
