@@ -402,6 +402,39 @@ def paged_kv(requests: int = 200, *, cap: int = 256, slots: int = 16, block_size
             "running_ratio": paged["mean_running"] / contiguous["mean_running"]}
 
 
+def speculative(*, new_tokens: int = 60, ks: Sequence[int] = (2, 4), repeats: int = 3) -> dict | None:
+    """Speculative decoding with prompt lookup (no draft model) on the shipped tiny GPT, greedy, against `generate`
+    with the model alone, timed in turns: on a prompt that repeats itself (code in a REPL) and on a fresh one. A
+    (k + 1)-token pass of this small model costs about one pass, so the speedup is about the tokens per target pass
+    minus the bookkeeping. None when the shipped model cannot be loaded."""
+    from llmcourse.pretrained import load_tiny_gpt
+    from llmcourse.speculative import speculative_generate
+
+    try:
+        model, tokenizer = load_tiny_gpt()
+    except (FileNotFoundError, OSError):
+        return None
+    prompts = {"repeating": "   >>> x = 1\n   >>> x = 1\n   >>> x = 1\n   >>>", "fresh": "The function returns"}
+    result: dict = {"model": "shipped tiny GPT", "draft": "prompt lookup", "new_tokens": new_tokens, "runs": []}
+    runs, stats, identical = {}, {}, True
+    for name, text in prompts.items():
+        ids = torch.tensor(tokenizer.encode(text), device=get_device())
+        alone = generate(model, ids, new_tokens, temperature=0.0)
+        runs[name, 0] = lambda ids=ids: generate(model, ids, new_tokens, temperature=0.0)
+        for k in ks:
+            out, stats[name, k] = speculative_generate(model, ids, new_tokens, draft="lookup", k=k)
+            identical &= torch.equal(out, alone)
+            runs[name, k] = lambda ids=ids, k=k: speculative_generate(model, ids, new_tokens, draft="lookup", k=k)
+    times = interleaved(runs, repeats)
+    for (name, k), st in stats.items():
+        result["runs"].append({"prompt": name, "k": k, "acceptance_rate": st.acceptance_rate,
+                               "tokens_per_target_pass": st.tokens_per_target_pass,
+                               "speedup": times[name, 0].median / times[name, k].median})
+    result["identical_tokens"] = identical
+    result["best_speedup"] = max(r["speedup"] for r in result["runs"])
+    return result
+
+
 # -- `llmcourse bench` ---------------------------------------------------------------------------------------------
 
 QUANTIZATION_SCHEMES = SCHEMES + ("int4-g128", "int4-g128-mse")  # the bench also tries a larger int4 group
@@ -508,6 +541,8 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     log("attention without the T x T matrix, and a paged KV-cache ...")
     results["tiled_attention"] = tiled_attention_memory([512, 1024, 2048] if quick else [512, 1024, 2048, 4096])
     results["paged_kv"] = paged_kv(60 if quick else 200)
+    log("speculative decoding (prompt lookup, the shipped tiny GPT) ...")
+    results["speculative"] = speculative(new_tokens=30 if quick else 60, repeats=2 if quick else 3)
     results["interference"] = interference(results, memory_bandwidth_gbs(), load_start, _load_per_core())
     if not results["interference"]["trusted"]:
         log("interference: " + "; ".join(results["interference"]["reasons"]))
@@ -586,6 +621,13 @@ def format_table(results: dict) -> str:
             r = pk[kind]
             lines.append(f"  {kind:<10} mean {r['mean_running']:5.1f} running, {r['steps']} steps, fragmentation "
                          f"{100 * r['fragmentation']:4.1f}%, {r['preemptions']} preemptions")
+    if results.get("speculative"):
+        sp = results["speculative"]
+        lines += ["", f"Speculative decoding, {sp['draft']} on the {sp['model']}, greedy, {sp['new_tokens']} tokens "
+                      f"(identical tokens to the model alone: {sp['identical_tokens']})"]
+        for r in sp["runs"]:
+            lines.append(f"  {r['prompt']:>9} prompt, k = {r['k']}: {100 * r['acceptance_rate']:3.0f}% accepted, "
+                         f"{r['tokens_per_target_pass']:.2f} tokens per target pass, {r['speedup']:.2f}x")
     if results.get("kernel_choice"):
         lines += ["", "Kernels measured per Linear shape and weight format at batch 1 (median per call, weights read "
                       "from memory; the fastest that computes the same function is chosen and remembered for this "
@@ -640,6 +682,13 @@ def markdown_table(results: dict) -> str:
         rows.append((f"{q['scheme']}: weight bytes, perplexity change (shipped model), batch-1 tok/s",
                      f"{q['weight_ratio']:.3f}x, {100 * q['perplexity_change']:+.2f}%, {q['speedup']:.2f}x fp32"
                      + fraction))
+    if results.get("speculative"):
+        sp = results["speculative"]
+        best = max(sp["runs"], key=lambda r: r["speedup"])
+        rows.append((f"speculative decoding, {sp['draft']}, {sp['model']}, identical tokens: "
+                     + str(sp["identical_tokens"]).lower(), f"{best['speedup']:.2f}x ({best['prompt']} prompt, "
+                                                            f"k = {best['k']}, {100 * best['acceptance_rate']:.0f}% "
+                                                            "accepted)"))
     if results.get("compare_hf"):
         hf = results["compare_hf"]
         rows.append((f"cached decoding vs transformers {hf['transformers']} `generate`, same weights (largest "

@@ -66,6 +66,14 @@ def test_the_kernel_of_each_linear_shape_is_chosen_by_measurement_and_reported(r
     assert "Kernels measured per Linear shape" in bench.format_table(results)
 
 
+def test_speculative_decoding_figures(results):
+    sp = results["speculative"]
+    assert sp["identical_tokens"] is True, "greedy speculative decoding gives the model's own tokens"
+    runs = {(r["prompt"], r["k"]): r for r in sp["runs"]}
+    assert runs["repeating", 4]["acceptance_rate"] > runs["fresh", 4]["acceptance_rate"]
+    assert "Speculative decoding, prompt lookup" in bench.format_table(results)
+
+
 def test_tiled_attention_and_paged_kv_figures(results):
     ta, pk = results["tiled_attention"], results["paged_kv"]
     assert ta["max_abs_difference"] < 1e-5
