@@ -43,7 +43,7 @@ class ExecutedNotebook:
 
 
 def notebook_paths() -> list[Path]:
-    """The chapters in order: 00_welcome.ipynb, ..., 03_x.ipynb, 03b_y.ipynb, 04_z.ipynb (a letter inserts a chapter)."""
+    """The chapters in order: 00_welcome.ipynb, ..., 03_x.ipynb, 03b_y.ipynb, 04_z.ipynb (a letter inserts one)."""
     return sorted(p for pattern in ("[0-9][0-9]_*.ipynb", "[0-9][0-9][a-z]_*.ipynb") for p in NOTEBOOKS.glob(pattern))
 
 

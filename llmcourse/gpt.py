@@ -100,10 +100,10 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write new keys/values (B, n_kv_head, T, head_dim) after the cached ones; return all of them so far."""
-        end = self.length + k.shape[2]
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        keys, values, T = self.keys[layer], self.values[layer], k.shape[2]
+        keys.narrow(2, self.length, T).copy_(k)
+        values.narrow(2, self.length, T).copy_(v)
+        return keys.narrow(2, 0, self.length + T), values.narrow(2, 0, self.length + T)
 
     def advance(self, new_tokens: int) -> None:
         """Called once per forward, after every layer wrote its keys and values."""
@@ -165,8 +165,9 @@ def check_inputs(config, idx: torch.Tensor, cache: KVCache | None, positions: to
 
 def attention_mask_for(B: int, T: int, past: int, attention_mask: torch.Tensor | None,
                        device: torch.device) -> torch.Tensor | None:
-    """(B, 1, T, S) booleans, True where query i may attend key j; None for plain causal attention."""
-    if attention_mask is None and past == 0:
+    """(B, 1, T, S) booleans, True where query i may attend key j; None when no key is hidden from any query but by
+    plain causal attention (no padding, and nothing cached or a single new token)."""
+    if attention_mask is None and (past == 0 or T == 1):
         return None
     S = past + T
     query_pos = torch.arange(past, S, device=device)[:, None]  # (T, 1) position of each new token
@@ -190,15 +191,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hd)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nh, S, hd), S = cached + T
-        if mask is None:  # plain causal attention over the new tokens only
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if mask is None:  # causal attention (a single new token may see every cached one)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask (B, 1, T, S)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.c_proj(y)
 
 

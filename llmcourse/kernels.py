@@ -97,9 +97,17 @@ class NativeLinear(nn.Module):
                                                                    requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        if x.shape[:-1].numel() <= native.NATIVE_ROWS:
-            return native.linear(x, self.weight, self.bias)
+        if x.numel() <= native.NATIVE_ROWS * self.in_features:
+            return self._prepared()(x)
         return F.linear(x, self.weight, self.bias)
+
+    def _prepared(self) -> native.Prepared:
+        """The weights checked for the C kernel once, again when their memory changed (e.g. `.data = ...`)."""
+        key = tuple(None if t is None else t.data_ptr() for t in (self.weight, self.bias))
+        if getattr(self, "_native", (None,))[0] != key:
+            bias = None if self.bias is None else self.bias.data
+            self._native = key, native.prepare(self.weight.data, bias)
+        return self._native[1]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -129,7 +129,7 @@ class Attention(nn.Module):
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hd)
         gqa = self.n_kv_head != self.n_head  # each key/value head serves n_head / n_kv_head query heads
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)  # one token sees all
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # mask (B, 1, T, S)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))

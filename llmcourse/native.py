@@ -109,14 +109,6 @@ def vector_isa() -> str | None:
     return None if lib is None else VECTOR_ISA[lib.vector_width()]
 
 
-def _rows(x: torch.Tensor, in_features: int) -> torch.Tensor:
-    """x (..., in_features) float32 on the CPU as a contiguous (M, in_features) matrix; a ValueError otherwise."""
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1] != in_features:
-        raise ValueError(f"the C kernels take float32 CPU inputs with {in_features} features in the last dimension, "
-                         f"got {x.dtype} on {x.device.type} with shape {tuple(x.shape)}")
-    return x.reshape(-1, in_features).contiguous()
-
-
 def _library() -> ctypes.CDLL:
     lib, reason = _load()
     if lib is None:
@@ -124,56 +116,96 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
-def _bias(bias: torch.Tensor | None, out_features: int) -> int | None:
-    if bias is None:
-        return None
-    if bias.dtype != torch.float32 or bias.shape != (out_features,) or not bias.is_contiguous():
-        raise ValueError(f"bias must be a contiguous float32 vector of {out_features}, got {bias.dtype} "
-                         f"{tuple(bias.shape)}")
-    return bias.data_ptr()
+def _bias(bias: torch.Tensor | None, out_features: int) -> torch.Tensor | None:
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (out_features,)
+                             or not bias.is_contiguous() or bias.device.type != "cpu"):
+        raise ValueError(f"bias must be a contiguous float32 CPU vector of {out_features}, got {bias.dtype} "
+                         f"{tuple(bias.shape)} on {bias.device.type}")
+    return bias
+
+
+class Prepared:
+    """A weight matrix (N, K) checked once for one of the C kernels: `prepared(x)` is x @ W^T + bias, (..., N), for
+    x (..., K) float32 on the CPU. A decoding step makes ~50 such products; checking the weight's dtype, shape and
+    layout on each would cost about as much as the call itself, so layers prepare their weights once
+    (`QuantizedLinear` does) and only x is checked per call. It keeps the tensors, and reads their addresses at
+    each call, so a copy of it (`copy.deepcopy` of a model) stays valid."""
+
+    def __init__(self, kind: str, out_features: int, in_features: int, tensors: tuple, extra: tuple = ()):
+        self.kind, self.out_features, self.in_features = kind, out_features, in_features
+        self.tensors, self.extra = tensors, extra  # (weight or codes, scale or None, bias or None), (group size,)
+        _library()  # fails here, with the reason, when the kernels are not available
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        N, K, shape = self.out_features, self.in_features, x.shape
+        if x.dtype != torch.float32 or not x.is_cpu or shape[-1] != K:
+            raise ValueError(f"the C kernels take float32 CPU inputs with {K} features in the last dimension, "
+                             f"got {x.dtype} on {x.device.type} with shape {tuple(shape)}")
+        rows = x.view(-1, K) if x.is_contiguous() else x.reshape(-1, K).contiguous()
+        y = torch.empty(*shape[:-1], N)
+        weight, scale, bias = self.tensors
+        addresses = (weight.data_ptr(),) if scale is None else (weight.data_ptr(), scale.data_ptr())
+        bias = None if bias is None else bias.data_ptr()
+        function = getattr(_library(), f"linear_{self.kind}")
+        if self.kind == "int4":
+            scratch = torch.empty_like(rows)  # the kernel's copy of x, reordered block by block; held until it returns
+            function(rows.data_ptr(), rows.shape[0], K, *addresses, *self.extra, N, bias, scratch.data_ptr(),
+                     y.data_ptr())
+        else:
+            function(rows.data_ptr(), rows.shape[0], K, *addresses, N, bias, y.data_ptr())
+        return y
+
+
+def prepare(weight: torch.Tensor, bias: torch.Tensor | None = None) -> Prepared:
+    """A float32 weight (N, K) for `F.linear`-like products on the C kernel."""
+    if weight.dtype != torch.float32 or weight.dim() != 2 or not weight.is_contiguous() \
+            or weight.device.type != "cpu":
+        raise ValueError(f"weight must be a contiguous float32 (N, K) CPU matrix, got {weight.dtype} "
+                         f"{tuple(weight.shape)}")
+    N, K = weight.shape
+    return Prepared("f32", N, K, (weight, None, _bias(bias, N)))
+
+
+def prepare_int8(codes: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> Prepared:
+    """int8 codes (N, K) with a float32 scale (N,) per row: W = codes * scale[:, None]."""
+    if codes.dtype != torch.int8 or codes.dim() != 2 or not codes.is_contiguous() or codes.device.type != "cpu":
+        raise ValueError(f"codes must be a contiguous int8 (N, K) CPU matrix, got {codes.dtype} "
+                         f"{tuple(codes.shape)}")
+    N, K = codes.shape
+    if scale.dtype != torch.float32 or scale.numel() != N or not scale.is_contiguous() \
+            or scale.device.type != "cpu":
+        raise ValueError(f"scale must hold {N} contiguous float32 values (one per row), got {scale.dtype} "
+                         f"{tuple(scale.shape)}")
+    return Prepared("int8", N, K, (codes, scale, _bias(bias, N)))
+
+
+def prepare_int4(packed: torch.Tensor, scale: torch.Tensor, group_size: int,
+                 bias: torch.Tensor | None = None) -> Prepared:
+    """int4 weights W (N, K): packed uint8 (N, K / 2), column 2i in the low nibble of byte i and 2i + 1 in the high
+    one (two's complement), scale float16 (N, K / group_size), one per group of columns."""
+    if packed.dtype != torch.uint8 or packed.dim() != 2 or not packed.is_contiguous() \
+            or packed.device.type != "cpu":
+        raise ValueError(f"packed must be a contiguous uint8 (N, K / 2) CPU matrix, got {packed.dtype}")
+    N, K = packed.shape[0], 2 * packed.shape[1]
+    if group_size < 2 or K % group_size or scale.dtype != torch.float16 or scale.shape != (N, K // group_size) \
+            or not scale.is_contiguous() or scale.device.type != "cpu":
+        raise ValueError(f"scale must be a contiguous float16 ({N}, {K} / group_size) matrix with group_size "
+                         f"dividing {K}, got {scale.dtype} {tuple(scale.shape)} and group_size {group_size}")
+    return Prepared("int4", N, K, (packed, scale, _bias(bias, N)), (group_size,))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` for float32 weight (N, K) and x (..., K) on the CPU."""
-    N, K = weight.shape
-    if weight.dtype != torch.float32 or not weight.is_contiguous():
-        raise ValueError(f"weight must be a contiguous float32 (N, K) matrix, got {weight.dtype} {tuple(weight.shape)}")
-    rows, b = _rows(x, K), _bias(bias, N)
-    y = torch.empty(rows.shape[0], N)
-    _library().linear_f32(rows.data_ptr(), rows.shape[0], K, weight.data_ptr(), N, b, y.data_ptr())
-    return y.view(*x.shape[:-1], N)
+    return prepare(weight, bias)(x)
 
 
 def linear_int8(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ (codes * scale[:, None])^T + bias: codes int8 (N, K), scale float32 (N,) one per row."""
-    N, K = codes.shape
-    if codes.dtype != torch.int8 or not codes.is_contiguous():
-        raise ValueError(f"codes must be a contiguous int8 (N, K) matrix, got {codes.dtype} {tuple(codes.shape)}")
-    if scale.dtype != torch.float32 or scale.numel() != N or not scale.is_contiguous():
-        raise ValueError(f"scale must hold {N} contiguous float32 values (one per row), got {scale.dtype} "
-                         f"{tuple(scale.shape)}")
-    rows, b = _rows(x, K), _bias(bias, N)
-    y = torch.empty(rows.shape[0], N)
-    _library().linear_int8(rows.data_ptr(), rows.shape[0], K, codes.data_ptr(), scale.data_ptr(), N, b,
-                           y.data_ptr())
-    return y.view(*x.shape[:-1], N)
+    return prepare_int8(codes, scale, bias)(x)
 
 
 def linear_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, group_size: int,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ W^T + bias for int4 weights W (N, K): packed uint8 (N, K / 2), column 2i in the low nibble of byte i and
-    2i + 1 in the high one (two's complement), scale float16 (N, K / group_size), one per group of columns."""
-    N, half = packed.shape
-    K = 2 * half
-    if packed.dtype != torch.uint8 or not packed.is_contiguous():
-        raise ValueError(f"packed must be a contiguous uint8 (N, K / 2) matrix, got {packed.dtype}")
-    if group_size < 2 or K % group_size or scale.dtype != torch.float16 or scale.shape != (N, K // group_size) \
-            or not scale.is_contiguous():
-        raise ValueError(f"scale must be a contiguous float16 ({N}, {K} / group_size) matrix with group_size "
-                         f"dividing {K}, got {scale.dtype} {tuple(scale.shape)} and group_size {group_size}")
-    rows, b = _rows(x, K), _bias(bias, N)
-    y, transposed = torch.empty(rows.shape[0], N), torch.empty_like(rows)  # the kernel's reordered copy of x
-    _library().linear_int4(rows.data_ptr(), rows.shape[0], K, packed.data_ptr(), scale.data_ptr(), group_size, N,
-                           b, transposed.data_ptr(), y.data_ptr())
-    return y.view(*x.shape[:-1], N)
+    """x @ W^T + bias for int4 weights W (N, K) (the layout of `prepare_int4`)."""
+    return prepare_int4(packed, scale, group_size, bias)(x)

@@ -246,10 +246,10 @@ def simulate_kv_budget(prompt_lengths: Sequence[int], output_lengths: Sequence[i
 
     Contiguous: a request is admitted when prompt + max_new_tokens positions are free, and holds them to the end.
     Paged: it is admitted when the blocks of its prompt and first token are free, with one block to spare for
-    every running request, and takes a block whenever it needs one; when the pool runs dry, the request admitted last is preempted (its blocks freed, its tokens
-    recomputed later), as vLLM does. Returns the mean and peak number of requests running, the steps to serve
-    them all, the fraction of reserved memory that held no token (fragmentation, averaged over steps), and the
-    preemptions.
+    every running request, and takes a block whenever it needs one; when the pool runs dry, the request admitted
+    last is preempted (its blocks freed, its tokens recomputed later), as vLLM does. Returns the mean and peak
+    number of requests running, the steps to serve them all, the fraction of reserved memory that held no token
+    (fragmentation, averaged over steps), and the preemptions.
     """
     if len(prompt_lengths) != len(output_lengths) or not prompt_lengths:
         raise ValueError("give one prompt length and one output length per request")

@@ -191,14 +191,24 @@ class QuantizedLinear(nn.Module):
         self.weight = weight
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.kernel = kernel
+        self._native: tuple | None = None  # (codes, scale, bias address, their native.Prepared)
+
+    def _prepared(self) -> native.Prepared:
+        """The C kernel's view of the weights, prepared again when a tensor was replaced (e.g. by `.to()`)."""
+        w, prepared = self.weight, self._native
+        key = (w.codes, w.scale, None if self.bias is None else self.bias.data_ptr())
+        if prepared is None or prepared[0] is not key[0] or prepared[1] is not key[1] or prepared[2] != key[2]:
+            bias = None if self.bias is None else self.bias.data
+            prepared = (*key, native.prepare_int8(w.codes, w.scale.view(-1), bias) if w.bits == 8
+                        else native.prepare_int4(w.codes, w.scale, w.group_size, bias))
+            self._native = prepared
+        return prepared[3]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         w = self.weight
-        if (self.kernel == "native" and x.dtype == torch.float32 and x.device.type == "cpu"
-                and x.shape[:-1].numel() <= native.NATIVE_ROWS):
-            if w.bits == 8:
-                return native.linear_int8(x, w.codes, w.scale.view(-1), self.bias)
-            return native.linear_int4(x, w.codes, w.scale, w.group_size, self.bias)
+        if (self.kernel == "native" and x.dtype == torch.float32 and x.is_cpu
+                and x.numel() <= native.NATIVE_ROWS * x.shape[-1]):
+            return self._prepared()(x)
         if w.bits == 8:
             y = F.linear(x, w.codes.to(x.dtype)) * w.scale[:, 0]
             return y if self.bias is None else y + self.bias

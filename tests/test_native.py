@@ -7,16 +7,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import copy
+
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from llmcourse import native
-from llmcourse.quantization import dequantize_groupwise_torch, pack_int4_torch, quantize_groupwise_torch
+from llmcourse.kernels import NativeLinear
+from llmcourse.quantization import (dequantize_groupwise_torch, pack_int4_torch, quantize_groupwise_torch,
+                                   quantized_linear)
 
 pytestmark = pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")
 
-SHAPES = [(1, 768, 2304), (3, 768, 96), (1, 3072, 64), (2, 70, 30), (8, 96, 50), (1, 256, 16)]
+# N odd (the middle row of the two streams alone, N = 1 included), and K beyond the VNNI path's 4096-column chunks
+SHAPES = [(1, 768, 2304), (3, 768, 96), (1, 3072, 64), (2, 70, 30), (8, 96, 50), (1, 256, 16), (1, 768, 51),
+          (2, 64, 1), (3, 128, 33), (1, 5000, 9)]
 
 
 def _flags_of_this_cpu() -> list[tuple[str, ...]]:
@@ -148,3 +155,27 @@ def test_a_nan_in_the_input_comes_out_as_nan_not_garbage():
     x[1, 5] = float("nan")
     out = native.linear_int8(x, codes, scale.view(-1))
     assert torch.isnan(out[1]).all() and torch.isfinite(out[0]).all()
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4-g32", "fp32"])
+def test_layers_prepare_their_weights_once_and_again_when_they_change(weights):
+    """A layer checks its weights for the C kernel once (`native.Prepared`); a copy of the model must use its own
+    tensors, and a layer whose tensors were replaced must use the new ones, never stale memory."""
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 16, bias=False)
+    layer = NativeLinear(linear) if weights == "fp32" else quantized_linear(linear, weights, kernel="native")
+    x = torch.randn(1, 64)
+    first = layer(x)  # prepared here
+    twin = copy.deepcopy(layer)
+    if weights == "fp32":
+        layer.weight.data = -layer.weight.data  # new memory behind the same parameter
+        expected = F.linear(x, layer.weight)
+    else:
+        layer.weight.codes = (-layer.weight.codes if weights == "int8"  # a new buffer
+                              else pack_int4_torch(quantize_groupwise_torch(-linear.weight.detach(), 4, 32)[0]))
+        expected = copy.deepcopy(layer)
+        expected.kernel = "dequantize"
+        expected = expected(x)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x), -first, rtol=0.1, atol=0.1)  # the weights did change
+    torch.testing.assert_close(twin(x), first, rtol=0, atol=0)
