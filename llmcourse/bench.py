@@ -325,11 +325,14 @@ def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, r
     return result
 
 
-def compare_hf(model: GPT, ours: nn.Module, *, new_tokens: int = 32, repeats: int = 3) -> dict | None:
+def compare_hf(model: GPT, ours: nn.Module, *, new_tokens: int = 32, repeats: int = 3,
+               bound_tok_s: float | None = None) -> dict | None:
     """Batch-1 cached greedy decoding of `new_tokens` tokens from a 1-token prompt: the course's `generate` on `ours`
     (the function of `model`, on its chosen kernels) against Hugging Face transformers' `generate` with its own
     KV-cache, on the same weights, timed in turns. None when transformers is not installed (it is a test-only
-    dependency: `pip install transformers` beside the course for this comparison)."""
+    dependency: `pip install transformers` beside the course for this comparison). With the batch-1 decoding bound
+    of this machine (`bound_tok_s`), also the ratio a decoder at that bound would reach (`ratio_at_bound`): both
+    read the same bytes per token, so the bound caps what any implementation can gain over transformers here."""
     try:
         import transformers
     except ImportError:
@@ -355,7 +358,8 @@ def compare_hf(model: GPT, ours: nn.Module, *, new_tokens: int = 32, repeats: in
     return {"new_tokens": new_tokens, "transformers": transformers.__version__, "ours_tok_s": ours_tok_s,
             "hf_tok_s": hf_tok_s, "ratio": ours_tok_s / hf_tok_s, "identical_tokens": same,
             "max_logit_difference": float((ours_logits - hf_logits).abs().max()),
-            "spread": max(times["ours"].spread, times["hf"].spread)}
+            "spread": max(times["ours"].spread, times["hf"].spread),
+            "ratio_at_bound": None if bound_tok_s is None else bound_tok_s / hf_tok_s}
 
 
 # -- beyond the basics: attention without the T x T matrix, and a paged KV-cache ---------------------------------
@@ -530,7 +534,8 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     fastest_fp32 = {"default": model, **variants}[results["roofline"]["kernel"]]
     if hf:
         log("Hugging Face transformers' generate, same weights ...")
-        results["compare_hf"] = compare_hf(model, fastest_fp32, new_tokens=16 if quick else 32, repeats=repeats)
+        results["compare_hf"] = compare_hf(model, fastest_fp32, new_tokens=16 if quick else 32, repeats=repeats,
+                                           bound_tok_s=results["roofline"]["bound_tok_s"])
         if results["compare_hf"] is None:
             log("compare-hf: skipped (transformers is not installed: pip install transformers)")
     if quantization:
@@ -547,6 +552,12 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     if not results["interference"]["trusted"]:
         log("interference: " + "; ".join(results["interference"]["reasons"]))
     return results
+
+
+def _at_bound(hf: dict) -> str:
+    """What a decoder at the bandwidth bound would reach against transformers, when the bound was given."""
+    at_bound = hf.get("ratio_at_bound")
+    return "" if at_bound is None else f" (a decoder at the bandwidth bound: {at_bound:.2f}x)"
 
 
 def format_table(results: dict) -> str:
@@ -606,7 +617,7 @@ def format_table(results: dict) -> str:
         lines += ["", f"Against Hugging Face transformers {hf['transformers']} `generate` with its KV-cache (same "
                       f"weights, batch 1, {hf['new_tokens']} tokens; identical tokens: {hf['identical_tokens']}, "
                       f"largest logit difference {hf['max_logit_difference']:.1e}): ours {hf['ours_tok_s']:.1f} "
-                      f"tok/s, transformers {hf['hf_tok_s']:.1f} tok/s = {hf['ratio']:.2f}x"]
+                      f"tok/s, transformers {hf['hf_tok_s']:.1f} tok/s = {hf['ratio']:.2f}x{_at_bound(hf)}"]
     if "tiled_attention" in results:
         ta = results["tiled_attention"]
         lines += ["", f"Causal attention of one head (head size {ta['head_dim']}), peak memory allocated, plain "
@@ -693,7 +704,7 @@ def markdown_table(results: dict) -> str:
         hf = results["compare_hf"]
         rows.append((f"cached decoding vs transformers {hf['transformers']} `generate`, same weights (largest "
                      f"logit difference {hf['max_logit_difference']:.0e}; identical greedy tokens: "
-                     f"{str(hf['identical_tokens']).lower()})", f"{hf['ratio']:.2f}x"))
+                     f"{str(hf['identical_tokens']).lower()})", f"{hf['ratio']:.2f}x{_at_bound(hf)}"))
     return "\n".join(["| figure | measured |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
 
 

@@ -237,7 +237,8 @@ def choose_linear_kernels(model: nn.Module, rows: int = 1, *, weights: str = "fp
         except (UnicodeDecodeError, json.JSONDecodeError):
             stored = {}  # a damaged cache is measured again and rewritten
     known = stored.get(key, {})
-    candidates = f"native={native.available()},prepacked={prepack_available()}"  # a new candidate: measure again
+    # A new candidate, or a new build of the C kernels: measure again.
+    candidates = f"native={native.build_id()},prepacked={prepack_available()}"
     choices = {}
     for shape in shapes:
         entry_key = f"{weights}:{shape[0]}x{shape[1]}@{rows}:{candidates}"

@@ -75,6 +75,11 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
+def _digest(compiler: str) -> str:
+    """What the built library depends on: the source, the compiler and flags, and the CPU (for -march=native)."""
+    return hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS, cpu_model())).encode()).hexdigest()[:16]
+
+
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
     """(the library, None) or (None, why not)."""
@@ -83,8 +88,7 @@ def _load() -> tuple[ctypes.CDLL | None, str | None]:
     compiler = _compiler()
     if compiler is None:
         return None, "no C compiler found (install gcc or clang, or set CC)"
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS, cpu_model())).encode())
-    target = cache_dir() / "native" / f"linear-{digest.hexdigest()[:16]}.so"
+    target = cache_dir() / "native" / f"linear-{_digest(compiler)}.so"
     try:
         if not target.is_file():
             build(target, FLAGS, compiler)
@@ -101,6 +105,12 @@ def available() -> bool:
 def unavailable_reason() -> str | None:
     """Why the C kernels cannot be used here, or None when they can."""
     return _load()[1]
+
+
+def build_id() -> str | None:
+    """Which build of the kernels this process uses (a digest of the source, compiler, flags and CPU), None when
+    they are not available: a kernel choice measured with another build is measured again."""
+    return _digest(_compiler()) if available() else None
 
 
 def vector_isa() -> str | None:

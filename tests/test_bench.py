@@ -199,12 +199,15 @@ def test_machine_limits_are_measured_with_the_fastest_pattern_and_kernel(monkeyp
 def test_compare_hf_times_transformers_generate_on_the_same_weights(results):
     pytest.importorskip("transformers", reason="transformers is a test-only dependency (the dev extra)")
     model = bench.gpt2_shape_model(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32))
-    result = bench.compare_hf(model, model, new_tokens=6, repeats=1)
+    result = bench.compare_hf(model, model, new_tokens=6, repeats=1, bound_tok_s=1000.0)
     assert result["identical_tokens"] is True, "the same weights must give the same greedy tokens"
     assert result["max_logit_difference"] < 1e-4
     assert result["ratio"] == pytest.approx(result["ours_tok_s"] / result["hf_tok_s"])
+    assert result["ratio_at_bound"] == pytest.approx(1000.0 / result["hf_tok_s"])
     line = bench.format_table({**results, "compare_hf": result})
     assert "Against Hugging Face transformers" in line and f"{result['ratio']:.2f}x" in line
+    assert f"a decoder at the bandwidth bound: {result['ratio_at_bound']:.2f}x" in line
+    assert "bandwidth bound" in bench.markdown_table({**results, "compare_hf": result})
 
 
 def test_markdown_table_of_a_saved_run(results, tmp_path, capsys):

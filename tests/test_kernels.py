@@ -118,8 +118,12 @@ def test_the_choice_is_the_fastest_timed_and_remembered_per_machine(tmp_path, mo
         assert set(choice.seconds) == {"default", "prepacked"} | ({"native"} if native.available() else set())
         assert choice.chosen == min(choice.seconds, key=choice.seconds.get)
     calls = []
-    monkeypatch.setattr(kernels, "time_linear_kernels", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(kernels, "time_linear_kernels", lambda *a, **k: calls.append(a) or first[a[:2]])
     assert kernels.choose_linear_kernels(plain) == first and not calls, "a remembered choice is not measured again"
+    if native.available():
+        monkeypatch.setattr(native, "build_id", lambda: "a-new-build")
+        kernels.choose_linear_kernels(plain)
+        assert len(calls) == len(first), "a choice measured with another build of the C kernels is measured again"
     (tmp_path / "kernels.json").write_text("{damaged")
     monkeypatch.undo()
     monkeypatch.setenv(runtime.CACHE_ENV, str(tmp_path))
