@@ -26,11 +26,12 @@ from llmcourse.batching import Request, generate_batch, serve_continuous, serve_
 from llmcourse.costmodel import matmul_weights
 from llmcourse.generate import generate
 from llmcourse.gpt import GPT, GPTConfig, KVCache, random_gpt, to_gpt2_state_dict
-from llmcourse.kernels import CLOSE, choose_linear_kernels, prepack_available, prepack_linears, tuned_linears
-from llmcourse.quantization import (SCHEMES, bytes_read_per_step, decoding_speed, parse_scheme,
-                                    quantization_report)
+from llmcourse.kernels import (CLOSE, choose_linear_kernels, matmul_gflops, prepack_available, prepack_linears,
+                               tuned_linears)
+from llmcourse.qformats import parse_scheme
+from llmcourse.quantization import SCHEMES, bytes_read_per_step, quantization_report
 from llmcourse.runtime import cpu_model, get_device
-from llmcourse.timing import (Measurement, decode_bound_tok_s, interleaved, matmul_gflops, measure,
+from llmcourse.timing import (Measurement, decode_bound_tok_s, decoding_speed, interleaved, measure,
                               memory_bandwidth_gbs)
 
 GPT2_NAME = "gpt2-124M shape, random weights"

@@ -1,5 +1,5 @@
 """Predict, then measure: a decoding step's time from the bytes it reads, the FLOPs it does and this machine's
-measured limits (`llmcourse.timing.memory_bandwidth_gbs` and `matmul_gflops`), before any step is timed.
+measured limits (`timing.memory_bandwidth_gbs`, `kernels.matmul_gflops`), before any step is timed.
 
 A forward pass of T new positions (B rows each) attending over `past` cached ones and themselves:
 

@@ -29,8 +29,8 @@ from llmcourse.mlp_lm import adam_step as _adam_step
 from llmcourse.mlp_lm import momentum_step as _momentum_step
 from llmcourse.mlp_lm import sgd_step as _sgd_step
 from llmcourse.ngram import BigramModel, _token_ids
-from llmcourse.quantization import (QuantizedTensor, pack_int4_torch, parse_scheme, quantize_groupwise_torch,
-                                    unpack_int4_torch)
+from llmcourse.qformats import (QuantizedTensor, pack_int4_torch, parse_scheme, quantize_groupwise_torch,
+                                unpack_int4_torch)
 from llmcourse.speculative import verify_greedy
 from llmcourse.tiled import online_softmax as _online_softmax
 from llmcourse.tiled import tiled_attention as _tiled_attention

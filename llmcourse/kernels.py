@@ -1,5 +1,7 @@
-"""The same matmuls, a faster kernel: fp32 Linear layers with weights prepacked once for oneDNN (CPU only), and
-the choice between kernels made by measuring them on the machine at hand (`choose_linear_kernels`).
+"""The same matmuls, a faster kernel: fp32 Linear layers with weights prepacked once for oneDNN (CPU only) or on the
+course's C kernel, the choice between kernels made by measuring them on the machine at hand
+(`choose_linear_kernels`, for float32, int8 and int4 weights), and the machine's matmul throughput over them
+(`matmul_gflops`).
 
 Decoding at batch 1 is a chain of matrix-vector products, so its speed is how fast a kernel streams the weights
 from memory. PyTorch's default CPU matmul calls Intel's MKL, which on some CPUs (AMD's, for one) takes a generic
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 
 from llmcourse import native
 from llmcourse.files import atomic_write
+from llmcourse.qformats import QuantizedLinear, TorchWeightOnlyLinear, quantized_linear, weight_bytes
 from llmcourse.runtime import cache_dir, get_device, machine_key
 from llmcourse.timing import interleaved, measure
 
@@ -81,6 +84,21 @@ def prepack_linears(model: nn.Module) -> nn.Module:
             if isinstance(child, nn.Linear):
                 setattr(parent, name, PrepackedLinear(child))
     return new
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """Float32 matrix-multiply throughput in GFLOP/s (2 n^3 floating-point operations per n x n product): the best
+    of PyTorch's default kernel and, on a CPU with oneDNN, oneDNN's with the weight prepacked, since the course runs
+    both: the roof is the fastest kernel's."""
+    a = torch.randn(n, n)
+    weight = torch.nn.Linear(n, n, bias=False)
+    runs = [lambda: a @ weight.weight.T]
+    if prepack_available("cpu"):
+        packed = PrepackedLinear(weight)
+        runs.append(lambda: packed(a))
+    with torch.no_grad():
+        best = min(min(measure(run, warmup=2, repeats=repeats).samples) for run in runs)
+    return 2 * n ** 3 / best / 1e9
 
 
 # -- the course's C kernels as a module ---------------------------------------------------------------------------
@@ -149,8 +167,6 @@ def linear_candidates(weight: torch.Tensor, bias: torch.Tensor | None, weights: 
     ("native"), and PyTorch's own weight-only kernels ("torch-bf16": they need bfloat16 activations, so they compute
     something else, and are timed to show what that would buy).
     """
-    from llmcourse.quantization import QuantizedLinear, TorchWeightOnlyLinear, quantized_linear
-
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
     with torch.no_grad():
         linear.weight.copy_(weight)
@@ -197,8 +213,6 @@ def time_linear_kernels(in_features: int, out_features: int, rows: int = 1, *, w
     candidates take turns too (`interleaved`), so that a change of the machine's load hits them alike. Those far
     behind at a first look (PRUNE) keep that one timing.
     """
-    from llmcourse.quantization import weight_bytes
-
     generator = torch.Generator().manual_seed(seed)
     weight = torch.randn(out_features, in_features, generator=generator) * 0.02
     bias = torch.randn(out_features, generator=generator) * 0.02

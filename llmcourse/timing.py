@@ -1,8 +1,9 @@
-"""Measuring speed honestly: warm-up, repeats, median and spread, and this machine's limits.
+"""Measuring speed honestly: warm-up, repeats, median and spread, setups timed in turns, decoding speed, and this
+machine's memory bandwidth.
 
 Every speed figure of the course is a ratio against a baseline measured in the same run, shown next to its limit.
-The limits are measured here: memory bandwidth (batch-1 decoding reads every weight once per token, so
-tokens/s <= bandwidth / bytes read per token) and matrix-multiply throughput.
+Batch-1 decoding reads every weight once per token, so tokens/s <= bandwidth / bytes read per token: the bandwidth
+is measured here; the matrix-multiply throughput, which needs the course's kernels, in `llmcourse.kernels`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn as nn
+
+from llmcourse.generate import generate
 
 
 @dataclass(frozen=True)
@@ -71,23 +75,6 @@ def memory_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
     return max(size / read, 2 * size / copy) / 1e9
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """Float32 matrix-multiply throughput in GFLOP/s (2 n^3 floating-point operations per n x n product): the best
-    of PyTorch's default kernel and, on a CPU with oneDNN, oneDNN's with the weight prepacked (`llmcourse.kernels`),
-    since the course runs both: the roof is the fastest kernel's."""
-    from llmcourse.kernels import PrepackedLinear, prepack_available
-
-    a = torch.randn(n, n)
-    weight = torch.nn.Linear(n, n, bias=False)
-    runs = [lambda: a @ weight.weight.T]
-    if prepack_available("cpu"):
-        packed = PrepackedLinear(weight)
-        runs.append(lambda: packed(a))
-    with torch.no_grad():
-        best = min(min(measure(run, warmup=2, repeats=repeats).samples) for run in runs)
-    return 2 * n ** 3 / best / 1e9
-
-
 def decode_bound_tok_s(bytes_per_token: float, bandwidth_gbs: float) -> float:
     """The memory-bandwidth limit of decoding: every byte read once per token -> tokens/s <= bandwidth / bytes."""
     if bytes_per_token <= 0:
@@ -120,3 +107,25 @@ def torch_calls(fn: Callable[[], object]) -> int:
     with _CountCalls() as counter:
         fn()
     return counter.calls
+
+
+def decoding_speed(setups: dict[str, tuple[nn.Module, int, bool]], *, new_tokens: int = 16,
+                   repeats: int = 3) -> dict[str, tuple[float, float]]:
+    """Greedy decoding speed of several setups, name -> (model, batch size, use the KV-cache), measured in this
+    process: each row generates `new_tokens` tokens from a 1-token prompt (so exactly `new_tokens` forward passes);
+    one warm-up each, then `repeats` timings per setup taken in turns, so that a change of the machine's load hits
+    all of them alike. On a small machine shared with other programs, `torch.set_num_threads(1)` first: threads
+    that wait for each other slow the int8 kernel down most.
+
+    Returns name -> (tokens/s of the whole batch from the median time, spread: half the range over the median).
+    """
+    runs = {}
+    for name, (model, batch_size, use_cache) in setups.items():
+        seeded = torch.Generator().manual_seed(0)  # the same prompt for every setup of a batch size
+        prompt = torch.randint(0, model.config.vocab_size, (batch_size, 1), generator=seeded)
+        prompt = prompt.to(next(model.parameters()).device)
+        runs[name] = lambda m=model, p=prompt, c=use_cache: generate(m, p, new_tokens, temperature=0.0, use_cache=c)
+    for run in runs.values():
+        run()  # warm-up
+    times = interleaved(runs, repeats)
+    return {name: (setups[name][1] * new_tokens / m.median, m.spread) for name, m in times.items()}

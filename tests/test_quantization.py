@@ -251,7 +251,7 @@ def test_auto_picks_each_layers_kernel_from_the_measured_choice(monkeypatch):
             c.in_features, c.out_features, rows, {}, "native" if c.out_features == TINY.vocab_size else "dequantize",
             weights) for c in m.modules() if isinstance(c, torch.nn.Linear)}
 
-    monkeypatch.setattr(kernels, "choose_linear_kernels", fake_choose)
+    monkeypatch.setattr(Q, "choose_linear_kernels", fake_choose)
     quantized = Q.quantize_model(model, "int4-g16-mse")
     assert seen == ["int4-g16"], "an -mse scheme runs its plain twin's kernel"
     assert quantized.lm_head.kernel == "native"

@@ -2,7 +2,7 @@
 of weights becomes.
 
 Every combination is quantized once, when the explorer is built (symmetric group-wise quantization,
-`llmcourse.quantization.quantize_groupwise_torch`); moving a control only looks the result up and redraws.
+`llmcourse.qformats.quantize_groupwise_torch`); moving a control only looks the result up and redraws.
 
     from llmcourse.widgets.quantization import quantization_explorer
     quantization_explorer(model.transformer.h[0].mlp.c_fc.weight)
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from llmcourse.quantization import dequantize_groupwise_torch, quantize_groupwise_torch
+from llmcourse.qformats import dequantize_groupwise_torch, quantize_groupwise_torch
 from llmcourse.widgets.blit import blit_png, draw_background
 
 BITS = (2, 3, 4, 5, 6, 8)
