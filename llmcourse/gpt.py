@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from llmcourse import native
 from llmcourse.files import read_json
 
 
@@ -104,6 +105,11 @@ class KVCache:
         keys.narrow(2, self.length, T).copy_(k)
         values.narrow(2, self.length, T).copy_(v)
         return keys.narrow(2, 0, self.length + T), values.narrow(2, 0, self.length + T)
+
+    def fused_attention(self, x: torch.Tensor) -> bool:
+        """Whether a one-token step may run its attention in one C call (`native.attend_one`): float32 on the CPU
+        with the C kernels built."""
+        return x.is_cpu and x.dtype == torch.float32 and self.keys[0].dtype == torch.float32 and native.available()
 
     def advance(self, new_tokens: int) -> None:
         """Called once per forward, after every layer wrote its keys and values."""
@@ -191,6 +197,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.shape
+        if B == T == 1 and mask is None and isinstance(cache, KVCache) and cache.fused_attention(x):
+            # Decoding one token on the CPU: the same attention in one call of the course's C kernel (llmcourse.native)
+            return self.c_proj(native.attend_one(self.c_attn(x), cache.keys[layer], cache.values[layer], cache.length))
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hd)
         if cache is not None:

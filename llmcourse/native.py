@@ -57,7 +57,8 @@ def build(target: Path, flags: tuple[str, ...] = FLAGS, compiler: str | None = N
             if run.returncode == 0:
                 os.replace(built, target)  # atomic: a test process building at the same time sees all or nothing
                 return
-            errors = run.stderr.strip().splitlines()[-1:] or [f"exit status {run.returncode}"]
+            lines = run.stderr.strip().splitlines()
+            errors = [line for line in lines if "error" in line][:1] or lines[-1:] or [f"exit status {run.returncode}"]
         raise OSError(f"{compiler} could not compile {SOURCE.name}: {errors[0]}")
 
 
@@ -69,8 +70,9 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.linear_int8.argtypes = [address, integer, integer, address, address, integer, address, address]
     lib.linear_int4.argtypes = [address, integer, integer, address, address, integer, integer, address, address,
                                 address]
+    lib.attend_one.argtypes = [address, integer, integer, address, address, integer, integer, address]
     lib.vector_width.restype = ctypes.c_int
-    for function in (lib.linear_f32, lib.linear_int8, lib.linear_int4):
+    for function in (lib.linear_f32, lib.linear_int8, lib.linear_int4, lib.attend_one):
         function.restype = None
     return lib
 
@@ -219,3 +221,20 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, grou
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ W^T + bias for int4 weights W (N, K) (the layout of `prepare_int4`)."""
     return prepare_int4(packed, scale, group_size, bias)(x)
+
+
+def attend_one(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int) -> torch.Tensor:
+    """One new token's attention over a layer's KV-cache at batch 1, in one call: the new key and value (from `qkv`,
+    (1, 1, 3 C): query, key, value, heads in order) are written at `position` of `keys` and `values` (1, H, max_len,
+    D), and the result (1, 1, C) is, for each head, softmax(q . K[:position + 1] / sqrt(D)) V[:position + 1]."""
+    _, H, max_len, D = keys.shape
+    if (qkv.dtype != torch.float32 or keys.dtype != torch.float32 or values.dtype != torch.float32
+            or qkv.numel() != 3 * H * D or keys.shape[0] != 1 or values.shape != keys.shape
+            or not (qkv.is_contiguous() and keys.is_contiguous() and values.is_contiguous())
+            or not 0 <= position < max_len):
+        raise ValueError(f"attend_one takes contiguous float32 CPU tensors: qkv of 3 x {H} x {D} values, caches "
+                         f"(1, H, max_len, D) and a position in [0, max_len); got qkv {tuple(qkv.shape)}, keys "
+                         f"{tuple(keys.shape)} {keys.dtype}, values {tuple(values.shape)}, position {position}")
+    y = torch.empty(1, 1, H * D)
+    _library().attend_one(qkv.data_ptr(), H, D, keys.data_ptr(), values.data_ptr(), max_len, position, y.data_ptr())
+    return y
