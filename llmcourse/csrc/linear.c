@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -44,6 +45,19 @@ static inline float half_to_float(uint16_t h) {
     }
     return out.f;
 #endif
+}
+
+/* n float16 values to floats, 16 or 8 at a time where the CPU converts vectors: a row's int4 scales. At groups of
+   32, converting them one by one held one core to 14 G weights/s, 20 this way (Xeon, AVX-512). */
+static inline void halves_to_floats(const uint16_t *h, int n, float *out) {
+    int i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+#elif defined(__F16C__) && defined(__AVX2__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+    for (; i < n; i++) out[i] = half_to_float(h[i]);
 }
 
 static inline float lo4(int8_t b) { return (float)((int8_t)(b << 4) >> 4); }  /* low nibble, two's complement */
@@ -323,7 +337,8 @@ void linear_int4(const float *x, int M, int K, const uint8_t *P, const uint16_t 
     }
     FOR_EACH_ROW_IN_TWO_STREAMS(n, N) {
         float s[groups + 16];
-        for (int g = 0; g < groups + 16; g++) s[g] = g < groups ? half_to_float(scale[(size_t)n * groups + g]) : 0.0f;
+        halves_to_floats(scale + (size_t)n * groups, groups, s);
+        memset(s + groups, 0, 16 * sizeof(float));
         for (int m = 0; m < M; m++)
             y[(size_t)m * N + n] = dot_i4((const int8_t *)(P + (size_t)n * (K / 2)), xt + (size_t)m * K, s, K, G,
                                           whole) + (bias ? bias[n] : 0.0f);
