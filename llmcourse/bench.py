@@ -70,12 +70,14 @@ def machine() -> dict:
 
 SPREAD_LIMIT = 0.15  # repeats whose range exceeds +-15% of their median disagree: something else ran meanwhile
 DRIFT_LIMIT = 0.15  # a bandwidth reading that moved by more than 15% between the start and the end of the run
+LOAD_LIMIT = 0.5  # other programs' load average per core above which they take a core's share from the bench
 
 
-def _load_per_core() -> float | None:
-    """The 1-minute load average over the number of cores (Unix): above ~1, other programs compete for the CPU."""
+def _load_per_core(own_threads: int = 0) -> float | None:
+    """The 1-minute load average over the number of cores (Unix), less `own_threads` (the bench's own, busy over the
+    last minute when it is read at the end of a run): above ~1, other programs compete for the CPU."""
     try:
-        return os.getloadavg()[0] / (os.cpu_count() or 1)
+        return max(0.0, os.getloadavg()[0] - own_threads) / (os.cpu_count() or 1)
     except (AttributeError, OSError):  # Windows has no load average
         return None
 
@@ -103,7 +105,7 @@ def interference(results: dict, bandwidth_end_gbs: float, load_start: float | No
     start = results["machine"]["memory_bandwidth_gbs"]
     noisy = {name: spread for name, spread in _spreads(results).items() if spread > SPREAD_LIMIT}
     drift = bandwidth_end_gbs / start - 1
-    loaded = [load for load in (load_start, load_end) if load is not None and load > 1.0]
+    loaded = [load for load in (load_start, load_end) if load is not None and load > LOAD_LIMIT]
     reasons = []
     if abs(drift) > DRIFT_LIMIT:
         reasons.append(f"memory bandwidth {start:.1f} GB/s at the start, {bandwidth_end_gbs:.1f} at the end "
@@ -112,7 +114,7 @@ def interference(results: dict, bandwidth_end_gbs: float, load_start: float | No
         reasons.append(f"repeats disagree by more than +-{100 * SPREAD_LIMIT:.0f}% in {len(noisy)} figure(s) "
                        f"(worst: {max(noisy, key=noisy.get)}, +-{100 * max(noisy.values()):.0f}%)")
     if loaded:
-        reasons.append(f"load average {max(loaded):.1f} per core: other programs compete for the CPU")
+        reasons.append(f"load average of other programs {max(loaded):.1f} per core: they compete for the CPU")
     return {"trusted": not reasons, "reasons": reasons, "bandwidth_start_gbs": start,
             "bandwidth_end_gbs": bandwidth_end_gbs, "bandwidth_drift": drift, "noisy_figures": noisy,
             "load_per_core": [load_start, load_end]}
@@ -549,7 +551,8 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     results["paged_kv"] = paged_kv(60 if quick else 200)
     log("speculative decoding (prompt lookup, the shipped tiny GPT) ...")
     results["speculative"] = speculative(new_tokens=30 if quick else 60, repeats=2 if quick else 3)
-    results["interference"] = interference(results, memory_bandwidth_gbs(), load_start, _load_per_core())
+    results["interference"] = interference(results, memory_bandwidth_gbs(), load_start,
+                                           _load_per_core(own_threads=torch.get_num_threads()))
     if not results["interference"]["trusted"]:
         log("interference: " + "; ".join(results["interference"]["reasons"]))
     return results

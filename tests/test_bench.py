@@ -97,15 +97,24 @@ def test_interference_is_reported_with_its_reasons(results):
              "roofline": {**results["roofline"], **{f"{k}_spread": 0.02 for k in results["roofline"]["kernels"]}}}
     quiet["kv_cache"]["no_cache_spread"] = quiet["kv_cache"]["cache_spread"] = [0.05] * len(quiet["kv_cache"]
                                                                                             ["new_tokens"])
-    assert bench.interference(quiet, 10.5, 0.5, 0.6)["trusted"]
-    slowed = bench.interference(quiet, 6.0, 0.5, 0.6)  # the bandwidth fell by 40% during the run
+    assert bench.interference(quiet, 10.5, 0.3, 0.4)["trusted"]
+    assert not bench.interference(quiet, 10.5, 0.3, 0.6)["trusted"], "others kept more than half the cores busy"
+    slowed = bench.interference(quiet, 6.0, 0.3, 0.4)  # the bandwidth fell by 40% during the run
     assert not slowed["trusted"] and "10.0 GB/s at the start, 6.0 at the end (-40%)" in slowed["reasons"][0]
     quiet["batching"]["spread"][1] = 0.4
-    noisy = bench.interference(quiet, 10.0, 0.5, 2.5)
+    noisy = bench.interference(quiet, 10.0, 0.3, 2.5)
     assert not noisy["trusted"] and noisy["noisy_figures"] == {f"batch {quiet['batching']['batch_sizes'][1]}": 0.4}
-    assert any("load average 2.5 per core" in reason for reason in noisy["reasons"])
+    assert any("load average of other programs 2.5 per core" in reason for reason in noisy["reasons"])
     table = bench.format_table({**results, "interference": noisy})
     assert "WARNING" in table and "batch 4, +-40%" in table
+
+
+def test_the_load_read_at_the_end_leaves_out_the_benchs_own_threads(monkeypatch):
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (2.2, 0.0, 0.0))
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    assert bench._load_per_core() == pytest.approx(1.1)
+    assert bench._load_per_core(own_threads=2) == pytest.approx(0.1), "the bench's two busy threads are its own"
+    assert bench._load_per_core(own_threads=4) == 0.0
 
 
 def test_cache_memory_formula_equals_allocation():
