@@ -28,6 +28,7 @@ import torch
 
 from llmcourse.generate import check_max_new_tokens, check_sampling_args, filtered_logits
 from llmcourse.gpt import KVCache, LanguageModel
+from llmcourse.timing import measure
 
 
 @dataclass
@@ -180,3 +181,39 @@ def speculative_generate(target: LanguageModel, prompt_ids: torch.Tensor, max_ne
             drafter.keep(min(drafter.cache.length, len(ids) - 1))
     stats.new_tokens = len(ids) - prompt_ids.numel()
     return torch.tensor(ids, device=prompt_ids.device), stats
+
+
+# -- when it pays: the speedup from the costs of the passes ---------------------------------------------------------
+
+def tokens_per_pass(acceptance: float, k: int) -> float:
+    """Tokens a target pass yields on average when each of the k draft tokens is accepted with probability
+    `acceptance`, independently, up to the first rejection: (1 - a^(k+1)) / (1 - a), k + 1 when a = 1."""
+    if not 0.0 <= acceptance <= 1.0 or k < 1:
+        raise ValueError(f"acceptance must lie in [0, 1] and k be at least 1, got {acceptance} and {k}")
+    return k + 1.0 if acceptance == 1.0 else (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
+
+
+def predicted_speedup(acceptance: float, k: int, draft_cost: float, verify_cost: float = 1.0) -> float:
+    """Speculative decoding's speedup over the target alone, from the costs of the passes in units of one 1-token
+    target pass: each round makes k draft passes (`draft_cost` each) and one target pass over k + 1 positions
+    (`verify_cost`), and yields `tokens_per_pass(acceptance, k)` tokens. Bookkeeping is left out."""
+    return tokens_per_pass(acceptance, k) / (k * draft_cost + verify_cost)
+
+
+@torch.no_grad()
+def pass_seconds(model: LanguageModel, new_tokens: int, *, past: int = 32, repeats: int = 7) -> float:
+    """Median seconds of one cached forward pass of `model` over `new_tokens` positions after `past` cached ones, at
+    batch 1: what a draft step (1 position) or a verification (k + 1 positions) costs."""
+    device = next(model.parameters()).device
+    if past + new_tokens > model.config.block_size:
+        raise ValueError(f"past + new_tokens = {past + new_tokens} exceeds the model's context "
+                         f"{model.config.block_size}")
+    cache = KVCache(model.config, 1, past + new_tokens, device=device, dtype=next(model.parameters()).dtype)
+    model(torch.zeros(1, past, dtype=torch.int64, device=device), cache=cache)  # the cached context
+    ids = torch.zeros(1, new_tokens, dtype=torch.int64, device=device)
+
+    def one_pass() -> None:
+        model(ids, cache=cache, last_only=True)
+        cache.length = past  # the same positions again next time
+
+    return measure(one_pass, warmup=2, repeats=repeats).median

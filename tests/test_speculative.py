@@ -136,3 +136,24 @@ def test_the_two_test_models_disagree():
     with torch.no_grad():
         p, q = (torch.softmax(m(prompt)[0, -1], dim=-1) for m in (SMALL_TARGET, SMALL_DRAFT))
     assert 0.5 * (p - q).abs().sum() > 0.2  # total variation distance
+
+
+def test_tokens_per_pass_and_the_predicted_speedup():
+    assert speculative.tokens_per_pass(0.0, 4) == 1.0  # every draft rejected: the target's own token only
+    assert speculative.tokens_per_pass(1.0, 4) == 5.0
+    assert speculative.tokens_per_pass(0.5, 2) == pytest.approx(1 + 0.5 + 0.25)
+    # a free draft and a verification as cheap as one pass: the speedup is the tokens per pass
+    assert speculative.predicted_speedup(0.5, 2, 0.0) == pytest.approx(1.75)
+    # the model drafting for itself: 4 draft passes + 1 pass for at most 5 tokens, never faster
+    assert speculative.predicted_speedup(1.0, 4, 1.0) == pytest.approx(1.0)
+    assert speculative.predicted_speedup(0.9, 4, 0.05, 1.2) > 2.5 > speculative.predicted_speedup(0.3, 4, 0.05, 1.2)
+    with pytest.raises(ValueError, match="acceptance must lie in"):
+        speculative.tokens_per_pass(1.5, 2)
+
+
+def test_pass_seconds_times_a_cached_pass_over_new_positions():
+    model = random_gpt(GPTConfig(vocab_size=32, block_size=24, n_layer=1, n_head=2, n_embd=16), seed=0)
+    assert speculative.pass_seconds(model, 1, past=8, repeats=2) > 0
+    assert speculative.pass_seconds(model, 5, past=8, repeats=2) > 0
+    with pytest.raises(ValueError, match="exceeds the model's context 24"):
+        speculative.pass_seconds(model, 5, past=20)
