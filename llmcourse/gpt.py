@@ -106,10 +106,11 @@ class KVCache:
         values.narrow(2, self.length, T).copy_(v)
         return keys.narrow(2, 0, self.length + T), values.narrow(2, 0, self.length + T)
 
-    def fused_attention(self, x: torch.Tensor) -> bool:
-        """Whether a one-token step may run its attention in one C call (`native.attend_one`): float32 on the CPU
-        with the C kernels built."""
-        return x.is_cpu and x.dtype == torch.float32 and self.keys[0].dtype == torch.float32 and native.available()
+    def fused_attention(self, batch_size: int, new_tokens: int, device: torch.device) -> bool:
+        """Whether a decoding step may run each layer's attention in one C call (`native.attend_cached`): batch 1,
+        at most native.NATIVE_ROWS new tokens, float32 on the CPU, the C kernels built."""
+        return (batch_size == 1 and new_tokens <= native.NATIVE_ROWS and device.type == "cpu"
+                and self.keys[0].dtype == torch.float32 and native.available())
 
     def advance(self, new_tokens: int) -> None:
         """Called once per forward, after every layer wrote its keys and values."""
@@ -197,9 +198,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, C = x.shape
-        if B == T == 1 and mask is None and isinstance(cache, KVCache) and cache.fused_attention(x):
-            # Decoding one token on the CPU: the same attention in one call of the course's C kernel (llmcourse.native)
-            return self.c_proj(native.attend_one(self.c_attn(x), cache.keys[layer], cache.values[layer], cache.length))
+        if mask is None and isinstance(cache, KVCache) and cache.fused_attention(B, T, x.device):
+            # Decoding on the CPU: the same causal attention in one call of the course's C kernel (llmcourse.native)
+            y = native.attend_cached(self.c_attn(x), cache.keys[layer], cache.values[layer], cache.length)
+            return self.c_proj(y)
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B, T, 3, nh, hd)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hd)
         if cache is not None:
@@ -282,7 +284,8 @@ class GPT(LanguageModel):
         positions = check_inputs(self.config, idx, cache, positions)  # (B, T)
         B, T = idx.shape
         past = 0 if cache is None else cache.length
-        mask = attention_mask_for(B, T, past, attention_mask, idx.device)
+        fused = attention_mask is None and isinstance(cache, KVCache) and cache.fused_attention(B, T, idx.device)
+        mask = None if fused else attention_mask_for(B, T, past, attention_mask, idx.device)  # fused: causal in C
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, mask, cache, layer)

@@ -70,9 +70,9 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.linear_int8.argtypes = [address, integer, integer, address, address, integer, address, address]
     lib.linear_int4.argtypes = [address, integer, integer, address, address, integer, integer, address, address,
                                 address]
-    lib.attend_one.argtypes = [address, integer, integer, address, address, integer, integer, address]
+    lib.attend_cached.argtypes = [address, integer, integer, integer, address, address, integer, integer, address]
     lib.vector_width.restype = ctypes.c_int
-    for function in (lib.linear_f32, lib.linear_int8, lib.linear_int4, lib.attend_one):
+    for function in (lib.linear_f32, lib.linear_int8, lib.linear_int4, lib.attend_cached):
         function.restype = None
     return lib
 
@@ -223,18 +223,22 @@ def linear_int4(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, grou
     return prepare_int4(packed, scale, group_size, bias)(x)
 
 
-def attend_one(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int) -> torch.Tensor:
-    """One new token's attention over a layer's KV-cache at batch 1, in one call: the new key and value (from `qkv`,
-    (1, 1, 3 C): query, key, value, heads in order) are written at `position` of `keys` and `values` (1, H, max_len,
-    D), and the result (1, 1, C) is, for each head, softmax(q . K[:position + 1] / sqrt(D)) V[:position + 1]."""
+def attend_cached(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, position: int) -> torch.Tensor:
+    """The attention of T new tokens over a layer's KV-cache at batch 1, in one call: their keys and values (from
+    `qkv`, (1, T, 3 C): query, key, value, heads in order) are written at positions `position` .. `position + T - 1`
+    of `keys` and `values` (1, H, max_len, D), and the result (1, T, C) is, for each head, causal attention: new
+    token t attends to positions 0 .. position + t."""
     _, H, max_len, D = keys.shape
+    T = qkv.shape[1] if qkv.dim() == 3 else 0
     if (qkv.dtype != torch.float32 or keys.dtype != torch.float32 or values.dtype != torch.float32
-            or qkv.numel() != 3 * H * D or keys.shape[0] != 1 or values.shape != keys.shape
+            or qkv.shape != (1, T, 3 * H * D) or T == 0 or keys.shape[0] != 1 or values.shape != keys.shape
             or not (qkv.is_contiguous() and keys.is_contiguous() and values.is_contiguous())
-            or not 0 <= position < max_len):
-        raise ValueError(f"attend_one takes contiguous float32 CPU tensors: qkv of 3 x {H} x {D} values, caches "
-                         f"(1, H, max_len, D) and a position in [0, max_len); got qkv {tuple(qkv.shape)}, keys "
-                         f"{tuple(keys.shape)} {keys.dtype}, values {tuple(values.shape)}, position {position}")
-    y = torch.empty(1, 1, H * D)
-    _library().attend_one(qkv.data_ptr(), H, D, keys.data_ptr(), values.data_ptr(), max_len, position, y.data_ptr())
+            or not 0 <= position <= max_len - T):
+        raise ValueError(f"attend_cached takes contiguous float32 CPU tensors: qkv (1, T, 3 x {H} x {D}), caches "
+                         f"(1, H, max_len, D) with room for the T new positions after `position`; got qkv "
+                         f"{tuple(qkv.shape)}, keys {tuple(keys.shape)} {keys.dtype}, values {tuple(values.shape)}, "
+                         f"position {position}")
+    y = torch.empty(1, T, H * D)
+    _library().attend_cached(qkv.data_ptr(), T, H, D, keys.data_ptr(), values.data_ptr(), max_len, position,
+                             y.data_ptr())
     return y

@@ -128,9 +128,9 @@ def test_cache_shift_and_copy_row_move_positions():
 
 
 def test_one_token_steps_on_the_c_attention_equal_pytorchs(monkeypatch):
-    """At batch 1 on the CPU a decoding step runs its attention in one C call (`native.attend_one`): the logits of
-    every step equal those of PyTorch's attention, and the tokens of the shipped model and of a prompt without the
-    cache are the same."""
+    """At batch 1 on the CPU a decoding step runs its attention in one C call (`native.attend_cached`): the logits
+    of the prompt's pass and of every step equal those of PyTorch's attention, and greedy tokens equal those without
+    the cache."""
     from llmcourse import native
     from llmcourse.pretrained import load_tiny_gpt
 
@@ -140,13 +140,14 @@ def test_one_token_steps_on_the_c_attention_equal_pytorchs(monkeypatch):
     prompt = torch.tensor(tokenizer.encode("The function returns"))
     steps = {}
     for fused in (True, False):
-        monkeypatch.setattr(KVCache, "fused_attention", lambda self, x, fused=fused: fused)
+        monkeypatch.setattr(KVCache, "fused_attention", lambda self, *args, fused=fused: fused)
         cache, ids, logits = KVCache(model.config, 1, 64), prompt[None], []
         with torch.no_grad():
             for _ in range(20):
-                logits.append(model(ids, cache=cache, last_only=True)[0, -1])
+                logits.append(model(ids, cache=cache, last_only=True)[0, -1:])
                 ids = logits[-1].argmax().view(1, 1)
-        steps[fused] = torch.stack(logits)
+            logits.append(model(torch.tensor([[5, 7, 11, 13]]), cache=cache)[0])  # 4 new tokens, as in speculation
+        steps[fused] = torch.cat(logits)
     assert_allclose(steps[True], steps[False], rtol=1e-5, atol=1e-5, what="logits with the C attention")
     monkeypatch.undo()
     assert_equal_ids(generate(model, prompt, 30, temperature=0.0),

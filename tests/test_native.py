@@ -181,26 +181,29 @@ def test_layers_prepare_their_weights_once_and_again_when_they_change(weights):
     torch.testing.assert_close(twin(x), first, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("H,D,position", [(12, 64, 0), (12, 64, 37), (4, 24, 9), (1, 5, 3), (3, 80, 200)])
-def test_attention_of_one_token_equals_torch(build, H, D, position):
-    """`attend_one` writes the new key and value into the caches and attends over positions 0..position."""
-    g = torch.Generator().manual_seed(H * D + position)
-    max_len = position + 3
+@pytest.mark.parametrize("H,D,position,T", [(12, 64, 0, 1), (12, 64, 37, 1), (4, 24, 9, 3), (1, 5, 3, 2),
+                                            (3, 80, 200, 1), (12, 64, 0, 8), (2, 16, 5, 8)])
+def test_attention_of_new_tokens_over_the_cache_equals_torch(build, H, D, position, T):
+    """`attend_cached` writes the new keys and values into the caches and attends causally over them."""
+    g = torch.Generator().manual_seed(H * D + position + T)
+    max_len = position + T + 2
     keys, values = torch.randn(1, H, max_len, D, generator=g), torch.randn(1, H, max_len, D, generator=g)
-    qkv = torch.randn(1, 1, 3 * H * D, generator=g)
-    q, k, v = qkv.view(3, H, D)
-    out = native.attend_one(qkv, keys, values, position)
-    torch.testing.assert_close(keys[0, :, position], k, rtol=0, atol=0)
-    torch.testing.assert_close(values[0, :, position], v, rtol=0, atol=0)
-    expected = F.scaled_dot_product_attention(q[None, :, None], keys[:, :, :position + 1], values[:, :, :position + 1])
-    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(1, 1, H * D), rtol=1e-5, atol=1e-6)
+    qkv = torch.randn(1, T, 3 * H * D, generator=g)
+    q, k, v = qkv.view(T, 3, H, D).permute(1, 2, 0, 3)  # 3 x (H, T, D)
+    out = native.attend_cached(qkv, keys, values, position)
+    torch.testing.assert_close(keys[0, :, position:position + T], k, rtol=0, atol=0)
+    torch.testing.assert_close(values[0, :, position:position + T], v, rtol=0, atol=0)
+    S = position + T
+    causal = torch.arange(S)[None, :] <= torch.arange(position, S)[:, None]  # (T, S): token t sees 0..position + t
+    expected = F.scaled_dot_product_attention(q[None], keys[:, :, :S], values[:, :, :S], attn_mask=causal)
+    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(1, T, H * D), rtol=1e-5, atol=1e-6)
 
 
-def test_attention_of_one_token_refuses_what_it_cannot_take():
+def test_attention_over_the_cache_refuses_what_it_cannot_take():
     keys = torch.zeros(1, 2, 4, 8)
-    with pytest.raises(ValueError, match="position in"):
-        native.attend_one(torch.zeros(1, 1, 48), keys, keys.clone(), 4)
-    with pytest.raises(ValueError, match="qkv of 3 x 2 x 8"):
-        native.attend_one(torch.zeros(1, 1, 47), keys, keys.clone(), 0)
+    with pytest.raises(ValueError, match="room for the T new positions"):
+        native.attend_cached(torch.zeros(1, 2, 48), keys, keys.clone(), 3)
+    with pytest.raises(ValueError, match="qkv \\(1, T, 3 x 2 x 8\\)"):
+        native.attend_cached(torch.zeros(1, 1, 47), keys, keys.clone(), 0)
     with pytest.raises(ValueError, match="float32"):
-        native.attend_one(torch.zeros(1, 1, 48), keys.double(), keys.double(), 0)
+        native.attend_cached(torch.zeros(1, 1, 48), keys.double(), keys.double(), 0)

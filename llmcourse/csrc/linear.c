@@ -345,38 +345,44 @@ void linear_int4(const float *x, int M, int K, const uint8_t *P, const uint16_t 
     }
 }
 
-/* -- attention of one new token over its cache (decoding at batch 1) ------------------------------------------ */
+/* -- attention of a few new tokens over their cache (decoding at batch 1) -------------------------------------- */
 
-/* qkv: the new token's query, key and value (3 H D floats, head after head in each); keys and values: the caches
-   of one layer, (H, max_len, D). Writes the new key and value at position `pos`, then y (H D floats) = for each head,
-   softmax(q . keys[0..pos] / sqrt(D)) values[0..pos]: what PyTorch's scaled_dot_product_attention computes, in one call
-   instead of the dozen small PyTorch operations (split, cache writes, attention, transpose) that each cost a few
-   microseconds, more when the weights streamed through the caches just before. */
-void attend_one(const float *qkv, int H, int D, float *keys, float *values, int max_len, int pos, float *y) {
+/* qkv: T new tokens' queries, keys and values (T rows of 3 H D floats: q, k, v, each head after head); keys and
+   values: the caches of one layer, (H, max_len, D), holding positions 0..pos-1. Writes the new keys and values at
+   positions pos..pos+T-1, then y (T rows of H D floats) = for each head, new token t attends causally:
+   softmax(q_t . keys[0..pos+t] / sqrt(D)) values[0..pos+t]. What PyTorch's scaled_dot_product_attention computes,
+   in one call instead of the dozen small PyTorch operations (split, cache writes, mask, attention, transpose) that
+   each cost a few microseconds, more when the weights streamed through the caches just before. */
+void attend_cached(const float *qkv, int T, int H, int D, float *keys, float *values, int max_len, int pos, float *y) {
     const int C = H * D;
     const float scale = 1.0f / sqrtf((float)D);
     #pragma omp parallel for schedule(static)
     for (int h = 0; h < H; h++) {
-        float *Kh = keys + (size_t)h * max_len * D, *Vh = values + (size_t)h * max_len * D, *yh = y + (size_t)h * D;
-        const float *q = qkv + (size_t)h * D;
-        for (int d = 0; d < D; d++) {
-            Kh[(size_t)pos * D + d] = qkv[C + h * D + d];
-            Vh[(size_t)pos * D + d] = qkv[2 * C + h * D + d];
-        }
-        float *p = malloc(sizeof(float) * (size_t)(pos + 1)), top = -INFINITY, total = 0.0f;
-        if (!p) {  /* out of memory: NaN rather than a wrong number */
-            for (int d = 0; d < D; d++) yh[d] = NAN;
-            continue;
-        }
-        for (int t = 0; t <= pos; t++) {
-            p[t] = dot_f32(Kh + (size_t)t * D, q, D) * scale;
-            top = p[t] > top ? p[t] : top;
-        }
-        for (int t = 0; t <= pos; t++) total += (p[t] = expf(p[t] - top));
-        for (int d = 0; d < D; d++) yh[d] = 0.0f;
-        for (int t = 0; t <= pos; t++) {
-            const float w = p[t] / total, *vt = Vh + (size_t)t * D;
-            for (int d = 0; d < D; d++) yh[d] += w * vt[d];
+        float *Kh = keys + (size_t)h * max_len * D, *Vh = values + (size_t)h * max_len * D;
+        for (int t = 0; t < T; t++)
+            for (int d = 0; d < D; d++) {
+                Kh[(size_t)(pos + t) * D + d] = qkv[(size_t)t * 3 * C + C + h * D + d];
+                Vh[(size_t)(pos + t) * D + d] = qkv[(size_t)t * 3 * C + 2 * C + h * D + d];
+            }
+        float *p = malloc(sizeof(float) * (size_t)(pos + T));
+        for (int t = 0; t < T; t++) {
+            const float *q = qkv + (size_t)t * 3 * C + (size_t)h * D;
+            float *yt = y + (size_t)t * C + (size_t)h * D, top = -INFINITY, total = 0.0f;
+            const int seen = pos + t + 1;  /* positions this token attends to */
+            if (!p) {  /* out of memory: NaN rather than a wrong number */
+                for (int d = 0; d < D; d++) yt[d] = NAN;
+                continue;
+            }
+            for (int j = 0; j < seen; j++) {
+                p[j] = dot_f32(Kh + (size_t)j * D, q, D) * scale;
+                top = p[j] > top ? p[j] : top;
+            }
+            for (int j = 0; j < seen; j++) total += (p[j] = expf(p[j] - top));
+            for (int d = 0; d < D; d++) yt[d] = 0.0f;
+            for (int j = 0; j < seen; j++) {
+                const float w = p[j] / total, *vj = Vh + (size_t)j * D;
+                for (int d = 0; d < D; d++) yt[d] += w * vj[d];
+            }
         }
         free(p);
     }
