@@ -110,9 +110,9 @@ class NativeLinear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.weight = nn.Parameter(linear.weight.detach().float().contiguous().clone(), requires_grad=False)
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone(),
-                                                                   requires_grad=False)
+        # The same memory as the layer's (a tied output head keeps sharing the token table: no second copy).
+        self.weight = nn.Parameter(linear.weight.detach().float().contiguous(), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         if x.numel() <= native.NATIVE_ROWS * self.in_features:

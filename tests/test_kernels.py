@@ -142,3 +142,16 @@ def test_a_model_on_its_chosen_kernels_computes_the_same_function(models):
     assert "NativeLinear" in kinds or not native.available()
     ids = torch.randint(0, plain.config.vocab_size, (2, 9))
     torch.testing.assert_close(tuned(ids), plain(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_the_c_kernel_layers_share_the_models_weights():
+    """A tied output head on the C kernel keeps reading the token table: no second copy in memory, so the weight
+    bytes (and the quantization table's "x fp32" column) are the plain model's."""
+    if not native.available():
+        pytest.skip(f"the C kernels are not available: {native.unavailable_reason()}")
+    plain = random_gpt(CONFIG)
+    choices = {(m.in_features, m.out_features): kernels.KernelChoice(m.in_features, m.out_features, 1, {}, "native")
+               for m in plain.modules() if isinstance(m, torch.nn.Linear)}
+    tuned = kernels.tuned_linears(plain, choices)
+    assert tuned.lm_head.weight.data_ptr() == tuned.transformer.wte.weight.data_ptr()
+    assert weight_bytes(tuned) == weight_bytes(plain)
