@@ -113,6 +113,7 @@ class NativeLinear(nn.Module):
         # The same memory as the layer's (a tied output head keeps sharing the token table: no second copy).
         self.weight = nn.Parameter(linear.weight.detach().float().contiguous(), requires_grad=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+        self._native: native.Prepared | None = None  # the weights checked for the C kernel, on first use
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         if x.numel() <= native.NATIVE_ROWS * self.in_features:
@@ -121,11 +122,10 @@ class NativeLinear(nn.Module):
 
     def _prepared(self) -> native.Prepared:
         """The weights checked for the C kernel once, again when their memory changed (e.g. `.data = ...`)."""
-        key = tuple(None if t is None else t.data_ptr() for t in (self.weight, self.bias))
-        if getattr(self, "_native", (None,))[0] != key:
+        if self._native is None or not self._native.reads(self.weight, None, self.bias):
             bias = None if self.bias is None else self.bias.data
-            self._native = key, native.prepare(self.weight.data, bias)
-        return self._native[1]
+            self._native = native.prepare(self.weight.data, bias)
+        return self._native
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

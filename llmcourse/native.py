@@ -148,6 +148,14 @@ class Prepared:
         self.tensors, self.extra = tensors, extra  # (weight or codes, scale or None, bias or None), (group size,)
         _library()  # fails here, with the reason, when the kernels are not available
 
+    def reads(self, *tensors: torch.Tensor | None) -> bool:
+        """Whether it reads the memory of these tensors (weight or codes, scale or None, bias or None): a layer whose
+        tensor was replaced (`.to()`, `.data = ...`) prepares its weights again."""
+        for mine, theirs in zip(self.tensors, tensors):  # runs on every call of a layer: kept plain
+            if (mine is None) != (theirs is None) or (mine is not None and mine.data_ptr() != theirs.data_ptr()):
+                return False
+        return len(tensors) == len(self.tensors)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         N, K, shape = self.out_features, self.in_features, x.shape
         if x.dtype != torch.float32 or not x.is_cpu or shape[-1] != K:

@@ -173,18 +173,16 @@ class QuantizedLinear(nn.Module):
         self.weight = weight
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.kernel = kernel
-        self._native: tuple | None = None  # (codes, scale, bias address, their native.Prepared)
+        self._native: native.Prepared | None = None  # the weights checked for the C kernel, on first use
 
     def _prepared(self) -> native.Prepared:
         """The C kernel's view of the weights, prepared again when a tensor was replaced (e.g. by `.to()`)."""
-        w, prepared = self.weight, self._native
-        key = (w.codes, w.scale, None if self.bias is None else self.bias.data_ptr())
-        if prepared is None or prepared[0] is not key[0] or prepared[1] is not key[1] or prepared[2] != key[2]:
+        w = self.weight
+        if self._native is None or not self._native.reads(w.codes, w.scale, self.bias):
             bias = None if self.bias is None else self.bias.data
-            prepared = (*key, native.prepare_int8(w.codes, w.scale.view(-1), bias) if w.bits == 8
-                        else native.prepare_int4(w.codes, w.scale, w.group_size, bias))
-            self._native = prepared
-        return prepared[3]
+            self._native = (native.prepare_int8(w.codes, w.scale.view(-1), bias) if w.bits == 8
+                            else native.prepare_int4(w.codes, w.scale, w.group_size, bias))
+        return self._native
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
         w = self.weight
