@@ -75,7 +75,7 @@ LOAD_LIMIT = 0.5  # other programs' load average per core above which they take 
 
 def _load_per_core(own_threads: int = 0) -> float | None:
     """The 1-minute load average over the number of cores (Unix), less `own_threads` (the bench's own, busy over the
-    last minute when it is read at the end of a run): above ~1, other programs compete for the CPU."""
+    last minute when it is read at the end of a run): above LOAD_LIMIT, other programs compete for the CPU."""
     try:
         return max(0.0, os.getloadavg()[0] - own_threads) / (os.cpu_count() or 1)
     except (AttributeError, OSError):  # Windows has no load average
