@@ -26,8 +26,9 @@ from llmcourse.batching import Request, generate_batch, serve_continuous, serve_
 from llmcourse.costmodel import matmul_weights
 from llmcourse.generate import generate
 from llmcourse.gpt import GPT, GPTConfig, KVCache, random_gpt, to_gpt2_state_dict
-from llmcourse.kernels import (CLOSE, choose_linear_kernels, matmul_gflops, prepack_available, prepack_linears,
-                               tuned_linears)
+from llmcourse import native
+from llmcourse.kernels import (CLOSE, choose_linear_kernels, fuse_blocks, matmul_gflops, prepack_available,
+                               prepack_linears, tuned_linears)
 from llmcourse.qformats import parse_scheme
 from llmcourse.quantization import SCHEMES, bytes_read_per_step, quantization_report
 from llmcourse.runtime import cpu_model, get_device
@@ -60,8 +61,6 @@ def _stats(m: Measurement, tokens: int) -> tuple[float, float]:
 # -- the machine's limits -----------------------------------------------------------------------------------------
 
 def machine() -> dict:
-    from llmcourse import native
-
     return {"memory_bandwidth_gbs": memory_bandwidth_gbs(), "matmul_gflops": matmul_gflops(),
             "threads": torch.get_num_threads(), "device": str(get_device()), "torch": torch.__version__,
             "processor": platform.processor() or platform.machine(), "cpu": cpu_model(),
@@ -308,7 +307,8 @@ def batch1_roofline(model: GPT, bandwidth_gbs: float, *, new_tokens: int = 32, r
 
     Timed in turns with PyTorch's default kernels ("default") and each of `variants`, the same function on other
     kernels (e.g. "prepacked": `llmcourse.kernels.prepack_linears`; "chosen": `tuned_linears`, each layer on the
-    kernel measured fastest for its shape). The headline figures (batch1_tok_s, fraction, kernel) are the fastest.
+    kernel measured fastest for its shape; "fused": `fuse_blocks`, a step of each block in one call of the C
+    kernels). The headline figures (batch1_tok_s, fraction, kernel) are the fastest.
     """
     models = {"default": model, **(variants or {})}
     speed = decoding_speed({kernel: (m, 1, True) for kernel, m in models.items()}, new_tokens=new_tokens,
@@ -533,6 +533,8 @@ def run(*, quick: bool = False, config: GPTConfig | None = None, quantization: b
     variants = {"prepacked": packed} if packed is not None else {}
     if any(choice.chosen != "default" for choice in choices["fp32"].values()):
         variants["chosen"] = tuned_linears(model, choices["fp32"])
+    if native.available():  # every block on the C kernel, a step of it in one call; the head on its chosen kernel
+        variants["fused"] = tuned_linears(fuse_blocks(model), choices["fp32"])
     results["roofline"] = batch1_roofline(model, bandwidth, repeats=repeats, name=name, variants=variants)
     fastest_fp32 = {"default": model, **variants}[results["roofline"]["kernel"]]
     if hf:
@@ -612,7 +614,7 @@ def format_table(results: dict) -> str:
                   f"({rf['bytes_per_token'] / 1e6:.0f} MB read per token at {rf['bandwidth_gbs']:.1f} GB/s; "
                   f"identical tokens: {rf['identical_tokens']})"]
     labels = {"default": "PyTorch's default kernels", "prepacked": "weights prepacked for oneDNN",
-              "chosen": "each shape on its measured kernel"}
+              "chosen": "each shape on its measured kernel", "fused": "blocks fused in C, head chosen"}
     for kernel in rf["kernels"]:
         lines.append(f"  {labels[kernel]:<30}  {rf[f'{kernel}_tok_s']:6.1f} tok/s = "
                      f"{100 * rf[f'{kernel}_fraction']:3.0f}% of the bound")

@@ -62,17 +62,26 @@ def build(target: Path, flags: tuple[str, ...] = FLAGS, compiler: str | None = N
         raise OSError(f"{compiler} could not compile {SOURCE.name}: {errors[0]}")
 
 
+class Matrix(ctypes.Structure):
+    """A weight matrix for the C functions (`matrix` in linear.c): W (N, K) in one of the formats FORMATS."""
+    _fields_ = [("kind", ctypes.c_int), ("N", ctypes.c_int), ("K", ctypes.c_int), ("G", ctypes.c_int),
+                ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+
+
+FORMATS = {"f32": 0, "int8": 1, "int4": 2}  # the `kind` of a Matrix
+
+
 def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    """Give the library's functions their C signatures: addresses (`Tensor.data_ptr()`, or None) and ints, which
-    ctypes converts fastest (a decoding step makes ~50 calls)."""
-    address, integer = ctypes.c_void_p, ctypes.c_int
-    lib.linear_f32.argtypes = [address, integer, integer, address, integer, address, address]
-    lib.linear_int8.argtypes = [address, integer, integer, address, address, integer, address, address]
-    lib.linear_int4.argtypes = [address, integer, integer, address, address, integer, integer, address, address,
-                                address]
+    """Give the library's functions their C signatures: addresses (`Tensor.data_ptr()`, or None), ints and floats,
+    which ctypes converts fastest (a decoding step makes a few dozen calls)."""
+    address, integer, matrix = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(Matrix)
+    lib.linear.argtypes = [matrix, address, integer, address, address]
     lib.attend_cached.argtypes = [address, integer, integer, integer, address, address, integer, integer, address]
+    lib.gpt_block_step.argtypes = [address, integer, integer, integer, address, address, address, address,
+                                   ctypes.c_float, matrix, matrix, matrix, matrix, address, address, integer, integer,
+                                   address, address]
     lib.vector_width.restype = ctypes.c_int
-    for function in (lib.linear_f32, lib.linear_int8, lib.linear_int4, lib.attend_cached):
+    for function in (lib.linear, lib.attend_cached, lib.gpt_block_step):
         function.restype = None
     return lib
 
@@ -156,6 +165,13 @@ class Prepared:
                 return False
         return len(tensors) == len(self.tensors)
 
+    def matrix(self) -> Matrix:
+        """The weights as the C functions take them, at their current addresses."""
+        weight, scale, bias = self.tensors
+        return Matrix(FORMATS[self.kind], self.out_features, self.in_features, self.extra[0] if self.extra else 0,
+                      weight.data_ptr(), None if scale is None else scale.data_ptr(),
+                      None if bias is None else bias.data_ptr())
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         N, K, shape = self.out_features, self.in_features, x.shape
         if x.dtype != torch.float32 or not x.is_cpu or shape[-1] != K:
@@ -163,16 +179,11 @@ class Prepared:
                              f"got {x.dtype} on {x.device.type} with shape {tuple(shape)}")
         rows = x.view(-1, K) if x.is_contiguous() else x.reshape(-1, K).contiguous()
         y = torch.empty(*shape[:-1], N)
-        weight, scale, bias = self.tensors
-        addresses = (weight.data_ptr(),) if scale is None else (weight.data_ptr(), scale.data_ptr())
-        bias = None if bias is None else bias.data_ptr()
-        function = getattr(_library(), f"linear_{self.kind}")
-        if self.kind == "int4":
-            scratch = torch.empty_like(rows)  # the kernel's copy of x, reordered block by block; held until it returns
-            function(rows.data_ptr(), rows.shape[0], K, *addresses, *self.extra, N, bias, scratch.data_ptr(),
-                     y.data_ptr())
-        else:
-            function(rows.data_ptr(), rows.shape[0], K, *addresses, N, bias, y.data_ptr())
+        M = rows.shape[0]
+        # int8 and int4 kernels read x rewritten (16-bit parts, or transposed): their buffer, held until the call ends
+        scratch = None if self.kind == "f32" else torch.empty(M * K + M)
+        _library().linear(self.matrix(), rows.data_ptr(), M, None if scratch is None else scratch.data_ptr(),
+                          y.data_ptr())
         return y
 
 
@@ -249,4 +260,36 @@ def attend_cached(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, p
     y = torch.empty(1, T, H * D)
     _library().attend_cached(qkv.data_ptr(), T, H, D, keys.data_ptr(), values.data_ptr(), max_len, position,
                              y.data_ptr())
+    return y
+
+
+def gpt_block_step(x: torch.Tensor, norms: tuple[tuple[torch.Tensor, torch.Tensor | None], ...], eps: float,
+                   linears: tuple[Prepared, Prepared, Prepared, Prepared], n_head: int, keys: torch.Tensor,
+                   values: torch.Tensor, position: int) -> torch.Tensor:
+    """One GPT-2 block for T <= NATIVE_ROWS new tokens at batch 1, in one call: x (1, T, C) -> x + attention(ln_1(x)),
+    then + mlp(ln_2(.)), the attention over the layer's KV-cache as `attend_cached` computes it. `norms`: the two
+    LayerNorms' (weight, bias or None); `linears`: c_attn, attention c_proj, c_fc, mlp c_proj prepared for the C
+    kernels (any formats); the MLP's activation is GPT-2's tanh GELU."""
+    _, H, max_len, D = keys.shape
+    C, T = H * D, x.shape[1] if x.dim() == 3 else 0
+    attn, proj, fc, out = linears
+    F = fc.out_features
+    if (x.dtype != torch.float32 or not x.is_cpu or x.shape != (1, T, C) or not 1 <= T <= NATIVE_ROWS
+            or not x.is_contiguous() or (attn.in_features, attn.out_features, proj.in_features, proj.out_features,
+                                         fc.in_features, out.in_features, out.out_features) != (C, 3 * C, C, C, C, F, C)
+            or keys.dtype != torch.float32 or values.shape != keys.shape or not 0 <= position <= max_len - T
+            or not (keys.is_contiguous() and values.is_contiguous())
+            or any(t is not None and (t.dtype != torch.float32 or t.shape != (C,) or not t.is_contiguous())
+                   for norm in norms for t in norm)):
+        raise ValueError(f"gpt_block_step takes x (1, T <= {NATIVE_ROWS}, {C}) float32 on the CPU, linears of shapes "
+                         f"(3C, C), (C, C), (F, C), (C, F), LayerNorms of C float32 values and contiguous caches "
+                         f"(1, H, max_len, D) with room for T more; got x {tuple(x.shape)} {x.dtype}, position "
+                         f"{position}, caches {tuple(keys.shape)}")
+    (w1, b1), (w2, b2) = norms
+    y = torch.empty_like(x)
+    work = torch.empty(T * (5 * C + F) + T * (max(C, F) + 1))  # activations, then the int8 / int4 kernels' buffer
+    address = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    _library().gpt_block_step(x.data_ptr(), T, C, H, w1.data_ptr(), address(b1), w2.data_ptr(), address(b2), eps,
+                              attn.matrix(), proj.matrix(), fc.matrix(), out.matrix(), keys.data_ptr(),
+                              values.data_ptr(), max_len, position, work.data_ptr(), y.data_ptr())
     return y

@@ -175,7 +175,7 @@ class QuantizedLinear(nn.Module):
         self.kernel = kernel
         self._native: native.Prepared | None = None  # the weights checked for the C kernel, on first use
 
-    def _prepared(self) -> native.Prepared:
+    def prepared(self) -> native.Prepared:
         """The C kernel's view of the weights, prepared again when a tensor was replaced (e.g. by `.to()`)."""
         w = self.weight
         if self._native is None or not self._native.reads(w.codes, w.scale, self.bias):
@@ -188,7 +188,7 @@ class QuantizedLinear(nn.Module):
         w = self.weight
         if (self.kernel == "native" and x.dtype == torch.float32 and x.is_cpu
                 and x.numel() <= native.NATIVE_ROWS * x.shape[-1]):
-            return self._prepared()(x)
+            return self.prepared()(x)
         if w.bits == 8:
             y = F.linear(x, w.codes.to(x.dtype)) * w.scale[:, 0]
             return y if self.bias is None else y + self.bias

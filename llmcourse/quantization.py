@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from llmcourse import native
 from llmcourse.gpt import GPT, LanguageModel
-from llmcourse.kernels import choose_linear_kernels
+from llmcourse.kernels import choose_linear_kernels, fuse_blocks
 # The formats are defined in llmcourse.qformats (below llmcourse.kernels, which times their kernels) and offered here
 # too, as notebook 09 uses them: Q.QuantizedTensor, Q.search_int4_scales, ...
 from llmcourse.qformats import (  # noqa: F401
@@ -82,7 +82,8 @@ def quantize_model(model: LanguageModel, scheme: str, kernel: str = "auto") -> n
     `kernel` (weight-only schemes): "dequantize" or "native" for every layer (see QuantizedLinear), or "auto": on
     the CPU with the course's C kernels built, the kernel measured fastest for each layer's shape among those that
     compute the same result (`llmcourse.kernels.choose_linear_kernels`, measured once per machine and remembered);
-    "dequantize" elsewhere.
+    "dequantize" elsewhere. A GPT block whose four layers all run on the C kernels becomes a FusedBlock
+    (`llmcourse.kernels.fuse_blocks`): the same kernels, a decoding step of the block in one C call.
 
     Raises ValueError for an unknown scheme or kernel, or an int4 group size that does not divide the inputs of
     every layer.
@@ -116,6 +117,8 @@ def quantize_model(model: LanguageModel, scheme: str, kernel: str = "auto") -> n
             table = tables.get(id(linear.weight)) or QuantizedTensor(linear.weight, bits, group, search=search)
             setattr(parent, name, QuantizedLinear(table, linear.bias))
         _set_kernels(model, new, scheme.removesuffix("-mse"), kernel)
+        if isinstance(new, GPT) and native.available() and next(model.parameters()).device.type == "cpu":
+            fuse_blocks(new, copy_model=False)  # blocks whose layers all run on the C kernels: one C call per step
     return new.eval()
 
 

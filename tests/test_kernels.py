@@ -6,7 +6,7 @@ import torch
 
 from llmcourse import bench, kernels, native, runtime
 from llmcourse.generate import generate
-from llmcourse.gpt import GPTConfig, random_gpt
+from llmcourse.gpt import GPTConfig, KVCache, random_gpt
 from llmcourse.quantization import bytes_read_per_step, weight_bytes
 from llmcourse.timing import Measurement
 
@@ -155,3 +155,51 @@ def test_the_c_kernel_layers_share_the_models_weights():
     tuned = kernels.tuned_linears(plain, choices)
     assert tuned.lm_head.weight.data_ptr() == tuned.transformer.wte.weight.data_ptr()
     assert weight_bytes(tuned) == weight_bytes(plain)
+
+
+@pytest.mark.skipif(not native.available(), reason="the C kernels are not built here")
+@torch.no_grad()
+def test_fused_blocks_compute_the_same_function_and_fall_back_where_they_do_not_apply():
+    """`fuse_blocks`: a decoding step of each block in one C call (batch 1, <= 8 new tokens, a KVCache, no mask); the
+    same logits as the plain model in float32's tolerance, whatever the path, and the same parameters by name."""
+    plain = random_gpt(CONFIG, seed=3)
+    fused = kernels.fuse_blocks(plain)
+    assert all(isinstance(b, kernels.FusedBlock) for b in fused.transformer.h)
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    assert all(type(m) is torch.nn.Linear for b in plain.transformer.h for m in b.modules()
+               if isinstance(m, (torch.nn.Linear, kernels.NativeLinear)))  # the original is untouched
+    ids = torch.randint(0, CONFIG.vocab_size, (2, 16), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(fused(ids), plain(ids), rtol=1.3e-6, atol=1e-5)  # no cache, batch 2: PyTorch's path
+    mine, theirs = KVCache(CONFIG, 1), KVCache(CONFIG, 1)
+    for start, end in ((0, 5), (5, 6), (6, 14), (14, 15)):  # prompt <= 8: fused; 8 tokens at once: fused; then steps
+        torch.testing.assert_close(fused(ids[:1, start:end], cache=mine), plain(ids[:1, start:end], cache=theirs),
+                                   rtol=1.3e-6, atol=1e-5)
+    torch.testing.assert_close(mine.keys[1][:, :, :15], theirs.keys[1][:, :, :15], rtol=1.3e-6, atol=1e-5)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, :3] = False  # left padding: the mask path
+    torch.testing.assert_close(fused(ids, attention_mask=mask), plain(ids, attention_mask=mask), rtol=1.3e-6,
+                               atol=1e-5)
+    prompt = ids[:1, :4]
+    greedy = [generate(m, prompt, 20, temperature=0.0).tolist() for m in (fused, plain)]
+    assert greedy[0] == greedy[1]
+
+
+@pytest.mark.skipif(not native.available(), reason="the C kernels are not built here")
+def test_quantized_models_on_the_c_kernels_have_fused_blocks_with_the_dequantized_function():
+    from llmcourse.quantization import quantize_model
+
+    plain = random_gpt(CONFIG, seed=4)
+    prompt = torch.randint(0, CONFIG.vocab_size, (1, 3), generator=torch.Generator().manual_seed(5))
+    for scheme in ("int8", "int4-g32"):
+        on_c, reference = quantize_model(plain, scheme, kernel="native"), quantize_model(plain, scheme, "dequantize")
+        assert all(isinstance(b, kernels.FusedBlock) for b in on_c.transformer.h)
+        assert not any(isinstance(b, kernels.FusedBlock) for b in reference.transformer.h)
+        with torch.no_grad():
+            torch.testing.assert_close(on_c(prompt, cache=KVCache(CONFIG, 1)), reference(prompt), rtol=1e-5,
+                                       atol=1e-5)
+
+
+def test_a_fused_block_refuses_layers_off_the_c_kernels():
+    plain = random_gpt(CONFIG)
+    with pytest.raises(ValueError, match="fuse_blocks"):
+        kernels.FusedBlock(plain.transformer.h[0])

@@ -207,3 +207,61 @@ def test_attention_over_the_cache_refuses_what_it_cannot_take():
         native.attend_cached(torch.zeros(1, 1, 47), keys, keys.clone(), 0)
     with pytest.raises(ValueError, match="float32"):
         native.attend_cached(torch.zeros(1, 1, 48), keys.double(), keys.double(), 0)
+
+
+def _block_and_cache(C: int, H: int, F_: int, bias: bool, seed: int, weights: str, max_len: int):
+    """A GPT-2 Block (hidden width F_) with random weights, its layers on the C kernels in the format `weights`, and a
+    random KV-cache (1, H, max_len, C / H) pair."""
+    from llmcourse.gpt import Block, GPTConfig
+
+    torch.manual_seed(seed)
+    block = Block(GPTConfig(vocab_size=8, block_size=max_len, n_layer=1, n_head=H, n_embd=C, bias=bias)).eval()
+    if F_ != 4 * C:
+        block.mlp.c_fc, block.mlp.c_proj = nn.Linear(C, F_, bias=bias), nn.Linear(F_, C, bias=bias)
+    for p in block.parameters():
+        nn.init.normal_(p, std=0.3)  # large enough for GELU's tails and a sharp softmax
+    layers = [block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj]
+    prepared = tuple(native.prepare(m.weight.data, None if m.bias is None else m.bias.data) if weights == "fp32"
+                     else quantized_linear(m, weights, kernel="native").prepared() for m in layers)
+    reference = [m if weights == "fp32" else quantized_linear(m, weights, kernel="dequantize") for m in layers]
+    keys, values = (torch.randn(1, H, max_len, C // H) for _ in range(2))
+    return block, prepared, reference, keys, values
+
+
+@pytest.mark.parametrize("weights", ["fp32", "int8", "int4-g32"])
+@pytest.mark.parametrize("C,H,F_,T,position,bias", [(64, 4, 256, 1, 0, True), (64, 4, 256, 1, 20, False),
+                                                    (96, 3, 160, 8, 5, True), (128, 2, 96, 3, 9, True)])
+def test_a_whole_block_step_equals_the_block_in_pytorch(build, weights, C, H, F_, T, position, bias):
+    """`gpt_block_step`: LayerNorm, the four products (any format), attention over the cache, GELU and both residual
+    connections in one call, against the same Block computed by PyTorch with the same (dequantized) weights."""
+    block, prepared, reference, keys, values = _block_and_cache(C, H, F_, bias, C + T + position, weights,
+                                                                position + T + 1)
+    x = torch.randn(1, T, C) * 2
+    norms = ((block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias))
+    k0, v0 = keys.clone(), values.clone()
+    out = native.gpt_block_step(x, norms, block.ln_1.eps, prepared, H, keys, values, position)
+    with torch.no_grad():  # the block by hand, on PyTorch's ops: ln, qkv, attention over the cache, gelu
+        qkv = reference[0](block.ln_1(x)).view(T, 3, H, C // H).permute(1, 2, 0, 3)  # 3 x (H, T, D)
+        k0[0, :, position:position + T], v0[0, :, position:position + T] = qkv[1], qkv[2]
+        S = position + T
+        causal = torch.arange(S)[None, :] <= torch.arange(position, S)[:, None]
+        att = F.scaled_dot_product_attention(qkv[0][None], k0[:, :, :S], v0[:, :, :S], attn_mask=causal)
+        h = x + reference[1](att.transpose(1, 2).reshape(1, T, C))
+        expected = h + reference[3](F.gelu(reference[2](block.ln_2(h)), approximate="tanh"))
+    torch.testing.assert_close(keys, k0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values, v0, rtol=1e-5, atol=1e-5)
+    assert float((out - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+def test_a_whole_block_step_refuses_what_it_cannot_take():
+    block, prepared, _, keys, values = _block_and_cache(32, 2, 128, True, 0, "fp32", 12)
+    norms = ((block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias))
+    with pytest.raises(ValueError, match="T <= 8"):
+        native.gpt_block_step(torch.zeros(1, 9, 32), norms, 1e-5, prepared, 2, keys, values, 0)
+    with pytest.raises(ValueError, match="room for T more"):
+        native.gpt_block_step(torch.zeros(1, 2, 32), norms, 1e-5, prepared, 2, keys, values, 11)
+    with pytest.raises(ValueError, match="linears of shapes"):
+        native.gpt_block_step(torch.zeros(1, 1, 32), norms, 1e-5, prepared[::-1], 2, keys, values, 0)
+    with pytest.raises(ValueError, match="LayerNorms of C float32"):
+        native.gpt_block_step(torch.zeros(1, 1, 32), ((block.ln_1.weight.double(), None),) * 2, 1e-5, prepared, 2,
+                              keys, values, 0)

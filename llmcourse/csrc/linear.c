@@ -209,19 +209,45 @@ int vector_width(void) { return V; }
 
 /* -- the products: N outputs split among the threads ---------------------------------------------------------- */
 
+/* A weight matrix as Python hands it over (llmcourse/native.py, class Matrix): W (N, K) in one of three formats. */
+enum { FLOAT32 = 0, INT8 = 1, INT4 = 2 };
+typedef struct {
+    int kind, N, K, G;     /* format, outputs, inputs, int4 group size */
+    const void *w;         /* float32 (N, K) | int8 codes (N, K) | int4 codes packed two per byte (N, K / 2) */
+    const void *scale;     /* int8: float32 (N,) | int4: float16 (N, K / G) | float32: NULL */
+    const float *bias;     /* (N,) or NULL */
+} matrix;
+
+/* x (M rows of K) made ready for a matrix's kernel by one thread, before the threads share out the rows of W: int8
+   with VNNI reads x as 16-bit parts, int4 reads it transposed block by block. `scratch`: M K + M floats. */
+typedef struct {
+    const float *x;
+    int M, vnni;           /* vnni: the parts are there (x all finite) */
+    int16_t *parts;        /* int8: row m's high parts at 2 m K, low parts at (2 m + 1) K */
+    float *sx, *xt;        /* int8: row m's scale of the parts; int4: x transposed */
+} input;
+
+/* How a product's output is written: y = x W^T + b, or added to y (a residual connection). */
+enum { STORE = 0, ADD = 1 };
+static inline void emit(float *y, float value, int how) { *y = how == ADD ? *y + value : value; }
+
 /* Each thread reads its rows of W as two streams at once: row i and row i + half, half the matrix apart. A core keeps
    more cache lines in flight from memory for two sequential streams than for one. Measured on a 2-core Xeon
    (AVX-512 VNNI), int8 weights streamed from memory (256 MB): one core 10.4 GB/s row after row, 13.3 GB/s in two
-   streams, 14.8 GB/s for a loop that only reads; two cores 19.6, 24.5 and 24.5. */
+   streams, 14.8 GB/s for a loop that only reads; two cores 19.6, 24.5 and 24.5. The loop shares the rows among the
+   threads of the parallel region it is called in (one thread outside of one). */
 #define FOR_EACH_ROW_IN_TWO_STREAMS(n, N)                                                                         \
-    _Pragma("omp parallel for schedule(static)")                                                                 \
+    _Pragma("omp for schedule(static)")                                                                          \
     for (int i_ = 0; i_ < ((N) + 1) / 2; i_++)                                                                   \
         for (int n = i_; n < (N); n += ((N) + 1) / 2)
 
-void linear_f32(const float *x, int M, int K, const float *W, int N, const float *bias, float *y) {
+static void product_f32(const matrix *A, const input *in, float *y, int how) {
+    const int N = A->N, K = A->K;
+    const float *W = A->w;
     FOR_EACH_ROW_IN_TWO_STREAMS(n, N)
-        for (int m = 0; m < M; m++)
-            y[(size_t)m * N + n] = dot_f32(W + (size_t)n * K, x + (size_t)m * K, K) + (bias ? bias[n] : 0.0f);
+        for (int m = 0; m < in->M; m++)
+            emit(&y[(size_t)m * N + n], dot_f32(W + (size_t)n * K, in->x + (size_t)m * K, K)
+                                        + (A->bias ? A->bias[n] : 0.0f), how);
 }
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
@@ -230,6 +256,7 @@ void linear_f32(const float *x, int M, int K, const float *W, int N, const float
    multiplies 32 weights (sign-extended to 16 bits) by 32 parts and adds them in pairs to 16 int32 sums. The sums
    are moved to float every 4096 columns, before they could overflow (127 x 32767 x 2 x 128 < 2^31). */
 #define VNNI_CHUNK 4096
+#define HAVE_VNNI 1
 static int split_x(const float *x, int K, int16_t *hi, int16_t *lo, float *sx) {  /* 0: x is not all finite */
     float big = 0.0f;
     for (int k = 0; k < K; k++) {
@@ -287,61 +314,102 @@ static void dot2_i8_vnni(const int8_t *q0, const int8_t *q1, const int16_t *hi, 
     }
     *out0 = t0, *out1 = t1;
 }
+#else
+#define HAVE_VNNI 0
 #endif
 
-void linear_int8(const float *x, int M, int K, const int8_t *Q, const float *scale, int N, const float *bias,
-                 float *y) {
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-    int16_t *parts = malloc(sizeof(int16_t) * 2 * (size_t)M * K);
-    float *sx = malloc(sizeof(float) * (size_t)M);
-    int split = parts && sx;
-    for (int m = 0; split && m < M; m++)
-        split = split_x(x + (size_t)m * K, K, parts + (size_t)2 * m * K, parts + (size_t)(2 * m + 1) * K, sx + m);
-    if (split) {
+static void product_int8(const matrix *A, const input *in, float *y, int how) {
+    const int N = A->N, K = A->K;
+    const int8_t *Q = A->w;
+    const float *scale = A->scale, *bias = A->bias;
+#if HAVE_VNNI
+    if (in->vnni) {
         const int half = (N + 1) / 2;  /* the two streams: row i with row i + half (N odd: the middle row alone) */
-        #pragma omp parallel for schedule(static)
+        #pragma omp for schedule(static)
         for (int i = 0; i < half; i++) {
             const int j = i + half < N ? i + half : i;
-            for (int m = 0; m < M; m++) {
+            for (int m = 0; m < in->M; m++) {
                 float a, b;
-                dot2_i8_vnni(Q + (size_t)i * K, Q + (size_t)j * K, parts + (size_t)2 * m * K,
-                             parts + (size_t)(2 * m + 1) * K, K, &a, &b);
-                y[(size_t)m * N + i] = a * sx[m] * scale[i] + (bias ? bias[i] : 0.0f);
-                y[(size_t)m * N + j] = b * sx[m] * scale[j] + (bias ? bias[j] : 0.0f);
+                dot2_i8_vnni(Q + (size_t)i * K, Q + (size_t)j * K, in->parts + (size_t)2 * m * K,
+                             in->parts + (size_t)(2 * m + 1) * K, K, &a, &b);
+                emit(&y[(size_t)m * N + i], a * in->sx[m] * scale[i] + (bias ? bias[i] : 0.0f), how);
+                if (j != i) emit(&y[(size_t)m * N + j], b * in->sx[m] * scale[j] + (bias ? bias[j] : 0.0f), how);
             }
         }
-        free(parts), free(sx);
         return;
     }
-    free(parts), free(sx);  /* out of memory, or x holds a NaN or an infinity: the float path carries it through */
 #endif
+    /* no VNNI, or x holds a NaN or an infinity: the float path carries it through */
     FOR_EACH_ROW_IN_TWO_STREAMS(n, N)
-        for (int m = 0; m < M; m++)
-            y[(size_t)m * N + n] = dot_i8(Q + (size_t)n * K, x + (size_t)m * K, K) * scale[n] + (bias ? bias[n] : 0.0f);
+        for (int m = 0; m < in->M; m++)
+            emit(&y[(size_t)m * N + n], dot_i8(Q + (size_t)n * K, in->x + (size_t)m * K, K) * scale[n]
+                                        + (bias ? bias[n] : 0.0f), how);
 }
 
-/* x is transposed block by block for dot_i4 first, into xt (M * K floats, from the caller); each row's float16
-   scales are read into floats once (padded, so that a vector load past the row's last group stays in the buffer). */
-void linear_int4(const float *x, int M, int K, const uint8_t *P, const uint16_t *scale, int G, int N,
-                 const float *bias, float *xt, float *y) {
-    const int groups = K / G;
-    const int fast = G % 8 == 0 && (G & (G - 1)) == 0;  /* a lane's 8 columns in one group, found by a shift */
-    const int whole = fast ? K / (8 * V) * (8 * V) : 0;
-    for (int m = 0; m < M; m++) {
-        const float *xm = x + (size_t)m * K;
-        float *tm = xt + (size_t)m * K;
-        for (int b = 0; b < whole; b += 8 * V)
-            for (int l = 0; l < V; l++)
-                for (int j = 0; j < 8; j++) tm[b + j * V + l] = xm[b + 8 * l + j];
-        for (int k = whole; k < K; k++) tm[k] = xm[k];
-    }
+/* Whether dot_i4's vector loop can run (a lane's 8 columns in one group, found by a shift), and over how many
+   columns. */
+static int int4_whole(const matrix *A) {
+    const int G = A->G, fast = G % 8 == 0 && (G & (G - 1)) == 0;
+    return fast ? A->K / (8 * V) * (8 * V) : 0;
+}
+
+/* each row's float16 scales are read into floats once (padded, so that a vector load past the row's last group
+   stays in the buffer) */
+static void product_int4(const matrix *A, const input *in, float *y, int how) {
+    const int N = A->N, K = A->K, G = A->G, groups = K / G, whole = int4_whole(A);
+    const uint8_t *P = A->w;
+    const uint16_t *scale = A->scale;
     FOR_EACH_ROW_IN_TWO_STREAMS(n, N) {
         float s[groups + 16];
         halves_to_floats(scale + (size_t)n * groups, groups, s);
         memset(s + groups, 0, 16 * sizeof(float));
-        for (int m = 0; m < M; m++)
-            y[(size_t)m * N + n] = dot_i4((const int8_t *)(P + (size_t)n * (K / 2)), xt + (size_t)m * K, s, K, G,
-                                          whole) + (bias ? bias[n] : 0.0f);
+        for (int m = 0; m < in->M; m++)
+            emit(&y[(size_t)m * N + n], dot_i4((const int8_t *)(P + (size_t)n * (K / 2)), in->xt + (size_t)m * K, s,
+                                               K, G, whole) + (A->bias ? A->bias[n] : 0.0f), how);
+    }
+}
+
+/* x made ready for A's kernel (by one thread): see `input` */
+static void prepare_input(const matrix *A, const float *x, int M, float *scratch, input *in) {
+    const int K = A->K;
+    in->x = x, in->M = M, in->vnni = 0;
+    if (A->kind == INT8 && HAVE_VNNI) {
+        in->parts = (int16_t *)scratch, in->sx = scratch + (size_t)M * K;  /* 2 M K int16 = M K floats */
+        in->vnni = 1;
+#if HAVE_VNNI
+        for (int m = 0; in->vnni && m < M; m++)
+            in->vnni = split_x(x + (size_t)m * K, K, in->parts + (size_t)2 * m * K,
+                               in->parts + (size_t)(2 * m + 1) * K, in->sx + m);
+#endif
+    } else if (A->kind == INT4) {
+        const int whole = int4_whole(A);
+        in->xt = scratch;
+        for (int m = 0; m < M; m++) {
+            const float *xm = x + (size_t)m * K;
+            float *tm = in->xt + (size_t)m * K;
+            for (int b = 0; b < whole; b += 8 * V)
+                for (int l = 0; l < V; l++)
+                    for (int j = 0; j < 8; j++) tm[b + j * V + l] = xm[b + 8 * l + j];
+            for (int k = whole; k < K; k++) tm[k] = xm[k];
+        }
+    }
+}
+
+/* y (M, N) = x (M, K) @ W^T + bias, or added to y: every thread of the region calls it */
+static void product(const matrix *A, const input *in, float *y, int how) {
+    if (A->kind == INT8) product_int8(A, in, y, how);
+    else if (A->kind == INT4) product_int4(A, in, y, how);
+    else product_f32(A, in, y, how);
+}
+
+/* y (M, N) = x (M, K) @ W^T + bias for any of the formats; scratch: M K + M floats for int8 and int4 */
+void linear(const matrix *A, const float *x, int M, float *scratch, float *y) {
+    input in;
+    #pragma omp parallel
+    {
+        #pragma omp single
+        prepare_input(A, x, M, scratch, &in);
+        product(A, &in, y, STORE);
     }
 }
 
@@ -352,11 +420,13 @@ void linear_int4(const float *x, int M, int K, const uint8_t *P, const uint16_t 
    positions pos..pos+T-1, then y (T rows of H D floats) = for each head, new token t attends causally:
    softmax(q_t . keys[0..pos+t] / sqrt(D)) values[0..pos+t]. What PyTorch's scaled_dot_product_attention computes,
    in one call instead of the dozen small PyTorch operations (split, cache writes, mask, attention, transpose) that
-   each cost a few microseconds, more when the weights streamed through the caches just before. */
-void attend_cached(const float *qkv, int T, int H, int D, float *keys, float *values, int max_len, int pos, float *y) {
+   each cost a few microseconds, more when the weights streamed through the caches just before. The heads are
+   shared among the threads of the region it is called in. */
+static void attend(const float *qkv, int T, int H, int D, float *keys, float *values, int max_len, int pos,
+                   float *y) {
     const int C = H * D;
     const float scale = 1.0f / sqrtf((float)D);
-    #pragma omp parallel for schedule(static)
+    #pragma omp for schedule(static)
     for (int h = 0; h < H; h++) {
         float *Kh = keys + (size_t)h * max_len * D, *Vh = values + (size_t)h * max_len * D;
         for (int t = 0; t < T; t++)
@@ -385,5 +455,122 @@ void attend_cached(const float *qkv, int T, int H, int D, float *keys, float *va
             }
         }
         free(p);
+    }
+}
+
+void attend_cached(const float *qkv, int T, int H, int D, float *keys, float *values, int max_len, int pos, float *y) {
+    #pragma omp parallel
+    attend(qkv, T, H, D, keys, values, max_len, pos, y);
+}
+
+/* -- a whole GPT-2 block for a decoding step ----------------------------------------------------------------------- */
+
+/* y (T, C) = LayerNorm of each row of x: (x - mean) / sqrt(variance + eps) * w + b (b may be NULL) */
+static void layer_norm(const float *x, int T, int C, const float *w, const float *b, float eps, float *y) {
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * C;
+        float *yt = y + (size_t)t * C, mean = 0.0f, var = 0.0f;
+        for (int c = 0; c < C; c++) mean += xt[c];
+        mean /= (float)C;
+        for (int c = 0; c < C; c++) var += (xt[c] - mean) * (xt[c] - mean);
+        const float rstd = 1.0f / sqrtf(var / (float)C + eps);
+        for (int c = 0; c < C; c++) yt[c] = (xt[c] - mean) * rstd * w[c] + (b ? b[c] : 0.0f);
+    }
+}
+
+/* GPT-2's GELU (the tanh approximation), 0.5 v (1 + tanh(u)) with u = sqrt(2 / pi) (v + 0.044715 v^3), written as
+   v / (1 + exp(-2 u)) (the same function: 1 + tanh(u) = 2 / (1 + exp(-2 u))), in place on n values shared among the
+   threads of the region. exp on vectors: 2^i e^r with r = x - i ln 2 in [-ln 2 / 2, ln 2 / 2] and e^r by its Taylor
+   series to r^6 (relative error below 2e-7). One scalar tanhf per value held this step at ~12 ns per value. */
+#if V > 1
+#if V == 16
+static inline vec vmul(vec a, vec b) { return _mm512_mul_ps(a, b); }
+static inline vec vset(float a) { return _mm512_set1_ps(a); }
+static inline vec vclamp(vec a, float low, float high) {
+    return _mm512_min_ps(_mm512_max_ps(a, vset(low)), vset(high));
+}
+static inline vec vdiv(vec a, vec b) { return _mm512_div_ps(a, b); }
+static inline vec vround(vec a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vec vtimes_pow2(vec a, vec i) { return _mm512_scalef_ps(a, i); }
+static inline void vstore(float *y, vec a) { _mm512_storeu_ps(y, a); }
+#else
+static inline vec vmul(vec a, vec b) { return _mm256_mul_ps(a, b); }
+static inline vec vset(float a) { return _mm256_set1_ps(a); }
+static inline vec vclamp(vec a, float low, float high) {
+    return _mm256_min_ps(_mm256_max_ps(a, vset(low)), vset(high));
+}
+static inline vec vdiv(vec a, vec b) { return _mm256_div_ps(a, b); }
+static inline vec vround(vec a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vec vtimes_pow2(vec a, vec i) {  /* i in [-126, 127]: 2^i built in the exponent bits */
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(i), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(a, _mm256_castsi256_ps(bits));
+}
+static inline void vstore(float *y, vec a) { _mm256_storeu_ps(y, a); }
+#endif
+static inline vec vexp(vec x) {  /* e^x for x in [-87, 88] */
+    const vec i = vround(vmul(x, vset(1.44269504088896341f)));
+    vec r = vfma(i, vset(-0.693145751953125f), x);  /* ln 2 in two parts: r exact to float precision */
+    r = vfma(i, vset(-1.428606765330187e-06f), r);
+    vec p = vfma(vset(1.0f / 720), r, vset(1.0f / 120));
+    p = vfma(vfma(p, r, vset(1.0f / 24)), r, vset(1.0f / 6));  /* Horner: 1 + r + r^2/2 + ... + r^6/720 */
+    p = vfma(vfma(vfma(p, r, vset(0.5f)), r, vset(1.0f)), r, vset(1.0f));
+    return vtimes_pow2(p, i);
+}
+#endif
+
+static void gelu_tanh(float *y, int n) {
+    int start = 0;
+#if V > 1
+    #pragma omp for schedule(static)
+    for (int b = 0; b < n / V; b++) {
+        const vec v = vload(y + (size_t)b * V);
+        const vec u = vmul(vset(0.7978845608028654f), vfma(vmul(vset(0.044715f), vmul(v, v)), v, v));
+        vstore(y + (size_t)b * V, vdiv(v, vadd(vset(1.0f), vexp(vclamp(vmul(vset(-2.0f), u), -87.0f, 88.0f)))));
+    }
+    start = n / V * V;
+#endif
+    #pragma omp for schedule(static)
+    for (int k = start; k < n; k++) {
+        const float v = y[k], u = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+        y[k] = v / (1.0f + expf(fminf(fmaxf(-2.0f * u, -87.0f), 88.0f)));
+    }
+}
+
+/* One GPT-2 block (pre-LayerNorm) for T <= 8 new tokens at batch 1, in one parallel region instead of ~10 PyTorch
+   operations and as many thread start-ups: y = x + proj(attention(ln1(x))), then y += out(gelu(fc(ln2(y)))), the
+   attention over the layer's KV-cache as `attend` computes it (the new keys and values written at pos..pos+T-1).
+   x, y: (T, C); attn (3C x C), proj (C x C), fc (F x C), out (C x F) in any of the formats; ln2_b and ln1_b may be
+   NULL. work: T (5 C + F) floats for the activations, then scratch for the int8 and int4 kernels,
+   T (max(C, F) + 1). */
+void gpt_block_step(const float *x, int T, int C, int H, const float *ln1_w, const float *ln1_b, const float *ln2_w,
+                    const float *ln2_b, float eps, const matrix *attn, const matrix *proj, const matrix *fc,
+                    const matrix *out, float *keys, float *values, int max_len, int pos, float *work, float *y) {
+    const int F = fc->N;
+    float *h = work, *qkv = h + (size_t)T * C, *att = qkv + (size_t)3 * T * C, *u = att + (size_t)T * C;
+    float *scratch = u + (size_t)T * F;
+    input in;
+    #pragma omp parallel
+    {
+        #pragma omp single
+        {
+            memcpy(y, x, sizeof(float) * (size_t)T * C);
+            layer_norm(x, T, C, ln1_w, ln1_b, eps, h);
+            prepare_input(attn, h, T, scratch, &in);
+        }
+        product(attn, &in, qkv, STORE);
+        attend(qkv, T, H, C / H, keys, values, max_len, pos, att);
+        #pragma omp single
+        prepare_input(proj, att, T, scratch, &in);
+        product(proj, &in, y, ADD);
+        #pragma omp single
+        {
+            layer_norm(y, T, C, ln2_w, ln2_b, eps, h);
+            prepare_input(fc, h, T, scratch, &in);
+        }
+        product(fc, &in, u, STORE);
+        gelu_tanh(u, T * F);
+        #pragma omp single
+        prepare_input(out, u, T, scratch, &in);
+        product(out, &in, y, ADD);
     }
 }
