@@ -239,6 +239,15 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class Blocks(nn.ModuleList):
+    """The transformer's blocks, applied in turn; block `layer` reads and writes layer `layer` of the KV-cache."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+        for layer, block in enumerate(self):
+            x = block(x, mask, cache, layer)  # (B, T, C)
+        return x
+
+
 def init_weights(module: nn.Module) -> None:
     """GPT-2's initialisation, used by `apply`: N(0, 0.02) for Linear and Embedding weights, zero biases."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -264,7 +273,7 @@ class GPT(LanguageModel):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embeddings
             wpe=nn.Embedding(config.block_size, config.n_embd),  # learned position embeddings
-            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            h=Blocks(Block(config) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -287,8 +296,7 @@ class GPT(LanguageModel):
         fused = attention_mask is None and isinstance(cache, KVCache) and cache.fused_attention(B, T, idx.device)
         mask = None if fused else attention_mask_for(B, T, past, attention_mask, idx.device)  # fused: causal in C
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
-        for layer, block in enumerate(self.transformer.h):
-            x = block(x, mask, cache, layer)
+        x = self.transformer.h(x, mask, cache)  # through every block in turn (B, T, C)
         if cache is not None:
             cache.advance(T)
         if last_only:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import json
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 
 from llmcourse import native
 from llmcourse.files import atomic_write
-from llmcourse.gpt import GPT, Block, KVCache
+from llmcourse.gpt import GPT, Block, Blocks, KVCache
 from llmcourse.qformats import QuantizedLinear, TorchWeightOnlyLinear, quantized_linear, weight_bytes
 from llmcourse.runtime import cache_dir, get_device, machine_key
 from llmcourse.timing import interleaved, measure
@@ -132,58 +133,69 @@ class NativeLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
-class FusedBlock(Block):
-    """A GPT-2 Block (the same LayerNorms and layers, the same parameter names) whose decoding steps at batch 1 run in
-    one call of the course's C kernels (`native.gpt_block_step`): up to NATIVE_ROWS new tokens over a KVCache, no
-    padding mask, on the CPU. A step of a block is otherwise ~10 PyTorch operations and 5 C calls, each a few
-    microseconds, more when the weights just streamed through the CPU's caches. Anything else (a prompt, a batch, a
-    padding mask) runs the Block's own forward. Its Linear layers must be C-kernel layers (`fuse_blocks` makes them)."""
+class FusedBlocks(Blocks):
+    """A GPT's blocks (the same modules, the same parameter names) whose decoding steps at batch 1 run in one call of
+    the course's C kernels (`native.PreparedBlocks`): up to NATIVE_ROWS new tokens over a KVCache, no padding mask, on
+    the CPU. Block by block, a step is ~10 PyTorch operations and 5 C calls per block, each a few microseconds warm
+    and tens after the weights streamed through the CPU's caches. Anything else (a prompt, a batch, a padding mask)
+    runs the blocks one by one as `Blocks` does. Every block's Linear layers must run on the C kernels (`fuse_blocks`
+    makes them so)."""
 
-    def __init__(self, block: Block):
-        nn.Module.__init__(self)  # the block's own submodules, not new ones
-        self.ln_1, self.attn, self.ln_2, self.mlp = block.ln_1, block.attn, block.ln_2, block.mlp
-        if not fusable(block):
-            raise ValueError("a FusedBlock needs its Linear layers on the C kernels (NativeLinear, or QuantizedLinear "
-                             "with kernel='native'): build it with fuse_blocks(model)")
+    def __init__(self, blocks=None):
+        super().__init__(blocks)
+        self._native: native.PreparedBlocks | None = None  # the weights and caches checked for the C kernels
+        self._checked_for: weakref.ref | None = None  # ... at the first step with this KVCache
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
         if mask is None and isinstance(cache, KVCache) and cache.fused_attention(B, T, x.device):
-            norms = ((self.ln_1.weight, self.ln_1.bias), (self.ln_2.weight, self.ln_2.bias))
-            linears = (self.attn.c_attn, self.attn.c_proj, self.mlp.c_fc, self.mlp.c_proj)
-            return native.gpt_block_step(x.contiguous(), norms, self.ln_1.eps,
-                                         tuple(linear.prepared() for linear in linears), self.attn.n_head,
-                                         cache.keys[layer], cache.values[layer], cache.length)
-        return super().forward(x, mask, cache, layer)
+            if self._native is None or self._checked_for is None or self._checked_for() is not cache:
+                self._native, self._checked_for = self.prepared(cache), weakref.ref(cache)
+            return self._native(x.contiguous(), cache.length)
+        return super().forward(x, mask, cache)
+
+    def prepared(self, cache: KVCache) -> native.PreparedBlocks:
+        """The blocks' weights and `cache`'s tensors checked for the C kernels. Checking one block's weights takes
+        ~30 us, as long as its arithmetic on int8 weights, so a decoding step checks them at the first step of each
+        KVCache only: weights changed in the middle of a generation are used from the next one on."""
+        blocks = []
+        for block in self:
+            if not fusable(block):
+                raise ValueError("every block of FusedBlocks must have its Linear layers on the C kernels "
+                                 "(NativeLinear, or QuantizedLinear with kernel='native'): use fuse_blocks(model)")
+            linears = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+            blocks.append((((block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias)),
+                           block.ln_1.eps, tuple(m.prepared() for m in linears), block.attn.n_head))
+        return native.PreparedBlocks(blocks, cache.keys[:len(self)], cache.values[:len(self)])
 
 
 def fusable(block: nn.Module) -> bool:
     """Whether `block` is a GPT-2 Block whose four Linear layers all run on the C kernels."""
-    return (isinstance(block, Block) and not isinstance(block, FusedBlock) and native.available()
+    return (isinstance(block, Block) and native.available()
             and all(isinstance(layer, NativeLinear) or getattr(layer, "kernel", None) == "native"
                     for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)))
 
 
 @torch.no_grad()
 def fuse_blocks(model: GPT, *, copy_model: bool = True) -> GPT:
-    """The GPT `model` (a copy of it, eval mode, unless copy_model=False) with FusedBlocks: every block whose
-    Linear layers are float32 nn.Linear (moved to the C kernel: NativeLinear) or already on the C kernels (quantized
-    layers with kernel='native'). Other blocks stay as they are. Raises RuntimeError for a model off the CPU, or
-    where the C kernels are not available (`native.unavailable_reason()` says why)."""
+    """The GPT `model` (a copy of it, eval mode, unless copy_model=False) with its blocks as FusedBlocks, their
+    float32 nn.Linear layers moved to the C kernel (NativeLinear). Raises ValueError when a quantized layer does not
+    run on the C kernels (quantize with kernel='native'), RuntimeError for a model off the CPU, or where the C kernels
+    are not available (`native.unavailable_reason()` says why)."""
     if not native.available():
         raise RuntimeError(f"fused blocks need the course's C kernels: {native.unavailable_reason()}")
     device = next(model.parameters()).device
     if device.type != "cpu":
         raise RuntimeError(f"fused blocks run on the CPU's C kernels; this model is on {device.type}: use it as it is")
     new = copy.deepcopy(model).eval() if copy_model else model
-    blocks = new.transformer.h
-    for i, block in enumerate(blocks):
+    for block in new.transformer.h:
         for parent in (block.attn, block.mlp):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:
                     setattr(parent, name, NativeLinear(child))
-        if fusable(block):
-            blocks[i] = FusedBlock(block)
+        if not fusable(block):
+            raise ValueError("a block's layers do not all run on the C kernels (quantize with kernel='native')")
+    new.transformer.h = FusedBlocks(list(new.transformer.h))
     return new
 
 

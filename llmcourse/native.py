@@ -71,17 +71,24 @@ class Matrix(ctypes.Structure):
 FORMATS = {"f32": 0, "int8": 1, "int4": 2}  # the `kind` of a Matrix
 
 
+class BlockWeights(ctypes.Structure):
+    """A GPT-2 block's weights for `gpt_blocks_step` (`block` in linear.c)."""
+    _fields_ = [("C", ctypes.c_int), ("H", ctypes.c_int), ("eps", ctypes.c_float), ("ln1_w", ctypes.c_void_p),
+                ("ln1_b", ctypes.c_void_p), ("ln2_w", ctypes.c_void_p), ("ln2_b", ctypes.c_void_p),
+                ("attn", Matrix), ("proj", Matrix), ("fc", Matrix), ("out", Matrix)]
+
+
 def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Give the library's functions their C signatures: addresses (`Tensor.data_ptr()`, or None), ints and floats,
     which ctypes converts fastest (a decoding step makes a few dozen calls)."""
     address, integer, matrix = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(Matrix)
     lib.linear.argtypes = [matrix, address, integer, address, address]
     lib.attend_cached.argtypes = [address, integer, integer, integer, address, address, integer, integer, address]
-    lib.gpt_block_step.argtypes = [address, integer, integer, integer, address, address, address, address,
-                                   ctypes.c_float, matrix, matrix, matrix, matrix, address, address, integer, integer,
-                                   address, address]
+    addresses = ctypes.POINTER(ctypes.c_void_p)
+    lib.gpt_blocks_step.argtypes = [ctypes.POINTER(BlockWeights), integer, address, integer, addresses, addresses,
+                                    integer, integer, address, address]
     lib.vector_width.restype = ctypes.c_int
-    for function in (lib.linear, lib.attend_cached, lib.gpt_block_step):
+    for function in (lib.linear, lib.attend_cached, lib.gpt_blocks_step):
         function.restype = None
     return lib
 
@@ -263,33 +270,64 @@ def attend_cached(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, p
     return y
 
 
-def gpt_block_step(x: torch.Tensor, norms: tuple[tuple[torch.Tensor, torch.Tensor | None], ...], eps: float,
-                   linears: tuple[Prepared, Prepared, Prepared, Prepared], n_head: int, keys: torch.Tensor,
-                   values: torch.Tensor, position: int) -> torch.Tensor:
-    """One GPT-2 block for T <= NATIVE_ROWS new tokens at batch 1, in one call: x (1, T, C) -> x + attention(ln_1(x)),
-    then + mlp(ln_2(.)), the attention over the layer's KV-cache as `attend_cached` computes it. `norms`: the two
-    LayerNorms' (weight, bias or None); `linears`: c_attn, attention c_proj, c_fc, mlp c_proj prepared for the C
-    kernels (any formats); the MLP's activation is GPT-2's tanh GELU."""
-    _, H, max_len, D = keys.shape
-    C, T = H * D, x.shape[1] if x.dim() == 3 else 0
+def _address(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def block_weights(norms: tuple[tuple[torch.Tensor, torch.Tensor | None], ...], eps: float,
+                  linears: tuple[Prepared, Prepared, Prepared, Prepared], n_head: int) -> BlockWeights:
+    """A GPT-2 block's weights for `gpt_blocks_step`, checked: the two LayerNorms' (weight, bias or None) and eps, the
+    four products prepared for the C kernels (c_attn, attention c_proj, c_fc, mlp c_proj; any formats), the number of
+    heads; the MLP's activation is GPT-2's tanh GELU."""
     attn, proj, fc, out = linears
-    F = fc.out_features
-    if (x.dtype != torch.float32 or not x.is_cpu or x.shape != (1, T, C) or not 1 <= T <= NATIVE_ROWS
-            or not x.is_contiguous() or (attn.in_features, attn.out_features, proj.in_features, proj.out_features,
-                                         fc.in_features, out.in_features, out.out_features) != (C, 3 * C, C, C, C, F, C)
-            or keys.dtype != torch.float32 or values.shape != keys.shape or not 0 <= position <= max_len - T
-            or not (keys.is_contiguous() and values.is_contiguous())
-            or any(t is not None and (t.dtype != torch.float32 or t.shape != (C,) or not t.is_contiguous())
-                   for norm in norms for t in norm)):
-        raise ValueError(f"gpt_block_step takes x (1, T <= {NATIVE_ROWS}, {C}) float32 on the CPU, linears of shapes "
-                         f"(3C, C), (C, C), (F, C), (C, F), LayerNorms of C float32 values and contiguous caches "
-                         f"(1, H, max_len, D) with room for T more; got x {tuple(x.shape)} {x.dtype}, position "
-                         f"{position}, caches {tuple(keys.shape)}")
+    C, F = attn.in_features, fc.out_features
+    if ((attn.in_features, attn.out_features, proj.in_features, proj.out_features, fc.in_features, out.in_features,
+         out.out_features) != (C, 3 * C, C, C, C, F, C) or C % n_head
+            or any(t is not None and (t.dtype != torch.float32 or t.shape != (C,) or not t.is_contiguous()
+                                      or not t.is_cpu) for norm in norms for t in norm)):
+        raise ValueError(f"a GPT block for the C kernels has linears of shapes (3C, C), (C, C), (F, C), (C, F), "
+                         f"LayerNorms of C float32 values on the CPU and C a multiple of n_head; got linears "
+                         f"{[(m.out_features, m.in_features) for m in linears]}, n_head {n_head}")
     (w1, b1), (w2, b2) = norms
-    y = torch.empty_like(x)
-    work = torch.empty(T * (5 * C + F) + T * (max(C, F) + 1))  # activations, then the int8 / int4 kernels' buffer
-    address = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    _library().gpt_block_step(x.data_ptr(), T, C, H, w1.data_ptr(), address(b1), w2.data_ptr(), address(b2), eps,
-                              attn.matrix(), proj.matrix(), fc.matrix(), out.matrix(), keys.data_ptr(),
-                              values.data_ptr(), max_len, position, work.data_ptr(), y.data_ptr())
-    return y
+    return BlockWeights(C, n_head, eps, w1.data_ptr(), _address(b1), w2.data_ptr(), _address(b2),
+                        *(m.matrix() for m in linears))
+
+
+class PreparedBlocks:
+    """GPT-2 blocks (`block_weights` of each) and their layers' KV-caches (1, H, max_len, D), checked once:
+    `prepared(x, position)` is a decoding step of all of them, in one call: x (1, T <= NATIVE_ROWS, C) through each
+    block in turn, x + attention(ln_1(x)), then + mlp(ln_2(.)), each attention over its layer's cache as
+    `attend_cached` computes it (the new keys and values written at `position` ..). It keeps the tensors it was given,
+    so their memory stays valid while it lives; a deep copy of it is None (a copied model prepares its own)."""
+
+    def __init__(self, blocks: list[tuple], keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.weights = (BlockWeights * len(blocks))(*(block_weights(*block) for block in blocks))
+        self.blocks, self.keys, self.values = blocks, keys, values
+        C = self.weights[0].C
+        if len(keys) != len(blocks) or len(values) != len(blocks) or any(
+                b.C != C for b in self.weights) or any(
+                k.dtype != torch.float32 or not k.is_cpu or not k.is_contiguous() or k.dim() != 4 or k.shape[0] != 1
+                or k.shape[1] * k.shape[3] != C or k.shape != keys[0].shape for k in [*keys, *values]):
+            raise ValueError(f"blocks of width {C} take one pair of contiguous float32 CPU caches (1, H, max_len, D) "
+                             f"per block, H D = {C}, all of one shape; got {len(blocks)} blocks, caches "
+                             f"{sorted({tuple(k.shape) for k in [*keys, *values]})}")
+        self.width, self.hidden, self.max_len = C, max(b.fc.N for b in self.weights), keys[0].shape[2]
+        self.key_addresses = (ctypes.c_void_p * len(keys))(*(k.data_ptr() for k in keys))
+        self.value_addresses = (ctypes.c_void_p * len(values))(*(v.data_ptr() for v in values))
+
+    def __deepcopy__(self, memo: dict) -> None:
+        return None
+
+    def __call__(self, x: torch.Tensor, position: int) -> torch.Tensor:
+        C, T = self.width, x.shape[1] if x.dim() == 3 else 0
+        if (x.dtype != torch.float32 or not x.is_cpu or x.shape != (1, T, C) or not 1 <= T <= NATIVE_ROWS
+                or not x.is_contiguous() or not 0 <= position <= self.max_len - T):
+            raise ValueError(f"a decoding step of the blocks takes x (1, T <= {NATIVE_ROWS}, {C}) float32 on the CPU "
+                             f"and T more positions in caches of {self.max_len}; got x {tuple(x.shape)} {x.dtype} at "
+                             f"position {position}")
+        y = torch.empty_like(x)
+        F = self.hidden
+        work = torch.empty(T * (5 * C + F) + T * (max(C, F) + 1))  # activations, then the int8 / int4 kernels' buffer
+        _library().gpt_blocks_step(self.weights, len(self.blocks), x.data_ptr(), T, self.key_addresses,
+                                   self.value_addresses, self.max_len, position, work.data_ptr(), y.data_ptr())
+        return y

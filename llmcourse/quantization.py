@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from llmcourse import native
 from llmcourse.gpt import GPT, LanguageModel
-from llmcourse.kernels import choose_linear_kernels, fuse_blocks
+from llmcourse.kernels import choose_linear_kernels, fusable, fuse_blocks
 # The formats are defined in llmcourse.qformats (below llmcourse.kernels, which times their kernels) and offered here
 # too, as notebook 09 uses them: Q.QuantizedTensor, Q.search_int4_scales, ...
 from llmcourse.qformats import (  # noqa: F401
@@ -82,8 +82,8 @@ def quantize_model(model: LanguageModel, scheme: str, kernel: str = "auto") -> n
     `kernel` (weight-only schemes): "dequantize" or "native" for every layer (see QuantizedLinear), or "auto": on
     the CPU with the course's C kernels built, the kernel measured fastest for each layer's shape among those that
     compute the same result (`llmcourse.kernels.choose_linear_kernels`, measured once per machine and remembered);
-    "dequantize" elsewhere. A GPT block whose four layers all run on the C kernels becomes a FusedBlock
-    (`llmcourse.kernels.fuse_blocks`): the same kernels, a decoding step of the block in one C call.
+    "dequantize" elsewhere. When every layer of a GPT's blocks runs on the C kernels, the blocks become FusedBlocks
+    (`llmcourse.kernels.fuse_blocks`): the same kernels, a decoding step of all the blocks in one C call.
 
     Raises ValueError for an unknown scheme or kernel, or an int4 group size that does not divide the inputs of
     every layer.
@@ -117,8 +117,9 @@ def quantize_model(model: LanguageModel, scheme: str, kernel: str = "auto") -> n
             table = tables.get(id(linear.weight)) or QuantizedTensor(linear.weight, bits, group, search=search)
             setattr(parent, name, QuantizedLinear(table, linear.bias))
         _set_kernels(model, new, scheme.removesuffix("-mse"), kernel)
-        if isinstance(new, GPT) and native.available() and next(model.parameters()).device.type == "cpu":
-            fuse_blocks(new, copy_model=False)  # blocks whose layers all run on the C kernels: one C call per step
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        if isinstance(new, GPT) and on_cpu and all(map(fusable, new.transformer.h)):
+            fuse_blocks(new, copy_model=False)  # every layer on the C kernels: a step of all the blocks in one call
     return new.eval()
 
 

@@ -164,7 +164,7 @@ def test_fused_blocks_compute_the_same_function_and_fall_back_where_they_do_not_
     same logits as the plain model in float32's tolerance, whatever the path, and the same parameters by name."""
     plain = random_gpt(CONFIG, seed=3)
     fused = kernels.fuse_blocks(plain)
-    assert all(isinstance(b, kernels.FusedBlock) for b in fused.transformer.h)
+    assert isinstance(fused.transformer.h, kernels.FusedBlocks)
     assert list(fused.state_dict()) == list(plain.state_dict())
     assert all(type(m) is torch.nn.Linear for b in plain.transformer.h for m in b.modules()
                if isinstance(m, (torch.nn.Linear, kernels.NativeLinear)))  # the original is untouched
@@ -192,14 +192,40 @@ def test_quantized_models_on_the_c_kernels_have_fused_blocks_with_the_dequantize
     prompt = torch.randint(0, CONFIG.vocab_size, (1, 3), generator=torch.Generator().manual_seed(5))
     for scheme in ("int8", "int4-g32"):
         on_c, reference = quantize_model(plain, scheme, kernel="native"), quantize_model(plain, scheme, "dequantize")
-        assert all(isinstance(b, kernels.FusedBlock) for b in on_c.transformer.h)
-        assert not any(isinstance(b, kernels.FusedBlock) for b in reference.transformer.h)
+        assert isinstance(on_c.transformer.h, kernels.FusedBlocks)
+        assert not isinstance(reference.transformer.h, kernels.FusedBlocks)
         with torch.no_grad():
             torch.testing.assert_close(on_c(prompt, cache=KVCache(CONFIG, 1)), reference(prompt), rtol=1e-5,
                                        atol=1e-5)
 
 
-def test_a_fused_block_refuses_layers_off_the_c_kernels():
-    plain = random_gpt(CONFIG)
-    with pytest.raises(ValueError, match="fuse_blocks"):
-        kernels.FusedBlock(plain.transformer.h[0])
+@pytest.mark.skipif(not native.available(), reason="the C kernels are not built here")
+def test_fused_blocks_refuse_layers_off_the_c_kernels():
+    from llmcourse.quantization import quantize_model
+
+    with pytest.raises(ValueError, match="kernel='native'"):
+        kernels.fuse_blocks(quantize_model(random_gpt(CONFIG), "int8", kernel="dequantize"))
+    fused = kernels.fuse_blocks(random_gpt(CONFIG))
+    fused.transformer.h[1] = random_gpt(CONFIG).transformer.h[1]  # a plain block slipped in
+    with pytest.raises(ValueError, match="use fuse_blocks"):
+        fused(torch.zeros(1, 1, dtype=torch.long), cache=KVCache(CONFIG, 1))
+
+
+@pytest.mark.skipif(not native.available(), reason="the C kernels are not built here")
+@torch.no_grad()
+def test_fused_blocks_read_their_current_weights_and_a_copy_its_own():
+    """FusedBlocks check their weights for the C kernels at the first step of each KVCache; replaced tensors
+    (`.data = ...`) are seen there, and a deep copy made after use never reads the original's memory."""
+    import copy
+
+    plain = random_gpt(CONFIG, seed=6)
+    fused = kernels.fuse_blocks(plain)
+    ids = torch.randint(0, CONFIG.vocab_size, (1, 4), generator=torch.Generator().manual_seed(7))
+    before = fused(ids, cache=KVCache(CONFIG, 1))
+    twin = copy.deepcopy(fused)
+    for model in (plain, fused):
+        model.transformer.h[1].mlp.c_fc.weight.data = -model.transformer.h[1].mlp.c_fc.weight.data.clone()
+        model.transformer.h[0].ln_2.weight.data = model.transformer.h[0].ln_2.weight.data * 2
+    torch.testing.assert_close(fused(ids, cache=KVCache(CONFIG, 1)), plain(ids), rtol=1.3e-6, atol=1e-5)
+    torch.testing.assert_close(twin(ids, cache=KVCache(CONFIG, 1)), before, rtol=0, atol=0)
+    assert not torch.allclose(before, plain(ids), atol=1e-3)  # the change did change the function

@@ -232,14 +232,14 @@ def _block_and_cache(C: int, H: int, F_: int, bias: bool, seed: int, weights: st
 @pytest.mark.parametrize("C,H,F_,T,position,bias", [(64, 4, 256, 1, 0, True), (64, 4, 256, 1, 20, False),
                                                     (96, 3, 160, 8, 5, True), (128, 2, 96, 3, 9, True)])
 def test_a_whole_block_step_equals_the_block_in_pytorch(build, weights, C, H, F_, T, position, bias):
-    """`gpt_block_step`: LayerNorm, the four products (any format), attention over the cache, GELU and both residual
+    """`PreparedBlocks` (gpt_blocks_step in C) of one block: LayerNorm, the four products (any format), attention over the cache, GELU and both residual
     connections in one call, against the same Block computed by PyTorch with the same (dequantized) weights."""
     block, prepared, reference, keys, values = _block_and_cache(C, H, F_, bias, C + T + position, weights,
                                                                 position + T + 1)
     x = torch.randn(1, T, C) * 2
     norms = ((block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias))
     k0, v0 = keys.clone(), values.clone()
-    out = native.gpt_block_step(x, norms, block.ln_1.eps, prepared, H, keys, values, position)
+    out = native.PreparedBlocks([(norms, block.ln_1.eps, prepared, H)], [keys], [values])(x, position)
     with torch.no_grad():  # the block by hand, on PyTorch's ops: ln, qkv, attention over the cache, gelu
         qkv = reference[0](block.ln_1(x)).view(T, 3, H, C // H).permute(1, 2, 0, 3)  # 3 x (H, T, D)
         k0[0, :, position:position + T], v0[0, :, position:position + T] = qkv[1], qkv[2]
@@ -256,12 +256,16 @@ def test_a_whole_block_step_equals_the_block_in_pytorch(build, weights, C, H, F_
 def test_a_whole_block_step_refuses_what_it_cannot_take():
     block, prepared, _, keys, values = _block_and_cache(32, 2, 128, True, 0, "fp32", 12)
     norms = ((block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias))
+    step = native.PreparedBlocks([(norms, 1e-5, prepared, 2)], [keys], [values])
     with pytest.raises(ValueError, match="T <= 8"):
-        native.gpt_block_step(torch.zeros(1, 9, 32), norms, 1e-5, prepared, 2, keys, values, 0)
-    with pytest.raises(ValueError, match="room for T more"):
-        native.gpt_block_step(torch.zeros(1, 2, 32), norms, 1e-5, prepared, 2, keys, values, 11)
+        step(torch.zeros(1, 9, 32), 0)
+    with pytest.raises(ValueError, match="T more positions in caches of 12"):
+        step(torch.zeros(1, 2, 32), 11)
+    with pytest.raises(ValueError, match="H D = 32"):
+        native.PreparedBlocks([(norms, 1e-5, prepared, 2)], [keys[:, :1]], [values[:, :1]])
+    with pytest.raises(ValueError, match="one pair of contiguous"):
+        native.PreparedBlocks([(norms, 1e-5, prepared, 2)] * 2, [keys], [values])
     with pytest.raises(ValueError, match="linears of shapes"):
-        native.gpt_block_step(torch.zeros(1, 1, 32), norms, 1e-5, prepared[::-1], 2, keys, values, 0)
+        native.PreparedBlocks([(norms, 1e-5, prepared[::-1], 2)], [keys], [values])
     with pytest.raises(ValueError, match="LayerNorms of C float32"):
-        native.gpt_block_step(torch.zeros(1, 1, 32), ((block.ln_1.weight.double(), None),) * 2, 1e-5, prepared, 2,
-                              keys, values, 0)
+        native.PreparedBlocks([(((block.ln_1.weight.double(), None),) * 2, 1e-5, prepared, 2)], [keys], [values])

@@ -536,41 +536,53 @@ static void gelu_tanh(float *y, int n) {
     }
 }
 
-/* One GPT-2 block (pre-LayerNorm) for T <= 8 new tokens at batch 1, in one parallel region instead of ~10 PyTorch
-   operations and as many thread start-ups: y = x + proj(attention(ln1(x))), then y += out(gelu(fc(ln2(y)))), the
-   attention over the layer's KV-cache as `attend` computes it (the new keys and values written at pos..pos+T-1).
-   x, y: (T, C); attn (3C x C), proj (C x C), fc (F x C), out (C x F) in any of the formats; ln2_b and ln1_b may be
-   NULL. work: T (5 C + F) floats for the activations, then scratch for the int8 and int4 kernels,
-   T (max(C, F) + 1). */
-void gpt_block_step(const float *x, int T, int C, int H, const float *ln1_w, const float *ln1_b, const float *ln2_w,
-                    const float *ln2_b, float eps, const matrix *attn, const matrix *proj, const matrix *fc,
-                    const matrix *out, float *keys, float *values, int max_len, int pos, float *work, float *y) {
-    const int F = fc->N;
+/* A GPT-2 block's weights, as Python hands them over (llmcourse/native.py, class Block): width C, H heads, the two
+   LayerNorms (biases may be NULL) and the four products in any of the formats: attn (3C x C), proj (C x C),
+   fc (F x C), out (C x F). */
+typedef struct {
+    int C, H;
+    float eps;
+    const float *ln1_w, *ln1_b, *ln2_w, *ln2_b;
+    matrix attn, proj, fc, out;
+} block;
+
+/* A decoding step of n GPT-2 blocks (pre-LayerNorm) for T <= 8 new tokens at batch 1, in one parallel region: for
+   each block, y += proj(attention(ln1(y))), then y += out(gelu(fc(ln2(y)))), starting from y = x, the attention
+   over block l's KV-cache (keys[l], values[l]: (H, max_len, D)) as `attend` computes it, the new keys and values
+   written at pos..pos+T-1. Per block that replaces ~10 PyTorch operations and 5 calls from Python; each cost a few
+   microseconds warm and tens after the weights streamed through the CPU's caches. x, y: (T, C). work: T (5 C + F)
+   floats for the activations, then scratch for the int8 and int4 kernels, T (max(C, F) + 1) (F: the widest fc). */
+void gpt_blocks_step(const block *blocks, int n, const float *x, int T, float *const *keys, float *const *values,
+                     int max_len, int pos, float *work, float *y) {
+    int F = 0;
+    for (int l = 0; l < n; l++) F = blocks[l].fc.N > F ? blocks[l].fc.N : F;
+    const int C = blocks[0].C;
     float *h = work, *qkv = h + (size_t)T * C, *att = qkv + (size_t)3 * T * C, *u = att + (size_t)T * C;
     float *scratch = u + (size_t)T * F;
     input in;
+    memcpy(y, x, sizeof(float) * (size_t)T * C);
     #pragma omp parallel
-    {
+    for (int l = 0; l < n; l++) {
+        const block *b = blocks + l;
         #pragma omp single
         {
-            memcpy(y, x, sizeof(float) * (size_t)T * C);
-            layer_norm(x, T, C, ln1_w, ln1_b, eps, h);
-            prepare_input(attn, h, T, scratch, &in);
+            layer_norm(y, T, C, b->ln1_w, b->ln1_b, b->eps, h);
+            prepare_input(&b->attn, h, T, scratch, &in);
         }
-        product(attn, &in, qkv, STORE);
-        attend(qkv, T, H, C / H, keys, values, max_len, pos, att);
+        product(&b->attn, &in, qkv, STORE);
+        attend(qkv, T, b->H, C / b->H, keys[l], values[l], max_len, pos, att);
         #pragma omp single
-        prepare_input(proj, att, T, scratch, &in);
-        product(proj, &in, y, ADD);
+        prepare_input(&b->proj, att, T, scratch, &in);
+        product(&b->proj, &in, y, ADD);
         #pragma omp single
         {
-            layer_norm(y, T, C, ln2_w, ln2_b, eps, h);
-            prepare_input(fc, h, T, scratch, &in);
+            layer_norm(y, T, C, b->ln2_w, b->ln2_b, b->eps, h);
+            prepare_input(&b->fc, h, T, scratch, &in);
         }
-        product(fc, &in, u, STORE);
-        gelu_tanh(u, T * F);
+        product(&b->fc, &in, u, STORE);
+        gelu_tanh(u, T * b->fc.N);
         #pragma omp single
-        prepare_input(out, u, T, scratch, &in);
-        product(out, &in, y, ADD);
+        prepare_input(&b->out, u, T, scratch, &in);
+        product(&b->out, &in, y, ADD);
     }
 }
