@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from llmcourse.impl import COURSE_ROOT, SolutionsMissing
+from llmcourse.files import COURSE_ROOT
+from llmcourse.impl import SolutionsMissing
 
 
 def _write_json(path: str, data: dict) -> None:

@@ -13,7 +13,7 @@ from typing import Callable
 import nbformat
 from nbclient import NotebookClient
 
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.files import COURSE_ROOT
 from llmcourse.runtime import FAST_ENV
 
 NOTEBOOKS = COURSE_ROOT / "notebooks"

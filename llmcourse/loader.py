@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from llmcourse import catalog, fallbacks
-from llmcourse.impl import COURSE_ROOT, Implementation, ImplementationImportError, solutions_folder
+from llmcourse.files import COURSE_ROOT
+from llmcourse.impl import Implementation, ImplementationImportError, solutions_folder
 
 EXERCISES_ENV = "LLMCOURSE_EXERCISES"
 _verdicts: dict[tuple[str, str], tuple[bool, str]] = {}  # (exercise id, file hash) -> (passes, why not)

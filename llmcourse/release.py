@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmcourse import catalog
-from llmcourse.impl import COURSE_ROOT, solutions_folder
+from llmcourse.files import COURSE_ROOT
+from llmcourse.impl import solutions_folder
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 STUB_CALL = "raise NotImplementedError("

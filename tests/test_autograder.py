@@ -19,9 +19,10 @@ import pytest
 
 from llmcourse import catalog
 from llmcourse.cli import main
+from llmcourse.files import COURSE_ROOT
 from llmcourse.grading.autograder import build_bundle
 from llmcourse.grading.sandbox import bubblewrap_problem
-from llmcourse.impl import COURSE_ROOT, solutions_folder
+from llmcourse.impl import solutions_folder
 
 pytestmark = pytest.mark.slow
 solutions_folder()  # grading the course's own folders needs the reference answers: a student release skips this module

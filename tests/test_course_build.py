@@ -22,7 +22,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 import llmcourse.book as book
 import llmcourse.course as course
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.files import COURSE_ROOT
 
 KERNEL = {"kernelspec": {"name": "python3", "display_name": "Python 3"}}
 STEMS = [path.stem for path in course.notebook_paths()]

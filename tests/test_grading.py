@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 
 from llmcourse import catalog
+from llmcourse.files import COURSE_ROOT
 from llmcourse.grading.runner import format_table, grade, gradescope_results
-from llmcourse.impl import COURSE_ROOT, solutions_folder
+from llmcourse.impl import solutions_folder
 
 pytestmark = pytest.mark.slow
 

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.files import COURSE_ROOT
 
 if not sys.platform.startswith("linux"):
     pytest.skip("the grader's sandbox (bubblewrap) exists only on Linux", allow_module_level=True)

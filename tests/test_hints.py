@@ -6,8 +6,8 @@ import pytest
 
 from llmcourse import catalog
 from llmcourse.cli import main
+from llmcourse.files import COURSE_ROOT
 from llmcourse.hints import HINTS, hints
-from llmcourse.impl import COURSE_ROOT
 
 
 @pytest.mark.parametrize("exercise", catalog.EXERCISES, ids=lambda ex: ex.id)

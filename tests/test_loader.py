@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from llmcourse import fallbacks
-from llmcourse.impl import COURSE_ROOT, Implementation, solutions_folder
+from llmcourse.files import COURSE_ROOT
+from llmcourse.impl import Implementation, solutions_folder
 from llmcourse.loader import is_stub, load, reference
 
 STUB = 'raise NotImplementedError("warmup_mean_squared_error: mean_squared_error is not implemented yet; ' \

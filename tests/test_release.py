@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from llmcourse import catalog
-from llmcourse.impl import COURSE_ROOT, solutions_folder
+from llmcourse.files import COURSE_ROOT
+from llmcourse.impl import solutions_folder
 from llmcourse.loader import is_stub
 from llmcourse.release import ReleaseError, differences, generate, stub_source, write
 

@@ -25,7 +25,7 @@ import nbformat
 
 from llmcourse import course
 from llmcourse.course import ExecutedNotebook, execute_all, notebook_paths
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.files import COURSE_ROOT
 
 HERE = Path(__file__).resolve().parent
 # The syllabus: each part starts at a chapter number and runs to the next part's first chapter (a new notebook 14

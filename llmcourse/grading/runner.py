@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from llmcourse import catalog
+from llmcourse.files import COURSE_ROOT
 from llmcourse.grading.sandbox import SandboxUnavailable, bubblewrap_problem, resolve_sandbox
-from llmcourse.impl import COURSE_ROOT, NAMED_IMPLEMENTATIONS, resolve_impl
+from llmcourse.impl import NAMED_IMPLEMENTATIONS, resolve_impl
 
 GRADED_TESTS = COURSE_ROOT / "tests" / "graded"
 DEFAULT_TIMEOUT = 30.0  # seconds per test; every reference test takes well under one

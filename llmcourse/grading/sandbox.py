@@ -33,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from llmcourse.files import COURSE_ROOT
 from llmcourse.grading import wire
-from llmcourse.impl import COURSE_ROOT, ImplementationImportError
+from llmcourse.impl import ImplementationImportError
 
 WORKER_FILES = (Path(__file__).with_name("worker.py"), Path(__file__).with_name("wire.py"))
 SANDBOXES = ("auto", "bubblewrap", "none")
