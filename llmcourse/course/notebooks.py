@@ -1,5 +1,5 @@
 """Execute the course's notebooks headless: for the tests, and for `make course` (which makes a book of them,
-llmcourse.book)."""
+llmcourse.course.book)."""
 
 from __future__ import annotations
 
