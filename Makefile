@@ -44,7 +44,7 @@ clean:
 # The course as a book: execute every notebook headless ($(JOBS) at a time), then build build/book/index.html (Sphinx,
 # from build/book-source/). Fails when a notebook raises; each notebook's run time is in the log and on the front page.
 course: setup
-	$(PY) -m llmcourse.book --jobs $(JOBS)
+	$(PY) -m llmcourse.course.book --jobs $(JOBS)
 
 # Measure inference speed against this machine's limits: a table, build/bench.json and PNG plots in build/.
 bench: setup

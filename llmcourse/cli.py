@@ -9,7 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from llmcourse.impl import COURSE_ROOT, SolutionsMissing
+from llmcourse.course.impl import SolutionsMissing
+from llmcourse.files import COURSE_ROOT
 
 
 def _write_json(path: str, data: dict) -> None:
@@ -18,12 +19,12 @@ def _write_json(path: str, data: dict) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from llmcourse.check import run_check
+    from llmcourse.course.check import run_check
     return run_check()
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from llmcourse import release
+    from llmcourse.course import release
     if args.student:
         return _student_release(Path(args.student), tuple(args.hold_out))
     exercises = COURSE_ROOT / "exercises"
@@ -48,7 +49,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def _student_release(out: Path, hold_out: tuple[str, ...]) -> int:
-    from llmcourse import release
+    from llmcourse.course import release
     try:
         files = release.student_release(out, hold_out)
     except (release.ReleaseError, SolutionsMissing) as err:
@@ -63,7 +64,7 @@ def _student_release(out: Path, hold_out: tuple[str, ...]) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from llmcourse.grading.runner import format_table, grade, gradescope_results
+    from llmcourse.course.grading.runner import format_table, grade, gradescope_results
     report = grade(args.impl, submission=args.submission, only=args.only, timeout=args.timeout,
                    workers=args.workers, sandbox="bubblewrap" if args.require_sandbox else "auto")
     print(format_table(report))
@@ -75,7 +76,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
 
 def cmd_autograder(args: argparse.Namespace) -> int:
-    from llmcourse.grading.autograder import build_bundle
+    from llmcourse.course.grading.autograder import build_bundle
     out = build_bundle(Path(args.out))
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): setup.sh, run_autograder and the course's graded tests "
           "and solutions; keep it from students")
@@ -87,7 +88,7 @@ def cmd_autograder(args: argparse.Namespace) -> int:
 
 
 def cmd_hint(args: argparse.Namespace) -> int:
-    from llmcourse.hints import hints
+    from llmcourse.course.hints import hints
     try:
         found = hints(args.exercise)
     except KeyError as err:

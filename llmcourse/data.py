@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.files import COURSE_ROOT
 
 CORPUS_ENV = "LLMCOURSE_CORPUS"
 

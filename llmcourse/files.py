@@ -1,4 +1,5 @@
-"""Files written whole or not at all: checkpoints, results, bundles."""
+"""The course's files: where the course lies (COURSE_ROOT), files written whole or not at all (checkpoints, results,
+bundles), and JSON read with a clear error."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+COURSE_ROOT = Path(__file__).resolve().parent.parent  # the checkout: llmcourse/, notebooks/, exercises/, ...
 
 
 def write_then_name(folder: str | os.PathLike, write: Callable[[str], None], name: Callable[[Path], str],

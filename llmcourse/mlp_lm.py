@@ -3,7 +3,7 @@
     embed the last T characters -> concatenate -> Linear -> LayerNorm -> GELU -> Linear -> softmax
 
 The model takes its layers as a `Layers` (by default the package's own, `llmcourse.numpy_layers`; notebook 03 passes
-the learner's through `llmcourse.loader.load`), and the optimisers take their step function the same way.
+the learner's through `llmcourse.course.loader.load`), and the optimisers take their step function the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ class Layers:
 
     @classmethod
     def load(cls, get: Callable[[str], Callable]) -> "Layers":
-        """Every function through `get("module.function")`, e.g. `llmcourse.loader.load` for the learner's code."""
+        """Every function through `get("module.function")`, e.g. `llmcourse.course.loader.load` for the learner's
+        code."""
         return cls(**{f.name: get(("tokens." if f.name.startswith("embedding") else "backprop.") + f.name)
                       for f in fields(cls)})
 

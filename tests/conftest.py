@@ -17,10 +17,10 @@ settings.register_profile("deterministic", derandomize=True, deadline=None)
 settings.register_profile("explore", deadline=None)
 settings.load_profile("deterministic")
 
-from llmcourse.grading.isolation import answered_by_reference, course_function
-from llmcourse.grading.marks import exercise_id_of, register_markers
-from llmcourse.grading.sandbox import SANDBOXES, SandboxedImplementation
-from llmcourse.impl import IMPL_ENV, SOLUTIONS, SolutionsMissing, resolve_impl
+from llmcourse.course.grading.isolation import answered_by_reference, course_function
+from llmcourse.course.grading.marks import exercise_id_of, register_markers
+from llmcourse.course.grading.sandbox import SANDBOXES, SandboxedImplementation
+from llmcourse.course.impl import IMPL_ENV, SOLUTIONS, SolutionsMissing, resolve_impl
 
 STUDENT_RELEASE = ("needs solutions/, which this student release does not have; run `llmcourse grade` to grade your "
                    "exercises")
@@ -81,9 +81,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 @pytest.fixture(scope="session")
 def impl(pytestconfig: pytest.Config):
-    """The implementation under test, run in a sandbox process (llmcourse.grading.sandbox): `impl.attention.softmax`
-    calls the learner's function there with this test's arguments and brings the result back as data. Modules are
-    imported inside each test, so one broken file fails only its own tests."""
+    """The implementation under test, run in a sandbox process (llmcourse.course.grading.sandbox):
+    `impl.attention.softmax` calls the learner's function there with this test's arguments and brings the result back
+    as data. Modules are imported inside each test, so one broken file fails only its own tests."""
     option = pytestconfig.getoption
     if option("--impl") == "solutions" and not SOLUTIONS.is_dir():
         pytest.skip("graded tests need solutions/: this is a student release; run `llmcourse grade` to grade your "
@@ -100,7 +100,7 @@ def impl(pytestconfig: pytest.Config):
 def _grade_each_exercise_on_its_own(request: pytest.FixtureRequest) -> None:
     """Each graded test gets the full time limit, and in a graded test of exercise X the earlier exercises X's code
     calls are answered by the reference: a wrong softmax costs softmax's points, not causal attention's too
-    (llmcourse.grading.isolation)."""
+    (llmcourse.course.grading.isolation)."""
     exercise_id = exercise_id_of(request.node)
     if exercise_id is None:
         return
@@ -125,7 +125,7 @@ class NotebookRuns:
     def _load_or_execute(self, path: Path):  # with the notebook's lock held
         import nbformat
 
-        from llmcourse.course import ExecutedNotebook, execute
+        from llmcourse.course.notebooks import ExecutedNotebook, execute
         saved, seconds = self.folder / path.name, self.folder / f"{path.stem}.seconds"
         if seconds.exists():  # written last
             return ExecutedNotebook(path, nbformat.read(saved, as_version=4), float(seconds.read_text()))
@@ -135,7 +135,7 @@ class NotebookRuns:
         return result
 
     def get(self, path: Path):
-        """The executed notebook (an llmcourse.course.ExecutedNotebook)."""
+        """The executed notebook (an llmcourse.course.notebooks.ExecutedNotebook)."""
         with self._lock(path):
             return self._load_or_execute(path)
 
@@ -183,12 +183,12 @@ class BuiltBook:
 
 @pytest.fixture(scope="session")
 def built_book(run_folder: Path, notebook_runs: NotebookRuns) -> BuiltBook:
-    """The course's book (llmcourse.book), built once per run by the first process that asks, from the notebooks
+    """The course's book (llmcourse.course.book), built once per run by the first process that asks, from the notebooks
     executed for the tests."""
     from filelock import FileLock
 
-    from llmcourse.book import build_html, write_source
-    from llmcourse.course import notebook_paths
+    from llmcourse.course.book import build_html, write_source
+    from llmcourse.course.notebooks import notebook_paths
     site, source, warnings = run_folder / "book", run_folder / "book-source", run_folder / "book-warnings.txt"
     with FileLock(run_folder / "book.lock"):
         if not warnings.exists():  # written last

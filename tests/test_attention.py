@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcourse.loader import reference
+from llmcourse.course.loader import reference
 
 softmax = reference("attention.softmax")
 causal_attention = reference("attention.causal_attention")

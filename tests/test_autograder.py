@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import catalog
 from llmcourse.cli import main
-from llmcourse.grading.autograder import build_bundle
-from llmcourse.grading.sandbox import bubblewrap_problem
-from llmcourse.impl import COURSE_ROOT, solutions_folder
+from llmcourse.course import catalog
+from llmcourse.course.grading.autograder import build_bundle
+from llmcourse.course.grading.sandbox import bubblewrap_problem
+from llmcourse.course.impl import solutions_folder
+from llmcourse.files import COURSE_ROOT
 
 pytestmark = pytest.mark.slow
 solutions_folder()  # grading the course's own folders needs the reference answers: a student release skips this module
@@ -76,7 +77,7 @@ def test_bundle_holds_what_grading_needs_and_nothing_else(bundle, tmp_path):
         infos = {info.filename: info for info in archive.infolist()}
         names = set(infos)
         assert {"setup.sh", "run_autograder", "pyproject.toml", "README.md", "tests/conftest.py",
-                "llmcourse/cli.py", "llmcourse/grading/runner.py"} <= names
+                "llmcourse/cli.py", "llmcourse/course/grading/runner.py"} <= names
         assert (infos["run_autograder"].external_attr >> 16) & 0o111 == 0o111, "run_autograder is not executable"
         for name in names:
             parts = name.split("/")

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmcourse.course.loader import reference
 from llmcourse.gradcheck import TOLERANCE, check_gradient
-from llmcourse.loader import reference
 from llmcourse.mlp_lm import (SGD, Adam, Layers, MLPLanguageModel, Momentum, bigram_baseline, fewest_steps,
                               quadratic_path, train, windows)
 

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmcourse.batching import Request, generate_batch, serve_continuous, serve_static, simulate_schedule
+from llmcourse.course.grading import assert_equal_ids
+from llmcourse.course.loader import reference
 from llmcourse.generate import generate
 from llmcourse.gpt import GPTConfig, random_gpt
-from llmcourse.grading import assert_equal_ids
-from llmcourse.loader import reference
 
 padding_mask = reference("batching.padding_mask")
 row_positions = reference("batching.row_positions")

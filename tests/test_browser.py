@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.files import COURSE_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from llmcourse.grading.checks import assert_allclose
+from llmcourse.course.grading.checks import assert_allclose
 
 
 def test_a_masked_minus_infinity_is_matched_only_by_itself():
@@ -28,7 +28,7 @@ def test_the_worst_entry_is_reported_and_small_arrays_in_full():
 
 
 def test_ids_name_the_first_difference_and_short_lists_in_full():
-    from llmcourse.grading.checks import assert_equal_ids, expect_error
+    from llmcourse.course.grading.checks import assert_equal_ids, expect_error
 
     with pytest.raises(AssertionError, match=r"first at index \(1,\): got 5, expected 2; got \[1, 5, 3\], "
                                              r"expected \[1, 2, 3\]"):

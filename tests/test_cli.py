@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from llmcourse.cli import build_parser
-from llmcourse.impl import solutions_folder
+from llmcourse.course.impl import solutions_folder
 
 SUBCOMMANDS = sorted(build_parser()._subparsers._group_actions[0].choices)
 

@@ -1,4 +1,4 @@
-"""`make course`: the course as a book (llmcourse.book), built by Sphinx from the notebooks executed headless.
+"""`make course`: the course as a book (llmcourse.course.book), built by Sphinx from the notebooks executed headless.
 
 The real book is tested as the `built_book` fixture (tests/conftest.py) builds it: from the notebooks that
 tests/test_notebooks.py executes anyway, each executed once per run and shared between test processes through files
@@ -20,28 +20,27 @@ import pytest
 from bs4 import BeautifulSoup
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-import llmcourse.book as book
-import llmcourse.course as course
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.course import book, notebooks
+from llmcourse.files import COURSE_ROOT
 
 KERNEL = {"kernelspec": {"name": "python3", "display_name": "Python 3"}}
-STEMS = [path.stem for path in course.notebook_paths()]
+STEMS = [path.stem for path in notebooks.notebook_paths()]
 # The captions of the book's sidebar, in order: the syllabus's parts, then the measurements and the Chinese guides.
 CAPTIONS = ["Foundations", "The GPT", "Inference", "Modern models", "Beyond the basics", "Measurements", "中文导读"]
 
 
-def _write_course(folder, notebooks: dict[str, list]) -> None:
+def _write_course(folder, chapters: dict[str, list]) -> None:
     folder.mkdir()
-    for name, cells in notebooks.items():
+    for name, cells in chapters.items():
         nbformat.write(new_notebook(cells=cells, metadata=KERNEL), folder / name)
 
 
 def test_a_lettered_notebook_is_a_chapter_between_its_neighbours(tmp_path, monkeypatch):
     for name in ("04_after.ipynb", "03_before.ipynb", "03b_inserted.ipynb", "00_welcome.ipynb", "scratch.ipynb"):
         (tmp_path / name).write_text("{}")
-    monkeypatch.setattr(course, "NOTEBOOKS", tmp_path)
-    assert [p.name for p in course.notebook_paths()] == ["00_welcome.ipynb", "03_before.ipynb", "03b_inserted.ipynb",
-                                                        "04_after.ipynb"]
+    monkeypatch.setattr(notebooks, "NOTEBOOKS", tmp_path)
+    assert [p.name for p in notebooks.notebook_paths()] == ["00_welcome.ipynb", "03_before.ipynb",
+                                                           "03b_inserted.ipynb", "04_after.ipynb"]
 
 
 def test_the_syllabus_puts_each_chapter_in_its_part():
@@ -108,12 +107,12 @@ def test_execute_all_keeps_the_order_and_logs_each_run(tmp_path):
     _write_course(tmp_path / "nb", {"00_a.ipynb": [new_code_cell("import time; time.sleep(1.5); print('a')")],
                                     "01_b.ipynb": [new_code_cell("import os; print(os.environ['OMP_NUM_THREADS'])")]})
     lines = []
-    results = course.execute_all(sorted((tmp_path / "nb").glob("*.ipynb")), fast=True, jobs=2, log=lines.append)
+    results = notebooks.execute_all(sorted((tmp_path / "nb").glob("*.ipynb")), fast=True, jobs=2, log=lines.append)
     assert [r.path.name for r in results] == ["00_a.ipynb", "01_b.ipynb"]
     assert results[1].notebook.cells[0].outputs[0]["text"] == "1\n", "two at a time: one math thread each"
     assert sorted(line.split(":")[0].strip() for line in lines) == ["00_a.ipynb", "01_b.ipynb"]
     with pytest.raises(ValueError, match="jobs=0"):
-        course.execute_all([], fast=True, jobs=0)
+        notebooks.execute_all([], fast=True, jobs=0)
 
 
 def _soup(path) -> BeautifulSoup:
@@ -129,14 +128,14 @@ def _run_time_rows(site) -> list[list[str]]:
 @pytest.mark.slow
 def test_make_course_builds_the_book_reports_run_times_and_fails_when_a_notebook_raises(tmp_path, monkeypatch,
                                                                                           capsys):
-    notebooks = tmp_path / "notebooks"
-    _write_course(notebooks, {
+    folder = tmp_path / "notebooks"
+    _write_course(folder, {
         "00_first.ipynb": [new_markdown_cell("# 00 · First\n\nThe energy $E = mc^2$."), new_code_cell("print(6 * 7)")],
         "01_second.ipynb": [new_markdown_cell("# 01 · Second"), new_code_cell("1 / 0")]})
-    (notebooks / "zh").mkdir()
-    (notebooks / "zh" / "README.md").write_text("# 中文导读\n\n[00](00_first.md)\n", encoding="utf-8")
-    (notebooks / "zh" / "00_first.md").write_text("# 00 · 第一章\n\n[原文](../00_first.ipynb)\n", encoding="utf-8")
-    monkeypatch.setattr(course, "NOTEBOOKS", notebooks)
+    (folder / "zh").mkdir()
+    (folder / "zh" / "README.md").write_text("# 中文导读\n\n[00](00_first.md)\n", encoding="utf-8")
+    (folder / "zh" / "00_first.md").write_text("# 00 · 第一章\n\n[原文](../00_first.ipynb)\n", encoding="utf-8")
+    monkeypatch.setattr(notebooks, "NOTEBOOKS", folder)
 
     assert book.main(["--out", str(tmp_path / "build"), "--fast", "--jobs", "2"]) == 1
     err = capsys.readouterr().err
@@ -198,7 +197,7 @@ def test_math_is_rendered_by_a_mathjax_shipped_with_the_book(built_book):
 def _distinctive_word(stem: str) -> str:
     """The first (alphabetically) word of 6+ letters in notebook `stem`'s markdown that no other notebook uses."""
     def words(name: str) -> set[str]:
-        notebook = nbformat.read(course.NOTEBOOKS / f"{name}.ipynb", as_version=4)
+        notebook = nbformat.read(notebooks.NOTEBOOKS / f"{name}.ipynb", as_version=4)
         return set(re.findall(r"\b[a-z]{6,}\b", "\n".join(c.source for c in notebook.cells).lower()))
     others = set().union(*(words(other) for other in STEMS if other != stem))
     return min(words(stem) - others)

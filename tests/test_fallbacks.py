@@ -1,4 +1,4 @@
-"""Every exercise function has a version in the package (llmcourse.fallbacks, what the loader hands out until the
+"""Every exercise function has a version in the package (llmcourse.course.fallbacks, what the loader hands out until the
 learner's works), equal to the course's reference answer on seeded random inputs.
 
 Integer results (ids, merges, codes, masks, positions, schedules, beam indices) must be exactly equal. Float results
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from llmcourse import catalog, fallbacks
+from llmcourse.course import catalog, fallbacks
+from llmcourse.course.loader import reference
 from llmcourse.gpt import GPTConfig, random_gpt
-from llmcourse.loader import reference
 
 FUNCTIONS = [(ex.module, f) for ex in catalog.EXERCISES for f in ex.functions]
 ON_ITS_OWN = {"training_step"}  # it changes a model and an optimizer: test_training_step_equals_the_reference

@@ -8,9 +8,9 @@ import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from llmcourse.course.loader import reference
 from llmcourse.generate import beam_search, check_sampling_args, generate, next_token
 from llmcourse.gpt import GPT, GPTConfig, random_gpt
-from llmcourse.loader import reference
 
 apply_temperature = reference("decoding.apply_temperature")
 top_k_filter = reference("decoding.top_k_filter")

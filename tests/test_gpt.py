@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmcourse.course.grading import assert_allclose, assert_equal_ids
+from llmcourse.course.loader import reference
 from llmcourse.gpt import GPT, GPTConfig, KVCache, gpt_skeleton, load_gpt2, random_gpt, to_gpt2_state_dict
-from llmcourse.grading import assert_allclose, assert_equal_ids
-from llmcourse.loader import reference
 from llmcourse.model_stats import (GPT2_SIZES, count_by_component, count_by_layer, formula_parameters,
                                    parameter_table, plot_by_layer, plot_component_shares)
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from llmcourse.gradcheck import (TOLERANCE, check_gradient, format_rows, gradient_errors, layer_checks,
                                  numerical_gradient, optimizer_errors, relative_error)
-from llmcourse.loader import reference
+from llmcourse.course.loader import reference
 from llmcourse.mlp_lm import SGD, Layers, Momentum
 
 linear_forward = reference("backprop.linear_forward")

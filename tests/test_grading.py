@@ -18,15 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import catalog
-from llmcourse.grading.runner import format_table, grade, gradescope_results
-from llmcourse.impl import COURSE_ROOT, solutions_folder
+from llmcourse.course import catalog
+from llmcourse.course.grading.runner import format_table, grade, gradescope_results
+from llmcourse.course.impl import solutions_folder
+from llmcourse.files import COURSE_ROOT
 
 pytestmark = pytest.mark.slow
 
 # Each synthetic exercise borrows a real catalog id (graded tests must name one); the functions are invented.
 GRADED_TESTS = '''
-from llmcourse.grading import exercise
+from llmcourse.course.grading import exercise
 
 @exercise("warmup_mean_squared_error")
 def test_fine(impl):
@@ -157,7 +158,7 @@ def test_hostile_submission_is_graded_to_the_end(course_tests, submission):
 
 def test_gradescope_and_json_files_are_written_by_the_cli(course_tests, submission, tmp_path, monkeypatch):
     # The CLI grades against the course's tests; point the runner at the synthetic ones for this test.
-    import llmcourse.grading.runner as runner
+    import llmcourse.course.grading.runner as runner
     monkeypatch.setattr(runner, "GRADED_TESTS", course_tests)
     from llmcourse.cli import main
 
@@ -225,7 +226,7 @@ def test_a_submission_is_always_a_path(tmp_path, monkeypatch):
 
 
 def test_the_submission_is_validated_before_it_is_copied(tmp_path):
-    from llmcourse.grading.runner import MAX_FILE_BYTES, copy_submission
+    from llmcourse.course.grading.runner import MAX_FILE_BYTES, copy_submission
 
     source = tmp_path / "submission"
     source.mkdir()
@@ -255,7 +256,7 @@ def test_points_follow_the_effort_of_each_exercise():
 
 
 def test_challenges_are_marked_and_counted_in_the_total():
-    from llmcourse.grading.runner import ExerciseResult, GradeReport
+    from llmcourse.course.grading.runner import ExerciseResult, GradeReport
 
     report = GradeReport("submission", [
         ExerciseResult("softmax", "Numerically stable softmax", 1.0, 1.0, "passed"),

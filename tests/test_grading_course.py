@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
-from llmcourse import catalog
-from llmcourse.grading.runner import format_table, grade, gradescope_results
-from llmcourse.impl import COURSE_ROOT, solutions_folder
+from llmcourse.course import catalog
+from llmcourse.course.grading.runner import format_table, grade, gradescope_results
+from llmcourse.course.impl import solutions_folder
+from llmcourse.files import COURSE_ROOT
 
 pytestmark = pytest.mark.slow
 solutions_folder()  # grading the course's own folders needs the reference answers: a student release skips this module
@@ -69,8 +70,8 @@ def test_a_broken_building_block_costs_only_its_own_exercise(tmp_path, monkeypat
     attention, which call it, are graded with the reference softmax. With the learner's own code throughout
     (what the exercise loader asks before a notebook uses a function) they fail, and the notebook gets the
     package's causal attention."""
-    from llmcourse import fallbacks
-    from llmcourse.loader import load
+    from llmcourse.course import fallbacks
+    from llmcourse.course.loader import load
 
     submission = tmp_path / "submission"
     shutil.copytree(COURSE_ROOT / "solutions", submission, ignore=shutil.ignore_patterns("__pycache__"))

@@ -34,14 +34,14 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.files import COURSE_ROOT
 
 if not sys.platform.startswith("linux"):
     pytest.skip("the grader's sandbox (bubblewrap) exists only on Linux", allow_module_level=True)
 
 from llmcourse.cli import main as cli_main  # noqa: E402
-from llmcourse.grading import sandbox as sandbox_module  # noqa: E402
-from llmcourse.grading.runner import format_table, grade, gradescope_results  # noqa: E402
+from llmcourse.course.grading import sandbox as sandbox_module  # noqa: E402
+from llmcourse.course.grading.runner import format_table, grade, gradescope_results  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -363,26 +363,26 @@ def _patch_pytest_reports():
 
 
 def _patch_checks():
-    import llmcourse.grading.checks as checks
+    import llmcourse.course.grading.checks as checks
     checks.assert_allclose.__code__ = (lambda *a, **k: None).__code__
     checks.assert_equal_ids.__code__ = (lambda *a, **k: None).__code__
 
 
 def _patch_checks_from_the_course():
     import importlib.util
-    spec = importlib.util.spec_from_file_location("llmcourse.grading.checks", @CHECKS@)
+    spec = importlib.util.spec_from_file_location("llmcourse.course.grading.checks", @CHECKS@)
     checks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(checks)
     checks.assert_allclose.__code__ = (lambda *a, **k: None).__code__
-    _sys.modules["llmcourse.grading.checks"] = checks
+    _sys.modules["llmcourse.course.grading.checks"] = checks
 
 
 def _fake_modules():
-    fake = _types.ModuleType("llmcourse.grading.checks")
+    fake = _types.ModuleType("llmcourse.course.grading.checks")
     fake.assert_allclose = fake.assert_equal_ids = lambda *a, **k: None
     fake.exercise = lambda *a, **k: (lambda f: f)
-    for name in ("llmcourse", "llmcourse.grading", "llmcourse.grading.checks", "llmcourse.grading.plugin",
-                 "_pytest.reports", "pytest"):
+    for name in ("llmcourse", "llmcourse.course", "llmcourse.course.grading", "llmcourse.course.grading.checks",
+                 "llmcourse.course.grading.plugin", "_pytest.reports", "pytest"):
         _sys.modules[name] = fake
 
 
@@ -613,8 +613,8 @@ def top_k_filter(logits, k):
 def test_patching_reading_leaking_junk_and_network_get_nothing(tmp_path, monkeypatch, capsys):
     """Attacks 1, 2, 3, 7, 9 and 10 in one submission, graded with the CLI:
 
-    1. warmup.py patches _pytest's TestReport, llmcourse.grading.checks.assert_allclose (by import, by path and its
-       __code__), numpy's comparisons, sys.modules and the worker's send() at import, then returns a NaN float that
+    1. warmup.py patches _pytest's TestReport, llmcourse.course.grading.checks.assert_allclose (by import, by path and
+       its __code__), numpy's comparisons, sys.modules and the worker's send() at import, then returns a NaN float that
        claims to equal everything;
     2. attention.py reads solutions/attention.py by its absolute path, execs it, imports it with importlib and as a
        package from the course root, and walks / for solutions/, graded/ and the grader's files;
@@ -639,7 +639,8 @@ def test_patching_reading_leaking_junk_and_network_get_nothing(tmp_path, monkeyp
     server.setblocking(False)
     port = server.getsockname()[1]
     values = dict(SOLUTIONS=str(SOLUTIONS), GRADED=str(COURSE_ROOT / "tests" / "graded"),
-                  COURSE_ROOT=str(COURSE_ROOT), CHECKS=str(COURSE_ROOT / "llmcourse" / "grading" / "checks.py"),
+                  COURSE_ROOT=str(COURSE_ROOT),
+                  CHECKS=str(COURSE_ROOT / "llmcourse" / "course" / "grading" / "checks.py"),
                   SECRET_FILE=str(secret_file), PORT=port, SIGNATURE=SIGNATURE)
     submission = make_submission(tmp_path, "submission", {
         "warmup": HELPERS + fill(PATCHING, **values),
@@ -702,7 +703,7 @@ _TARGETS = [
     @COURSE_ROOT@ + "/tests/graded/test_warmup.py", @COURSE_ROOT@ + "/tests/graded/test_zz_learner.py",
     @COURSE_ROOT@ + "/solutions/warmup.py", @COURSE_ROOT@ + "/solutions/learner.py",
     @COURSE_ROOT@ + "/exercises/warmup.py", @COURSE_ROOT@ + "/exercises/learner.py",
-    @COURSE_ROOT@ + "/llmcourse/grading/runner.py", @COURSE_ROOT@ + "/llmcourse/grading/checks.py",
+    @COURSE_ROOT@ + "/llmcourse/course/grading/runner.py", @COURSE_ROOT@ + "/llmcourse/course/grading/checks.py",
     "/grader/worker.py", "/grader/wire.py", "/stubs/warmup.py",
     @SITE_PACKAGES@ + "/" + @PTH@, @SITE_PACKAGES@ + "/sitecustomize.py",
     @SUBMISSION@ + "/conftest.py", @SUBMISSION@ + "/warmup.py", @SUBMISSION@ + "/../learner-was-here.py",

@@ -4,10 +4,10 @@ import ast
 
 import pytest
 
-from llmcourse import catalog
 from llmcourse.cli import main
-from llmcourse.hints import HINTS, hints
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.course import catalog
+from llmcourse.course.hints import HINTS, hints
+from llmcourse.files import COURSE_ROOT
 
 
 @pytest.mark.parametrize("exercise", catalog.EXERCISES, ids=lambda ex: ex.id)

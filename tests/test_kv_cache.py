@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmcourse.course.grading import assert_allclose, assert_equal_ids
+from llmcourse.course.loader import reference
 from llmcourse.generate import generate
 from llmcourse.gpt import GPTConfig, KVCache, random_gpt
-from llmcourse.grading import assert_allclose, assert_equal_ids
-from llmcourse.loader import reference
 
 cache_append = reference("kv_cache.cache_append")
 cached_attention = reference("kv_cache.cached_attention")

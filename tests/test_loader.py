@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import fallbacks
-from llmcourse.impl import COURSE_ROOT, Implementation, solutions_folder
-from llmcourse.loader import is_stub, load, reference
+from llmcourse.course import fallbacks
+from llmcourse.course.impl import Implementation, solutions_folder
+from llmcourse.course.loader import is_stub, load, reference
+from llmcourse.files import COURSE_ROOT
 
 STUB = 'raise NotImplementedError("warmup_mean_squared_error: mean_squared_error is not implemented yet; ' \
        'write your code here")'

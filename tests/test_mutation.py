@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import catalog
-from llmcourse.impl import SOLUTIONS
+from llmcourse.course import catalog
+from llmcourse.course.impl import SOLUTIONS
 
 pytestmark = pytest.mark.skipif(not SOLUTIONS.is_dir(), reason="mutation testing mutates solutions/, which this "
                                                                  "student release does not have")
@@ -47,7 +47,7 @@ def test_mutants_change_only_the_learners_code():
 
 WEAK_TESTS = '''
 import torch
-from llmcourse.grading import exercise
+from llmcourse.course.grading import exercise
 
 @exercise("temperature")
 def test_temperature_changes_something(impl):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import catalog
+from llmcourse.course import catalog
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 EXERCISE_FUNCTIONS = {function for ex in catalog.EXERCISES for function in ex.functions}
@@ -24,7 +24,7 @@ def test_every_your_function_is_loaded_through_the_loader(notebook):
                 for name in re.findall(r"your `(\w+)`", source)
                 if name in EXERCISE_FUNCTIONS and first_load.get(name, len(cells)) > index + 1]
     assert not unbacked, f"{notebook.name}: cells claim the learner's function without loading it through " \
-                         f"llmcourse.loader.load in that cell or the next: {unbacked}"
+                         f"llmcourse.course.loader.load in that cell or the next: {unbacked}"
 
 
 def _text(stem: str) -> str:

@@ -5,7 +5,7 @@ Each notebook is executed once per test run, in a fresh kernel with LLMCOURSE_FA
 
 import pytest
 
-from llmcourse.course import notebook_paths, stored_outputs
+from llmcourse.course.notebooks import notebook_paths, stored_outputs
 
 NOTEBOOKS = notebook_paths()
 IDS = [path.stem for path in NOTEBOOKS]

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from llmcourse import numpy_layers as nl
 from llmcourse import tiled
 from llmcourse.batching import generate_batch, left_padded, schedule_step
+from llmcourse.course.loader import reference
 from llmcourse.data import load_corpus
 from llmcourse.generate import beam_step, filtered_logits
 from llmcourse.gpt import GPTConfig, KVCache, random_gpt
 from llmcourse.gradcheck import TOLERANCE, layer_checks
 from llmcourse.llama import LlamaConfig, random_llama, rope_tables
-from llmcourse.loader import reference
 from llmcourse.mlp_lm import Layers, adam_step, momentum_step, sgd_step
 from llmcourse.ngram import BigramModel
 from llmcourse.paged import PagedKVCache

@@ -1,5 +1,6 @@
 """The package runs without solutions/: the student release leaves it out, and only the grader (through
-`loader.reference`) may read it; the exercise loader hands out the package's own versions (llmcourse.fallbacks)."""
+`loader.reference`) may read it; the exercise loader hands out the package's own versions
+(llmcourse.course.fallbacks)."""
 
 import re
 from pathlib import Path
@@ -9,28 +10,30 @@ import pytest
 import torch
 
 import llmcourse
-from llmcourse import impl, loader
+from llmcourse.course import impl, loader
 
 PACKAGE = Path(llmcourse.__file__).resolve().parent
 # The course machinery whose job is solutions/ itself: the exercise loader and the grader (which call `reference`),
 # loading an implementation folder, the catalog of exercises, generating the release from solutions/, and the CLI
 # commands for those. Everything else is what notebooks and `llmcourse bench` run.
-MACHINERY = {"loader.py", "impl.py", "catalog.py", "release.py", "cli.py"}
+MACHINERY = {"course/loader.py", "course/impl.py", "course/catalog.py", "course/release.py", "cli.py"}
 
 
 def _package_files() -> list[Path]:
-    return sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] != "grading")
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[:2] != ("course", "grading"))
 
 
 def test_only_the_loader_and_the_grader_use_reference():
     calls = re.compile(r"\breference\(|import[^\n]*\breference\b|loader\.reference\b")
-    offenders = [f"{p.relative_to(PACKAGE)}:{n}: {line.strip()}" for p in _package_files() if p.name != "loader.py"
+    offenders = [f"{p.relative_to(PACKAGE)}:{n}: {line.strip()}" for p in _package_files()
+                 if p.relative_to(PACKAGE).as_posix() != "course/loader.py"
                  for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if calls.search(line)]
     assert not offenders, "package code must use its own implementations, not solutions/:\n" + "\n".join(offenders)
 
 
 def test_no_runtime_module_mentions_solutions():
-    offenders = [f"{p.relative_to(PACKAGE)}:{n}: {line.strip()}" for p in _package_files() if p.name not in MACHINERY
+    offenders = [f"{p.relative_to(PACKAGE)}:{n}: {line.strip()}" for p in _package_files()
+                 if p.relative_to(PACKAGE).as_posix() not in MACHINERY
                  for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "solutions" in line]
     assert not offenders, "only the course machinery may name solutions/:\n" + "\n".join(offenders)
 

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmcourse.gpt import GPT, GPTConfig, random_gpt
-from llmcourse.loader import reference
 from llmcourse import quantization as Q
+from llmcourse.course.loader import reference
+from llmcourse.gpt import GPT, GPTConfig, random_gpt
 
 quantize_groupwise = reference("quantization.quantize_groupwise")
 dequantize_groupwise = reference("quantization.dequantize_groupwise")

@@ -4,8 +4,7 @@
 import re
 
 from llmcourse import bench
-from llmcourse.files import read_json
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.files import COURSE_ROOT, read_json
 
 BLOCK = re.compile(r"<!-- bench: (?P<file>\S+) -->\n(?P<table>.*?)\n<!-- /bench -->", re.S)
 

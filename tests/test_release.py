@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from llmcourse import catalog
-from llmcourse.impl import COURSE_ROOT, solutions_folder
-from llmcourse.loader import is_stub
-from llmcourse.release import ReleaseError, differences, generate, stub_source, write
+from llmcourse.course import catalog
+from llmcourse.course.impl import solutions_folder
+from llmcourse.course.loader import is_stub
+from llmcourse.course.release import ReleaseError, differences, generate, stub_source, write
+from llmcourse.files import COURSE_ROOT
 
 
 def test_exercises_are_up_to_date_with_solutions():

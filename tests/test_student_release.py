@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from llmcourse.cli import main
-from llmcourse.impl import solutions_folder
-from llmcourse.release import course_files, leaks, solution_lines
+from llmcourse.course.impl import solutions_folder
+from llmcourse.course.release import course_files, leaks, solution_lines
 
 pytestmark = pytest.mark.slow
 HELD_OUT = "tests/graded/test_training.py"

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llmcourse.course.loader import reference
 from llmcourse.data import load_corpus
-from llmcourse.loader import reference
 from llmcourse.ngram import BigramModel
 from llmcourse.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer, split_chunks
 

@@ -73,7 +73,7 @@ def test_explorer_widget_redraws_when_a_control_moves():
 
 
 def test_maps_use_the_attention_they_are_given(model):
-    from llmcourse.loader import reference
+    from llmcourse.course.loader import reference
 
     calls = []
 

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from llmcourse.grading import wire
+from llmcourse.course.grading import wire
 
 
 def round_trip(value):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmcourse.grading import assert_allclose, exercise
+from llmcourse.course.grading import assert_allclose, exercise
 
 
 def _t(a: np.ndarray) -> torch.Tensor:

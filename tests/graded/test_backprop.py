@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmcourse.grading import assert_allclose, exercise, expect_error
+from llmcourse.course.grading import assert_allclose, exercise, expect_error
 from llmcourse.gradcheck import check_gradient
 
 # float64: the learner's code and PyTorch differ only in the order of their sums, ~1e-16 relative; rtol 1e-7 is

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from llmcourse.grading import assert_equal_ids, exercise, expect_error
+from llmcourse.course.grading import assert_equal_ids, exercise, expect_error
 
 
 def _as_int(mask) -> np.ndarray:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import torch
 
-from llmcourse.grading import assert_allclose, assert_equal_ids, exercise
+from llmcourse.course.grading import assert_allclose, assert_equal_ids, exercise
 
 NEG_INF = float("-inf")
 

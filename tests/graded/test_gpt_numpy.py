@@ -7,9 +7,9 @@ rounding can differ; the block tests use the reference multi-head attention, so 
 import numpy as np
 import torch
 
+from llmcourse.course.grading import assert_allclose, exercise
+from llmcourse.course.grading.isolation import course_function
 from llmcourse.gpt import GPT, Block, GPTConfig
-from llmcourse.grading import assert_allclose, exercise
-from llmcourse.grading.isolation import course_function
 
 # Both sides compute in float64 with different summation orders: ~1e-15 relative differences are expected, a bug
 # (a missing residual, a swapped LayerNorm, a forgotten transpose) shows as O(0.1). rtol 1e-7 as in COURSE.md;

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from llmcourse.grading import assert_allclose, exercise, expect_error
+from llmcourse.course.grading import assert_allclose, exercise, expect_error
 
 
 def _cache(rng, shape=(2, 3), max_len=8, d=4, dtype=np.float64):

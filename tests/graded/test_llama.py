@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from llmcourse.course.grading import assert_allclose, exercise, expect_error
 from llmcourse.gradcheck import check_gradient
-from llmcourse.grading import assert_allclose, exercise, expect_error
 from llmcourse.llama import LlamaConfig, SwiGLU, rope_tables, rotate
 
 # float64: the learner's code and PyTorch differ only in the order of their sums, ~1e-16 relative; rtol 1e-7 is

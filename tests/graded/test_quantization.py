@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from llmcourse.grading import assert_allclose, assert_equal_ids, exercise, expect_error
+from llmcourse.course.grading import assert_allclose, assert_equal_ids, exercise, expect_error
 
 
 def _torch_fake_quant(w: np.ndarray, scale: np.ndarray, qmax: int) -> np.ndarray:

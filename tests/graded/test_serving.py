@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from llmcourse.grading import assert_allclose, exercise, expect_error
+from llmcourse.course.grading import assert_allclose, exercise, expect_error
 from llmcourse.speculative import verify_greedy
 
 

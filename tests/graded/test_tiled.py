@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from llmcourse.grading import assert_allclose, exercise, expect_error
+from llmcourse.course.grading import assert_allclose, exercise, expect_error
 
 F32 = {"rtol": 1.3e-6, "atol": 1e-5}  # PyTorch's own float32 defaults (COURSE.md)
 F64 = {"rtol": 1e-7, "atol": 1e-12}  # the same formulas in another order of operations, float64 (COURSE.md)

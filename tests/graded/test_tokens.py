@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmcourse.grading import assert_allclose, assert_equal_ids, exercise, expect_error
+from llmcourse.course.grading import assert_allclose, assert_equal_ids, exercise, expect_error
 
 TEXTS = ["the cat sat on the mat, the end.", "你好，世界！语言模型把文字变成数字。", "emoji 🙂👍🏽 and ünïcödé", ""]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmcourse.grading import assert_allclose, exercise, expect_error
+from llmcourse.course.grading import assert_allclose, exercise, expect_error
 
 V, D = 11, 6  # vocabulary and width of the tiny language model below
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from llmcourse.grading import exercise, expect_error
+from llmcourse.course.grading import exercise, expect_error
 
 
 @exercise("warmup_mean_squared_error")

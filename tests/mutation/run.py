@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from llmcourse import catalog  # noqa: E402
+from llmcourse.course import catalog  # noqa: E402
 
 SOLUTIONS = ROOT / "solutions"
 GRADED = ROOT / "tests" / "graded"
@@ -370,8 +370,8 @@ class _ForkedProcess:
 def _fork_workers() -> None:
     """Make the grader's sandbox fork its worker from this process (NumPy and PyTorch already imported) and run the
     worker's own code there, instead of starting a new Python; only without a sandbox (--sandbox none)."""
-    from llmcourse.grading import sandbox, wire
-    from llmcourse.grading import worker as worker_code
+    from llmcourse.course.grading import sandbox, wire
+    from llmcourse.course.grading import worker as worker_code
 
     def start(self, folder: Path, stubs: Path, mode: str, memory_mb: int) -> None:
         assert mode == "none", "a forked worker runs without a sandbox"

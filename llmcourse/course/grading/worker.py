@@ -1,6 +1,6 @@
 """The sandbox side of the grader: imports a learner's modules and runs their functions on request.
 
-Started by llmcourse.grading.sandbox, inside bubblewrap when the machine has it, as
+Started by llmcourse.course.grading.sandbox, inside bubblewrap when the machine has it, as
 
     python -I worker.py FD STUBS [--drop-to UID] [--nproc N] [--memory-mb N] [--cpu-seconds N]
 

@@ -33,8 +33,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from llmcourse.grading import wire
-from llmcourse.impl import COURSE_ROOT, ImplementationImportError
+from llmcourse.course.grading import wire
+from llmcourse.course.impl import ImplementationImportError
+from llmcourse.files import COURSE_ROOT
 
 WORKER_FILES = (Path(__file__).with_name("worker.py"), Path(__file__).with_name("wire.py"))
 SANDBOXES = ("auto", "bubblewrap", "none")
@@ -399,7 +400,7 @@ class SandboxedImplementation:
 
     def _stand_ins(self) -> dict[str, list[str]]:
         """{module: its exercise functions} for the modules known not to import that have a stub."""
-        from llmcourse import catalog
+        from llmcourse.course import catalog
         broken = [m for m in self._import_errors if (Path(self._stubs.name) / f"{m}.py").is_file()]
         return {m: [f for ex in catalog.EXERCISES if ex.module == m for f in ex.functions] for m in broken}
 
@@ -438,7 +439,7 @@ class SandboxedImplementation:
 
     @staticmethod
     def _writable(module: str, name: str) -> tuple[str, ...]:
-        from llmcourse import catalog
+        from llmcourse.course import catalog
         exercise = catalog.exercise_of(module, name)
         return exercise.writes if exercise is not None else ()
 
@@ -539,7 +540,7 @@ class SandboxedImplementation:
 
 def _write_stubs(folder: Path) -> None:
     """The course's stubs (the reference with every solution cut out), from which stand-ins are made."""
-    from llmcourse import release
+    from llmcourse.course import release
     try:
         stubs = release.generate()
     except (OSError, release.ReleaseError):  # no solutions/ here: no stand-ins

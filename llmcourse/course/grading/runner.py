@@ -2,7 +2,7 @@
 
 The tests always come from the course (tests/graded/), never from the submission, and run in a trusted pytest
 process that computes and records every verdict. The learner's code runs elsewhere: in a sandbox process
-(llmcourse.grading.sandbox, bubblewrap on Linux) that sees a validated copy of the submission and not the course,
+(llmcourse.course.grading.sandbox, bubblewrap on Linux) that sees a validated copy of the submission and not the course,
 the results or the network, and answers the tests' calls with data only. A crash, a hang or runaway allocation
 there costs the test that met it. The rubric (test id -> exercise) is written when the tests are collected, so a
 test whose report was lost is still scored. The results files are written by this process, atomically, after every
@@ -22,9 +22,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmcourse import catalog
-from llmcourse.grading.sandbox import SandboxUnavailable, bubblewrap_problem, resolve_sandbox
-from llmcourse.impl import COURSE_ROOT, NAMED_IMPLEMENTATIONS, resolve_impl
+from llmcourse.course import catalog
+from llmcourse.course.grading.sandbox import SandboxUnavailable, bubblewrap_problem, resolve_sandbox
+from llmcourse.course.impl import NAMED_IMPLEMENTATIONS, resolve_impl
+from llmcourse.files import COURSE_ROOT
 
 GRADED_TESTS = COURSE_ROOT / "tests" / "graded"
 DEFAULT_TIMEOUT = 30.0  # seconds per test; every reference test takes well under one
@@ -113,9 +114,9 @@ class GradeReport:
 
 
 def _pytest_command(tests: list[Path], impl_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pytest", *map(str, tests), "-p", "llmcourse.grading.plugin", "--impl", str(impl_dir),
-            "--rootdir", str(COURSE_ROOT), "-c", str(COURSE_ROOT / "pyproject.toml"), "-q", "--no-header",
-            "-p", "no:cacheprovider", *extra]
+    return [sys.executable, "-m", "pytest", *map(str, tests), "-p", "llmcourse.course.grading.plugin",
+            "--impl", str(impl_dir), "--rootdir", str(COURSE_ROOT), "-c", str(COURSE_ROOT / "pyproject.toml"), "-q",
+            "--no-header", "-p", "no:cacheprovider", *extra]
 
 
 def _marker_expression(only: list[str] | None) -> list[str]:

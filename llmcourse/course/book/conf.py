@@ -1,4 +1,4 @@
-"""Sphinx configuration of the course's book. `llmcourse.book` copies it into the source folder it generates
+"""Sphinx configuration of the course's book. `llmcourse.course.book` copies it into the source folder it generates
 (build/book-source/), which is then a complete Sphinx project: `sphinx-build build/book-source build/book`."""
 
 project = "llmcourse"
@@ -9,9 +9,9 @@ copyright = "the llmcourse authors, MIT licence"
 extensions = ["myst_nb", "sphinx.ext.githubpages"]  # githubpages: a .nojekyll file, for GitHub Pages
 myst_enable_extensions = ["dollarmath", "amsmath"]
 myst_heading_anchors = 3
-# The notebooks arrive executed by llmcourse.course.execute (once, headless): myst-nb only renders them.
+# The notebooks arrive executed by llmcourse.course.notebooks.execute (once, headless): myst-nb only renders them.
 nb_execution_mode = "off"
-# No widget JavaScript from a CDN (the book must work offline): llmcourse.book turns each widget into a static
+# No widget JavaScript from a CDN (the book must work offline): llmcourse.course.book turns each widget into a static
 # snapshot of its saved state, with a note to run it live.
 nb_ipywidgets_js = {}
 nb_merge_streams = True

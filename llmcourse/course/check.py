@@ -6,8 +6,8 @@ import importlib
 import platform
 import sys
 
-from llmcourse import catalog
-from llmcourse.impl import Implementation, ImplementationImportError, resolve_impl
+from llmcourse.course import catalog
+from llmcourse.course.impl import Implementation, ImplementationImportError, resolve_impl
 
 PACKAGES = ("numpy", "torch", "jupyterlab", "ipywidgets", "matplotlib", "tqdm", "pytest")
 
@@ -50,7 +50,7 @@ def run_check(out=sys.stdout) -> int:
             print(f"{'device':<12} NOT AVAILABLE", file=out)
     problems = exercise_import_problems()
     print(f"{'exercises':<12} {'import' if not problems else 'DO NOT IMPORT'}", file=out)
-    from llmcourse.grading.sandbox import bubblewrap_problem
+    from llmcourse.course.grading.sandbox import bubblewrap_problem
     sandbox = bubblewrap_problem()  # not an error: a learner grades herself without it
     print(f"{'sandbox':<12} {'bubblewrap' if sandbox is None else 'none: ' + sandbox}", file=out)
     for problem in problems:

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llmcourse import catalog
 from llmcourse import numpy_layers as nl
 from llmcourse.batching import generate_batch as _generate_batch
 from llmcourse.batching import schedule_step
+from llmcourse.course import catalog
 from llmcourse.generate import beam_step as _beam_step
 from llmcourse.generate import check_sampling_args, filtered_logits
 from llmcourse.gpt import GPT, GPTConfig, KVCache, gpt_skeleton

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmcourse import catalog
+from llmcourse.course import catalog
 
 
 def exercise(exercise_id: str) -> pytest.MarkDecorator:

@@ -3,7 +3,7 @@ the NumPy or PyTorch call that does it), shown by `llmcourse hint ID`."""
 
 from __future__ import annotations
 
-from llmcourse import catalog
+from llmcourse.course import catalog
 
 # "module.function" -> (the idea, the detail)
 HINTS: dict[str, tuple[str, str]] = {

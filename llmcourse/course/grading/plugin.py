@@ -1,4 +1,4 @@
-"""pytest plugin used by the grader (`-p llmcourse.grading.plugin`): records each test's outcome as a JSON line.
+"""pytest plugin used by the grader (`-p llmcourse.course.grading.plugin`): records each test's outcome as a JSON line.
 
 Workers classify a failure while the exception is still at hand (not implemented, does not import, timed out,
 failed) and attach the verdict to the report; the controller writes every report it receives, including the ones
@@ -12,9 +12,9 @@ import json
 
 import pytest
 
-from llmcourse.grading.marks import exercise_id_of
-from llmcourse.grading.sandbox import SandboxCrash, SandboxTimeout
-from llmcourse.impl import ImplementationImportError
+from llmcourse.course.grading.marks import exercise_id_of
+from llmcourse.course.grading.sandbox import SandboxCrash, SandboxTimeout
+from llmcourse.course.impl import ImplementationImportError
 
 VERDICT = "llmcourse_verdict"
 

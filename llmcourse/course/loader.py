@@ -1,15 +1,15 @@
 """The exercise loader: notebooks run on the learner's own code once it works, and on the package's before that.
 
-    from llmcourse.loader import load
+    from llmcourse.course.loader import load
     softmax = load("attention.softmax")
     # softmax: using the course's implementation (yours is not implemented yet: exercise `softmax` in
     # exercises/attention.py)
 
 `load` returns the learner's function from exercises/ when its body is written (no `raise NotImplementedError`
 left) and its exercise's graded tests pass with the learner's own code throughout (the other exercises it calls
-included), and otherwise the package's own version (llmcourse.fallbacks), saying in one line which it used and why,
-naming the exercise it calls when that is the cause ("yours passes its own tests, but it calls your `softmax`, which
-is not implemented yet"). A function the course provides (not an exercise) is the learner's copy in exercises/,
+included), and otherwise the package's own version (llmcourse.course.fallbacks), saying in one line which it used and
+why, naming the exercise it calls when that is the cause ("yours passes its own tests, but it calls your `softmax`,
+which is not implemented yet"). A function the course provides (not an exercise) is the learner's copy in exercises/,
 given without a word. The loader never reads solutions/: `reference(...)` is the grader's.
 """
 
@@ -21,8 +21,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from llmcourse import catalog, fallbacks
-from llmcourse.impl import COURSE_ROOT, Implementation, ImplementationImportError, solutions_folder
+from llmcourse.course import catalog, fallbacks
+from llmcourse.course.impl import Implementation, ImplementationImportError, solutions_folder
+from llmcourse.files import COURSE_ROOT
 
 EXERCISES_ENV = "LLMCOURSE_EXERCISES"
 _verdicts: dict[tuple[str, str], tuple[bool, str]] = {}  # (exercise id, file hash) -> (passes, why not)
@@ -61,7 +62,7 @@ def is_stub(path: Path, function: str) -> bool:
 
 def _verdict(exercise: catalog.Exercise, folder: Path, *, own_dependencies: bool) -> tuple[bool, str]:
     """(passes, status line) of the exercise's graded tests on the folder, cached by the folder's content."""
-    from llmcourse.grading.runner import grade
+    from llmcourse.course.grading.runner import grade
 
     digest = hashlib.sha1(b"".join(path.read_bytes() for path in sorted(folder.glob("*.py")))).hexdigest()
     key = (exercise.id, digest, own_dependencies)  # every file: the function may call code in other modules

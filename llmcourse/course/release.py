@@ -22,8 +22,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from llmcourse import catalog
-from llmcourse.impl import COURSE_ROOT, solutions_folder
+from llmcourse.course import catalog
+from llmcourse.course.impl import solutions_folder
+from llmcourse.files import COURSE_ROOT
 
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 STUB_CALL = "raise NotImplementedError("
@@ -86,7 +87,7 @@ def stub_source(source: str, module: str, filename: str) -> str:
         if exercise is None:
             raise ReleaseError(
                 f"{filename}:{region.begin + 1}: a solution region must sit inside a function that the catalog "
-                f"(llmcourse/catalog.py) lists as an exercise of module {module!r}; found it in "
+                f"(llmcourse/course/catalog.py) lists as an exercise of module {module!r}; found it in "
                 f"{function or 'module-level code'}"
             )
         message = f"{exercise.id}: {function} is not implemented yet; write your code here"

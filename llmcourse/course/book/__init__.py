@@ -23,9 +23,9 @@ from typing import Callable
 
 import nbformat
 
-from llmcourse import course
-from llmcourse.course import ExecutedNotebook, execute_all, notebook_paths
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.course import notebooks
+from llmcourse.course.notebooks import ExecutedNotebook, execute_all, notebook_paths
+from llmcourse.files import COURSE_ROOT
 
 HERE = Path(__file__).resolve().parent
 # The syllabus: each part starts at a chapter number and runs to the next part's first chapter (a new notebook 14
@@ -156,7 +156,7 @@ def write_source(results: list[ExecutedNotebook], src: Path, *, fast: bool = Fal
     (with the plots of `make bench` if `bench` holds them), the Chinese companion (notebooks/zh/) and MathJax."""
     if not results:
         raise ValueError("no executed notebooks: the book needs at least one chapter")
-    notebooks = results[0].path.parent
+    folder = results[0].path.parent  # notebooks/
     if src.exists():
         shutil.rmtree(src)
     (src / "_static").mkdir(parents=True)
@@ -186,7 +186,7 @@ def write_source(results: list[ExecutedNotebook], src: Path, *, fast: bool = Fal
 
     sidebar = "".join(_toctree(title, chapters) for title, chapters in syllabus(list(titles)))
     sidebar += _toctree("Measurements", ["optimisations"])
-    zh = notebooks / "zh"
+    zh = folder / "zh"
     if (zh / "README.md").is_file():  # the Chinese companion: its index, with the guides below it in the sidebar
         (src / "zh").mkdir()
         for path in zh.glob("*.md"):
@@ -249,7 +249,7 @@ def build(out: Path = COURSE_ROOT / "build", *, fast: bool = False, jobs: int = 
     _check_tools()
     paths = notebook_paths()
     if not paths:
-        raise SystemExit(f"no notebooks to build a book of in {course.NOTEBOOKS}")
+        raise SystemExit(f"no notebooks to build a book of in {notebooks.NOTEBOOKS}")
     log(f"executing {len(paths)} notebooks, {jobs} at a time ...")
     start = time.perf_counter()
     results = execute_all(paths, fast=fast, jobs=jobs, log=log)
@@ -265,7 +265,7 @@ def build(out: Path = COURSE_ROOT / "build", *, fast: bool = False, jobs: int = 
 
 def main(argv: list[str] | None = None) -> int:
     """`make course`: exit code 1 when a notebook raised (the book is built all the same)."""
-    parser = argparse.ArgumentParser(prog="python -m llmcourse.book",
+    parser = argparse.ArgumentParser(prog="python -m llmcourse.course.book",
                                      description="Execute every notebook and build the course as a book.")
     parser.add_argument("--out", type=Path, default=COURSE_ROOT / "build", help="folder for book/ and book-source/")
     parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at a time (default 1)")

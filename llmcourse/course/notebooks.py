@@ -1,5 +1,5 @@
 """Execute the course's notebooks headless: for the tests, and for `make course` (which makes a book of them,
-llmcourse.book)."""
+llmcourse.course.book)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable
 import nbformat
 from nbclient import NotebookClient
 
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.files import COURSE_ROOT
 from llmcourse.runtime import FAST_ENV
 
 NOTEBOOKS = COURSE_ROOT / "notebooks"

@@ -14,7 +14,8 @@ import sys
 import types
 from pathlib import Path
 
-COURSE_ROOT = Path(__file__).resolve().parent.parent
+from llmcourse.files import COURSE_ROOT
+
 IMPL_ENV = "LLMCOURSE_IMPL"
 NAMED_IMPLEMENTATIONS = ("exercises", "solutions")
 SOLUTIONS = COURSE_ROOT / "solutions"

@@ -12,8 +12,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from llmcourse.files import atomic_write
-from llmcourse.impl import COURSE_ROOT
+from llmcourse.files import COURSE_ROOT, atomic_write
 
 # What grading needs of the course, relative to COURSE_ROOT: the package (with its assets), the graded tests and
 # the conftest that defines their fixtures, the reference answers (the grader's answers for the other exercises a
