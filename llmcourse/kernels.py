@@ -1,7 +1,7 @@
 """The same matmuls, a faster kernel: fp32 Linear layers with weights prepacked once for oneDNN (CPU only) or on the
 course's C kernel, the choice between kernels made by measuring them on the machine at hand
-(`choose_linear_kernels`, for float32, int8 and int4 weights), and the machine's matmul throughput over them
-(`matmul_gflops`).
+(`choose_linear_kernels`, for float32, int8 and int4 weights), the machine's matmul throughput over them
+(`matmul_gflops`), and a GPT's blocks fused into one C call per decoding step (`fuse_blocks`).
 
 Decoding at batch 1 is a chain of matrix-vector products, so its speed is how fast a kernel streams the weights
 from memory. PyTorch's default CPU matmul calls Intel's MKL, which on some CPUs (AMD's, for one) takes a generic

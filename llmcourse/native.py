@@ -10,6 +10,11 @@ float32 ones (1395 us against 192 us for float32 on a 768x2304 layer); `torch.co
 2-5x slower than float32 in our runs. The kernel that is used for each layer is still chosen by measuring every
 candidate on the machine at hand (`llmcourse.kernels`): these kernels are candidates, not a decision.
 
+Between the products, a decoding step runs ~10 small operations per block (layer norms, attention over the
+KV-cache, GELU, residual additions) and makes every call from Python; after a block's weights have streamed through
+the CPU's caches each of them costs tens of microseconds. `PreparedBlocks` runs a step of all of a GPT-2's blocks in
+one call (`gpt_blocks_step`), the products on these kernels and the rest in C: `llmcourse.kernels.fuse_blocks`.
+
 The library is compiled once per machine (CPU model and compiler flags) into $LLMCOURSE_CACHE/native/ with
 `-O3 -march=native -fopenmp`, so it uses AVX-512 or AVX2 where the CPU has them. Without a compiler (`cc`, or $CC),
 or with LLMCOURSE_NATIVE=0, `available()` is False and `unavailable_reason()` says why; the course then runs on

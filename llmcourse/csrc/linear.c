@@ -11,6 +11,9 @@
    OpenMP: the dynamic loader gives this library the libgomp PyTorch already loaded), and each thread reads its
    weights as two streams with prefetches ahead, which is what keeps the memory busy (measured below).
 
+   The same products, with the layer norms, the attention over the KV-cache and GELU written here too, make
+   `gpt_blocks_step`: a decoding step of all of a GPT-2's blocks in one call, in one parallel region.
+
    Built by llmcourse/native.py with the compiler at hand and -march=native: AVX-512 or AVX2 code where the CPU has
    them, plain C (vectorized as the compiler can) elsewhere. PyTorch's own weight-only kernels were measured first
    and were slower, or needed bfloat16 activations (see llmcourse/native.py). */
