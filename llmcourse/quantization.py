@@ -143,7 +143,13 @@ def bytes_read_per_step(model: nn.Module) -> int:
     table (tied weights, read whole). Works for a GPT or a Llama and for quantized or prepacked copies of them,
     whose heads may keep a copy of the token table of their own."""
     head = getattr(model.lm_head, "weight", None)
-    tables = [m for m in model.modules() if isinstance(m, (nn.Embedding, QuantizedEmbedding)) and m.weight is not head]
+
+    def read_whole(table) -> bool:  # the head's own table: the same object, or a tensor sharing its memory
+        return table is head or (isinstance(table, torch.Tensor) and isinstance(head, torch.Tensor)
+                                 and table.data_ptr() == head.data_ptr())
+
+    tables = [m for m in model.modules()
+              if isinstance(m, (nn.Embedding, QuantizedEmbedding)) and not read_whole(m.weight)]
     return weight_bytes(model) - sum(weight_bytes(e) for e in tables)
 
 

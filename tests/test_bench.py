@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from llmcourse import bench, cli, kernels, runtime
+from llmcourse import bench, cli, kernels, native, runtime
 from llmcourse.gpt import GPTConfig, KVCache
 from llmcourse.llama import LlamaConfig
 from llmcourse.kernels import prepack_available
@@ -201,9 +201,21 @@ def test_machine_limits_are_measured_with_the_fastest_pattern_and_kernel(monkeyp
     monkeypatch.setattr(timing, "measure", spy)
     monkeypatch.setattr(kernels, "measure", spy)
     assert timing.memory_bandwidth_gbs(megabytes=8, repeats=1) > 0
-    assert len(calls) == 2  # a read-only pass and a copy: the better one is the limit
+    reads = 2 + native.available()  # a sum, a copy, and the C kernel's matrix-vector product: the best is the limit
+    assert len(calls) == reads
     assert kernels.matmul_gflops(n=64, repeats=1) > 0
-    assert len(calls) == 2 + 1 + prepack_available()  # the default matmul, and oneDNN's where there is one
+    assert len(calls) == reads + 1 + prepack_available()  # the default matmul, and oneDNN's where there is one
+
+
+def test_the_bandwidth_is_the_best_read_rate_found(monkeypatch):
+    """The C kernel's matrix-vector product is the third read timed: reported faster, it sets the limit."""
+    from llmcourse import timing
+
+    if not native.available():
+        pytest.skip("the C kernels are not built here")
+    seconds = iter([1.0, 1.0, 1e-3])  # the sum, the copy, the C kernel's product
+    monkeypatch.setattr(timing, "measure", lambda fn, **kw: (fn(), timing.Measurement((next(seconds),)))[1])
+    assert timing.memory_bandwidth_gbs(megabytes=8, repeats=1) == pytest.approx(8 * 1024 * 1024 / 1e-3 / 1e9)
 
 
 def test_compare_hf_times_transformers_generate_on_the_same_weights(results):
