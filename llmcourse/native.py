@@ -157,6 +157,10 @@ def _bias(bias: torch.Tensor | None, out_features: int) -> torch.Tensor | None:
     return bias
 
 
+def _address(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
 class Prepared:
     """A weight matrix (N, K) checked once for one of the C kernels: `prepared(x)` is x @ W^T + bias, (..., N), for
     x (..., K) float32 on the CPU. A decoding step makes ~50 such products; checking the weight's dtype, shape and
@@ -181,8 +185,7 @@ class Prepared:
         """The weights as the C functions take them, at their current addresses."""
         weight, scale, bias = self.tensors
         return Matrix(FORMATS[self.kind], self.out_features, self.in_features, self.extra[0] if self.extra else 0,
-                      weight.data_ptr(), None if scale is None else scale.data_ptr(),
-                      None if bias is None else bias.data_ptr())
+                      weight.data_ptr(), _address(scale), _address(bias))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         N, K, shape = self.out_features, self.in_features, x.shape
@@ -194,8 +197,7 @@ class Prepared:
         M = rows.shape[0]
         # int8 and int4 kernels read x rewritten (16-bit parts, or transposed): their buffer, held until the call ends
         scratch = None if self.kind == "f32" else torch.empty(M * K + M)
-        _library().linear(self.matrix(), rows.data_ptr(), M, None if scratch is None else scratch.data_ptr(),
-                          y.data_ptr())
+        _library().linear(self.matrix(), rows.data_ptr(), M, _address(scratch), y.data_ptr())
         return y
 
 
@@ -273,10 +275,6 @@ def attend_cached(qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, p
     _library().attend_cached(qkv.data_ptr(), T, H, D, keys.data_ptr(), values.data_ptr(), max_len, position,
                              y.data_ptr())
     return y
-
-
-def _address(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 def block_weights(norms: tuple[tuple[torch.Tensor, torch.Tensor | None], ...], eps: float,
