@@ -193,6 +193,18 @@ def test_generate_batch_holds_finished_rows_at_eos(impl):
     first = got[0].tolist().index(eos, len(prompt[0]))
     assert got[0][first:].tolist() == [eos] * (len(got[0]) - first), \
         f"once every row has emitted eos_id, the rest is eos_id: got new tokens {got[0][1:].tolist()}"
+    # Every row finishes after new tokens of its own: those stay as they were (only what follows eos_id is eos_id).
+    pairs = [[PROMPTS[i], PROMPTS[j]] for i in range(len(PROMPTS)) for j in range(i + 1, len(PROMPTS))]
+    for seed, prompts in ((seed, prompts) for seed in range(10) for prompts in pairs):
+        model = _gpt(seed)
+        rows = [row.tolist()[len(p):] for row, p in zip(generate_batch(model, prompts, 8, temperature=0.0), prompts)]
+        late = [t for t in set(rows[0]) & set(rows[1]) if max(r.index(t) for r in rows) >= 1]
+        if late:
+            _check_generate_batch(impl, model, prompts, 8, f"two greedy rows, both finishing, eos_id {min(late)}",
+                                  temperature=0.0, eos_id=min(late))
+            break
+    else:
+        raise AssertionError("no model and pair of prompts has a token both rows emit, one after another token")
 
 
 @exercise("generate_batch")

@@ -272,6 +272,7 @@ def test_gpt_forward_cached_rejects_bad_input(impl):
     weights, idx = model.state_dict(), _ids(15, 2, 3)
     cache_k, cache_v = _caches(model, 2, 8, 16)
     impl.kv_cache.gpt_forward_cached(weights, 2, idx, cache_k, cache_v, 0)  # a valid call first
+    impl.kv_cache.gpt_forward_cached(weights, 2, idx, cache_k, cache_v, 5)  # valid: fills the cache to its end
     with expect_error(ValueError, match="full", what="gpt_forward_cached of 3 tokens at length 6 of a cache of 8"):
         impl.kv_cache.gpt_forward_cached(weights, 2, idx, cache_k, cache_v, 6)
     long_k, long_v = _caches(model, 2, 20, 17)
@@ -285,6 +286,7 @@ def test_gpt_forward_cached_rejects_bad_input(impl):
            ("a negative length", (idx, cache_k, cache_v, -1, None, None)),
            ("positions of the wrong shape", (idx, cache_k, cache_v, 0, torch.zeros(2, 2, dtype=torch.int64), None)),
            ("positions past the context", (idx, cache_k, cache_v, 0, torch.full((2, 3), 16), None)),
+           ("negative positions", (idx, cache_k, cache_v, 0, torch.full((2, 3), -1), None)),
            ("an attention_mask of the wrong width",
             (idx, cache_k, cache_v, 0, None, torch.ones(2, 4, dtype=torch.bool)))]
     for what, args in bad:
