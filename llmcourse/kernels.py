@@ -163,17 +163,21 @@ class FusedBlocks(Blocks):
             if not fusable(block):
                 raise ValueError("every block of FusedBlocks must have its Linear layers on the C kernels "
                                  "(NativeLinear, or QuantizedLinear with kernel='native'): use fuse_blocks(model)")
-            linears = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
             blocks.append((((block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias)),
-                           block.ln_1.eps, tuple(m.prepared() for m in linears), block.attn.n_head))
+                           block.ln_1.eps, tuple(m.prepared() for m in _linears(block)), block.attn.n_head))
         return native.PreparedBlocks(blocks, cache.keys[:len(self)], cache.values[:len(self)])
+
+
+def _linears(block: Block) -> tuple[nn.Module, ...]:
+    """A GPT-2 block's four Linear layers in the order the C kernels take them."""
+    return block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj
 
 
 def fusable(block: nn.Module) -> bool:
     """Whether `block` is a GPT-2 Block whose four Linear layers all run on the C kernels."""
     return (isinstance(block, Block) and native.available()
             and all(isinstance(layer, NativeLinear) or getattr(layer, "kernel", None) == "native"
-                    for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)))
+                    for layer in _linears(block)))
 
 
 @torch.no_grad()
